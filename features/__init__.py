@@ -1,0 +1,3 @@
+"""features package (see README)."""
+
+__all__: list[str] = []

@@ -1,0 +1,156 @@
+"""The ``riskmodel`` command.
+
+Each sub-command is a thin layer over a public function; errors of the project's
+hierarchy become one line on stderr and exit status 1 (2 for bad arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from riskmodel.errors import RiskModelError
+
+__all__ = ["main"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _utc_date(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 date") from exc
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from exc
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def _database_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        help="SQLAlchemy URL of the store (default: $RISKMODEL_DATABASE_URL, "
+        "else sqlite:///data/riskmodel.db)",
+    )
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from riskmodel.simulator import SimulationConfig, simulate, write_simulation
+
+    config = SimulationConfig(users=args.users, days=args.days, seed=args.seed, start=args.start)
+    sim = simulate(config)
+    paths = write_simulation(sim, args.out, fmt=args.format)
+    for name, path in paths.items():
+        rows = len(getattr(sim, name))
+        print(f"{name:>16}: {rows:>10,} rows -> {path}")
+    abusive = int(sim.ground_truth["is_abuse"].sum())
+    share = abusive / max(len(sim.ground_truth), 1)
+    print(f"abusive refund requests: {abusive:,} ({share:.1%}); ground truth kept apart from labels")
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from riskmodel.ingest import ingest
+    from riskmodel.store import resolve_database_url
+
+    url = resolve_database_url(args.database_url)
+    report = ingest(args.directory, url)
+    for name, rows in report.rows_read.items():
+        print(f"{name:>16}: {rows:>10,} rows read, {report.rows_written[name]:>10,} written")
+    for name in report.ignored_files:
+        print(f"{'':>16}  not a table, ignored: {name}")
+    print(
+        f"loaded {report.total_read:,} rows in {report.seconds:.1f} s "
+        f"({report.rows_per_second:,.0f} rows/s) into {_safe(url)}"
+    )
+    return 0
+
+
+def _db_info(args: argparse.Namespace) -> int:
+    from riskmodel.store import SCHEMA_VERSION, open_store, resolve_database_url, table_counts
+
+    url = resolve_database_url(args.database_url)
+    engine = open_store(url)
+    try:
+        print(f"store: {_safe(url)} (schema version {SCHEMA_VERSION})")
+        for name, rows in table_counts(engine).items():
+            print(f"{name:>16}: {rows:>10,} rows")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _safe(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="riskmodel",
+        description="Refund risk service: fraud and abuse detection for refund requests.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    sim = commands.add_parser(
+        "simulate",
+        help="write a simulated marketplace as a dataset directory",
+        description="Write a simulated marketplace (users, orders, usage, refund requests, "
+        "labels) plus a separate ground-truth file. Deterministic for a seed.",
+    )
+    sim.add_argument("--out", type=Path, required=True, help="dataset directory to write")
+    sim.add_argument("--users", type=_positive, default=10_000, help="number of users")
+    sim.add_argument("--days", type=_positive, default=180, help="days of history")
+    sim.add_argument("--seed", type=int, default=0, help="random seed")
+    sim.add_argument(
+        "--start",
+        type=_utc_date,
+        default=datetime(2026, 1, 1, tzinfo=UTC),
+        help="first day, ISO 8601 (default 2026-01-01)",
+    )
+    sim.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    sim.set_defaults(handler=_simulate)
+
+    ing = commands.add_parser(
+        "ingest",
+        help="validate a dataset directory and load it into the store",
+        description="Validate every table of DIRECTORY, then load it all in one transaction. "
+        "A bad row is reported with table, row, column and problem, and nothing is written.",
+    )
+    ing.add_argument("directory", type=Path, help="dataset directory (Parquet or CSV files)")
+    _database_option(ing)
+    ing.set_defaults(handler=_ingest)
+
+    db = commands.add_parser("db", help="inspect the event store")
+    db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    info = db_commands.add_parser("info", help="schema version and rows per table")
+    _database_option(info)
+    info.set_defaults(handler=_db_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except RiskModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

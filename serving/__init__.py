@@ -1,0 +1,3 @@
+"""serving package (see README)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""training package (see README)."""
+
+__all__: list[str] = []
