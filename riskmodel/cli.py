@@ -14,7 +14,7 @@ from pathlib import Path
 
 from riskmodel.errors import RiskModelError
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -56,7 +56,7 @@ def _simulate(args: argparse.Namespace) -> int:
         print(f"{name:>16}: {rows:>10,} rows -> {path}")
     abusive = int(sim.ground_truth["is_abuse"].sum())
     share = abusive / max(len(sim.ground_truth), 1)
-    print(f"abusive refund requests: {abusive:,} ({share:.1%}); ground truth kept apart from labels")
+    print(f"abusive refund requests: {abusive:,} ({share:.1%}); ground truth kept apart")
     return 0
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "Column",
     "Kind",
     "Table",
+    "dataset_counts",
     "find_table_file",
     "normalise",
     "read_dataset",
@@ -172,8 +173,8 @@ TABLES: dict[str, Table] = {
 
 Format = Literal["parquet", "csv"]
 _SUFFIXES: dict[str, Format] = {".parquet": "parquet", ".csv": "csv"}
-_TRUE = frozenset({"true", "1", "t", "yes"})
-_FALSE = frozenset({"false", "0", "f", "no"})
+_TRUE = frozenset({"true", "1"})
+_FALSE = frozenset({"false", "0"})
 
 
 def find_table_file(directory: str | Path, table: str) -> Path | None:

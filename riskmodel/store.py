@@ -60,11 +60,13 @@ __all__ = [
     "EVENT_TABLES",
     "SCHEMA_VERSION",
     "decisions",
+    "drop_everything",
     "fetch_by_key",
     "metadata",
     "open_store",
     "read_table",
     "resolve_database_url",
+    "schema_info",
     "table_counts",
     "upsert",
 ]
@@ -189,7 +191,11 @@ def open_store(url: str | None = None, *, create: bool = True) -> Engine:
     if backend == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     if create:
-        _ensure_schema(engine)
+        try:
+            _ensure_schema(engine)
+        except BaseException:
+            engine.dispose()
+            raise
     return engine
 
 

@@ -54,7 +54,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield f"sqlite:///{tmp_path / 'store.db'}"
         return
     url: str = request.getfixturevalue("postgres_url")
-    engine = store.open_store(url)
+    engine = store.open_store(url, create=False)
     store.drop_everything(engine)
     engine.dispose()
     yield url

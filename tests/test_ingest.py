@@ -173,7 +173,10 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize(("spoil", "message"), BAD_INPUTS)
 def test_bad_input_is_refused_and_the_store_is_unchanged(
-    database_url: str, tmp_path: Path, spoil, message: str  # type: ignore[no-untyped-def]
+    database_url: str,
+    tmp_path: Path,
+    spoil,
+    message: str,  # type: ignore[no-untyped-def]
 ) -> None:
     # A first, good load, so that "unchanged" means more than "still empty".
     good = tiny_tables()

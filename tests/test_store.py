@@ -1,0 +1,177 @@
+"""The event store: every table round-trips through SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, delete, insert, text, update
+from sqlalchemy.exc import IntegrityError
+
+from riskmodel import dataset, store
+from riskmodel.errors import SchemaVersionError, StoreError
+
+from .conftest import tiny_tables
+
+
+def _normalised() -> dict[str, pd.DataFrame]:
+    return {name: dataset.normalise(name, raw) for name, raw in tiny_tables().items()}
+
+
+def _by_key(name: str, frame: pd.DataFrame) -> pd.DataFrame:
+    key = list(dataset.TABLES[name].key)
+    return frame.sort_values(key).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("table", list(dataset.TABLES))
+def test_each_table_round_trips(engine: Engine, table: str) -> None:
+    tables = _normalised()
+    with engine.begin() as conn:
+        written = store.upsert(conn, table, tables[table])
+
+    back = store.read_table(engine, table)
+
+    assert written == len(tables[table])
+    pd.testing.assert_frame_equal(
+        _by_key(table, back), _by_key(table, tables[table]), check_dtype=False
+    )
+
+
+_ids = st.text(string.ascii_letters + string.digits + "-_.:@", min_size=1, max_size=40)
+_text = st.none() | st.text(min_size=0, max_size=60).filter(lambda s: "\x00" not in s)
+_micros = st.integers(min_value=0, max_value=7_258_118_400_000_000)  # up to year 2200
+_cents = st.integers(min_value=0, max_value=10**13)
+
+
+@st.composite
+def _orders(draw: st.DrawFn) -> pd.DataFrame:
+    ids = draw(st.lists(_ids, min_size=1, max_size=8, unique=True))
+    rows = []
+    for order_id in ids:
+        paid = draw(_micros)
+        rows.append(
+            {
+                "order_id": order_id,
+                "user_id": draw(_ids),
+                "product_type": draw(
+                    st.sampled_from(dataset.TABLES["orders"].column("product_type").choices)
+                ),
+                "amount": draw(_cents),
+                "paid_at": paid,
+                "currency": draw(_text),
+                "seller_id": draw(st.none() | _ids),
+                "product_id": draw(st.none() | _ids),
+                "payment_method": draw(_text),
+                "payment_account": draw(st.none() | _ids),
+                "device_id": draw(st.none() | _ids),
+                "ip": draw(st.none() | _ids),
+                "delivered_at": draw(st.none() | st.just(paid + 1)),
+                "redeemed_at": draw(st.none() | _micros),
+                "service_days": draw(st.none() | st.integers(1, 3650)),
+                "extra": draw(st.none() | st.just('{"k": "v"}')),
+            }
+        )
+    frame = pd.DataFrame(rows, dtype=object)
+    for column in ("amount", "paid_at", "delivered_at", "redeemed_at", "service_days"):
+        frame[column] = pd.array(frame[column].tolist(), dtype="Int64")
+    return frame
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(orders=_orders())
+def test_any_valid_orders_round_trip_exactly(engine: Engine, orders: pd.DataFrame) -> None:
+    with engine.begin() as conn:
+        conn.execute(delete(store.EVENT_TABLES["orders"]))
+        store.upsert(conn, "orders", orders)
+
+    back = store.read_table(engine, "orders")
+
+    pd.testing.assert_frame_equal(
+        _by_key("orders", back), _by_key("orders", orders), check_dtype=False
+    )
+
+
+def test_upsert_is_idempotent_and_updates_by_key(engine: Engine) -> None:
+    orders = _normalised()["orders"]
+    with engine.begin() as conn:
+        assert store.upsert(conn, "orders", orders) == 4
+    with engine.begin() as conn:
+        assert store.upsert(conn, "orders", orders) == 0
+    changed = orders.copy()
+    changed.loc[0, "amount"] = 2500
+    with engine.begin() as conn:
+        assert store.upsert(conn, "orders", changed) == 1
+
+    back = store.read_table(engine, "orders")
+
+    assert store.table_counts(engine)["orders"] == 4
+    assert back.set_index("order_id").loc["o1", "amount"] == 2500
+
+
+def test_decisions_are_unique_by_request_id(engine: Engine) -> None:
+    row = {
+        "request_id": "r1",
+        "decision": "approve",
+        "score": 0.01,
+        "approved_amount": 2200,
+        "reasons": "[]",
+        "decided_at": 1,
+        "request_hash": "abc",
+    }
+    with engine.begin() as conn:
+        conn.execute(insert(store.decisions), row)
+
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(insert(store.decisions), {**row, "decision": "block"})
+
+    assert store.table_counts(engine)["decisions"] == 1
+
+
+def test_a_newer_schema_is_refused(database_url: str) -> None:
+    engine = store.open_store(database_url)
+    with engine.begin() as conn:
+        conn.execute(update(store.schema_info).values(version=store.SCHEMA_VERSION + 1))
+    engine.dispose()
+
+    with pytest.raises(SchemaVersionError, match="upgrade the software"):
+        store.open_store(database_url)
+
+
+def test_sqlite_store_is_created_on_first_use_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dir" / "store.db"
+
+    engine = store.open_store(f"sqlite:///{path}")
+
+    assert path.is_file()
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
+    assert set(store.table_counts(engine)) == {*dataset.TABLES, "decisions"}
+    engine.dispose()
+
+
+def test_the_url_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RISKMODEL_DATABASE_URL", "sqlite:///elsewhere.db")
+    assert store.resolve_database_url() == "sqlite:///elsewhere.db"
+    assert store.resolve_database_url("sqlite://") == "sqlite://"
+    monkeypatch.delenv("RISKMODEL_DATABASE_URL")
+    assert store.resolve_database_url() == store.DEFAULT_DATABASE_URL
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("not a url", "not a database URL"),
+        ("postgresql://postgres@127.0.0.1:1/none", "cannot open the store"),
+    ],
+)
+def test_a_bad_url_says_what_is_wrong(url: str, message: str) -> None:
+    with pytest.raises(StoreError, match=message):
+        store.open_store(url)
