@@ -1,0 +1,212 @@
+"""History in the shape both engines read: event streams and the request frame.
+
+Everything is in store units (integer microseconds, integer cents). The offline engine
+builds these streams from whole tables; the online engine runs the same construction on
+the few rows the store returns for one request, so both see identical events.
+
+    >>> from features.history import History
+    >>> History.empty().orders.columns.tolist()[:3]
+    ['order_id', 'user_id', 'product_type']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Connection, Engine
+
+from features.spec import Entity, Source
+from riskmodel import store
+
+__all__ = ["ORDER_COLUMNS", "History", "request_frame", "source_events"]
+
+ORDER_COLUMNS = (
+    "user_id",
+    "product_type",
+    "amount",
+    "paid_at",
+    "seller_id",
+    "payment_method",
+    "payment_account",
+    "device_id",
+    "ip",
+    "delivered_at",
+    "redeemed_at",
+    "service_days",
+)
+"""Order columns a request carries, as ``order_<name>``."""
+
+_TABLES = ("users", "orders", "usage", "refund_requests", "labels", "decisions")
+
+
+@dataclass(frozen=True)
+class History:
+    """The tables features are computed from, in store form (``riskmodel.store``)."""
+
+    users: pd.DataFrame
+    orders: pd.DataFrame
+    usage: pd.DataFrame
+    refund_requests: pd.DataFrame
+    labels: pd.DataFrame
+    decisions: pd.DataFrame
+
+    @classmethod
+    def empty(cls) -> History:
+        return cls(**{name: _empty(name) for name in _TABLES})
+
+    @classmethod
+    def from_tables(cls, tables: dict[str, pd.DataFrame]) -> History:
+        """From ``riskmodel.dataset.read_dataset`` output; absent tables are empty."""
+        return cls(**{name: tables.get(name, _empty(name)) for name in _TABLES})
+
+    @classmethod
+    def from_store(cls, source: Engine | Connection) -> History:
+        return cls(**{name: store.read_table(source, name) for name in _TABLES})
+
+    def replace(self, **tables: pd.DataFrame) -> History:
+        current = {f.name: getattr(self, f.name) for f in fields(self)}
+        return History(**{**current, **tables})
+
+
+def _empty(table: str) -> pd.DataFrame:
+    columns = [c.name for c in store.metadata.tables[table].columns]
+    return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
+
+
+def _num(series: pd.Series) -> np.ndarray:
+    """A numeric column as float64 with NaN for null (exact for store integers < 2**53)."""
+    return pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+
+def _obj(series: pd.Series) -> np.ndarray:
+    return series.astype(object).where(series.notna(), None).to_numpy(dtype=object)
+
+
+def request_frame(requests: pd.DataFrame, history: History) -> dict[str, np.ndarray]:
+    """Columns of each request with its order's (``order_*``) and user's (``user_*``).
+
+    Numbers are float64 with NaN for null; text is an object array with None.
+    """
+    orders = history.orders.set_index("order_id")
+    users = history.users.set_index("user_id")
+    order_rows = orders.reindex(requests["order_id"].to_numpy())
+    user_rows = users.reindex(requests["user_id"].to_numpy())
+    columns: dict[str, np.ndarray] = {}
+    for name in ("request_id", "order_id", "user_id", "reason", "device_id", "ip", "channel"):
+        columns[name] = _obj(requests[name])
+    for name in ("requested_at", "amount", "days_used_claimed"):
+        columns[name] = _num(requests[name])
+    columns["amount"] = columns["amount"] / 100
+    for name in ORDER_COLUMNS:
+        values = order_rows[name]
+        numeric = name in ("amount", "paid_at", "delivered_at", "redeemed_at", "service_days")
+        columns[f"order_{name}"] = _num(values) if numeric else _obj(values)
+    columns["order_amount"] = columns["order_amount"] / 100
+    columns["user_registered_at"] = _num(user_rows["registered_at"])
+    verified = user_rows["phone_verified"]
+    columns["user_phone_verified"] = np.array(
+        [np.nan if v is None or v is pd.NA or v != v else float(bool(v)) for v in verified],
+        dtype=float,
+    )
+    return columns
+
+
+def request_entity(columns: dict[str, np.ndarray], entity: Entity) -> np.ndarray:
+    """The value each request has for ``entity`` (its own field, or its order's)."""
+    if entity in (Entity.PAYMENT_ACCOUNT, Entity.SELLER):
+        return columns[f"order_{entity.value}"]
+    return columns[entity.value]
+
+
+@dataclass(frozen=True)
+class Events:
+    """One stream keyed by one entity: ``key`` (object), ``time`` (int64 µs), ``value``
+    (int64), and the attributes filters and DISTINCT read."""
+
+    key: np.ndarray
+    time: np.ndarray
+    value: np.ndarray
+    attributes: dict[str, np.ndarray]
+
+
+def _refunds_with_order(history: History) -> pd.DataFrame:
+    orders = history.orders[["order_id", "payment_account", "seller_id"]]
+    return history.refund_requests.merge(orders, on="order_id", how="left")
+
+
+def _abuse_changes(history: History) -> pd.DataFrame:
+    """One row per label that changes what is known of a request (+1 abuse, -1 cleared)."""
+    labels = history.labels[["request_id", "labeled_at", "is_abuse"]].copy()
+    labels["state"] = labels["is_abuse"].astype(bool).astype("int64")
+    labels = labels.sort_values(["request_id", "labeled_at"], kind="stable")
+    previous = labels.groupby("request_id", sort=False)["state"].shift(1, fill_value=0)
+    labels["delta"] = labels["state"] - previous
+    changes = labels[labels["delta"] != 0]
+    requests = _refunds_with_order(history)[
+        ["request_id", "user_id", "device_id", "ip", "payment_account", "seller_id"]
+    ]
+    return changes.merge(requests, on="request_id", how="inner")
+
+
+def _sightings(history: History, entity: Entity) -> pd.DataFrame:
+    """First time each user was seen on each value of ``entity``, with their registration."""
+    orders = history.orders[["user_id", entity.value, "paid_at"]].rename(
+        columns={"paid_at": "time"}
+    )
+    parts = [orders]
+    refunds = _refunds_with_order(history)
+    if entity.value in refunds.columns:
+        parts.append(
+            refunds[["user_id", entity.value, "requested_at"]].rename(
+                columns={"requested_at": "time"}
+            )
+        )
+    seen = pd.concat(parts, ignore_index=True).dropna(subset=[entity.value])
+    first = seen.groupby([entity.value, "user_id"], sort=False)["time"].min().reset_index()
+    registered = history.users.set_index("user_id")["registered_at"]
+    first["registered_at"] = pd.to_numeric(first["user_id"].map(registered), errors="coerce")
+    return first
+
+
+def source_events(history: History, source: Source, entity: Entity) -> Events:
+    """The stream of ``source`` keyed by ``entity``; rows without that key are left out."""
+    frame: pd.DataFrame
+    value: Any
+    if source is Source.ORDERS:
+        frame, time, value = history.orders, "paid_at", "amount"
+    elif source is Source.REFUNDS:
+        frame, time, value = _refunds_with_order(history), "requested_at", "amount"
+    elif source is Source.ABUSE:
+        frame, time, value = _abuse_changes(history), "labeled_at", "delta"
+    elif source is Source.DECISIONS:
+        users = history.refund_requests[["request_id", "user_id"]]
+        frame = history.decisions.merge(users, on="request_id", how="inner")
+        time, value = "decided_at", None
+    elif source is Source.USAGE:
+        frame, time, value = history.usage, "used_at", None
+    else:
+        frame, time, value = _sightings(history, entity), "time", "registered_at"
+    if entity.value not in frame.columns:
+        raise ValueError(f"source {source.value} has no {entity.value}")
+    frame = frame[frame[entity.value].notna()]
+    if source is Source.SIGHTINGS:
+        frame = frame[frame["registered_at"].notna()]
+    values = (
+        np.ones(len(frame), dtype=np.int64)
+        if value is None
+        else pd.to_numeric(frame[value]).to_numpy(dtype=np.int64)
+    )
+    attributes = {
+        c: _obj(frame[c])
+        for c in frame.columns
+        if c not in (entity.value, time) and not pd.api.types.is_numeric_dtype(frame[c])
+    }
+    return Events(
+        key=_obj(frame[entity.value]),
+        time=frame[time].to_numpy(dtype=np.int64),
+        value=values,
+        attributes=attributes,
+    )
