@@ -35,6 +35,11 @@ _LINKED = {
 }
 
 
+def _span(label: str) -> str:
+    days = int(label[:-1])
+    return "the day" if days == 1 else f"the {days} days"
+
+
 def _divide(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
     """top / bottom, null where bottom is 0 or null."""
     top, bottom = np.asarray(top, dtype=float), np.asarray(bottom, dtype=float)
@@ -75,7 +80,7 @@ def _user_behaviour() -> Iterator[Feature]:
             Entity.USER,
             Agg.COUNT,
             window,
-            doc=f"orders the user paid in the {label[:-1]} days before the request",
+            doc=f"orders the user paid in {_span(label)} before the request",
         )
         yield Aggregate(
             f"user_order_amount_{label}",
@@ -83,7 +88,7 @@ def _user_behaviour() -> Iterator[Feature]:
             Entity.USER,
             Agg.SUM,
             window,
-            doc=f"amount the user paid in the {label[:-1]} days before the request",
+            doc=f"amount the user paid in {_span(label)} before the request",
         )
     yield Aggregate(
         "user_orders_all",
@@ -147,7 +152,7 @@ def _share(count: str) -> Formula:
 
 def _refund_history() -> Iterator[Feature]:
     for label, window in [*WINDOWS.items(), ("all", None)]:
-        words = "before the request" if window is None else f"in the {label[:-1]} days before"
+        words = "before the request" if window is None else f"in {_span(label)} before it"
         yield Aggregate(
             f"user_refunds_{label}",
             S.REFUNDS,

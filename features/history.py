@@ -12,6 +12,7 @@ the few rows the store returns for one request, so both see identical events.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,9 +20,17 @@ import pandas as pd
 from sqlalchemy import Connection, Engine
 
 from features.spec import Entity, Source
-from riskmodel import store
+from riskmodel import dataset, store
 
-__all__ = ["ORDER_COLUMNS", "History", "request_frame", "source_events"]
+__all__ = [
+    "ORDER_COLUMNS",
+    "Events",
+    "History",
+    "load_history",
+    "request_entity",
+    "request_frame",
+    "source_events",
+]
 
 ORDER_COLUMNS = (
     "user_id",
@@ -69,6 +78,17 @@ class History:
     def replace(self, **tables: pd.DataFrame) -> History:
         current = {f.name: getattr(self, f.name) for f in fields(self)}
         return History(**{**current, **tables})
+
+
+def load_history(source: str | Path) -> History:
+    """History from a dataset directory, or from the store at a database URL."""
+    if isinstance(source, Path) or "://" not in source:
+        return History.from_tables(dataset.read_dataset(source))
+    engine = store.open_store(source)
+    try:
+        return History.from_store(engine)
+    finally:
+        engine.dispose()
 
 
 def _empty(table: str) -> pd.DataFrame:

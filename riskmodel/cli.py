@@ -2,6 +2,10 @@
 
 Each sub-command is a thin layer over a public function; errors of the project's
 hierarchy become one line on stderr and exit status 1 (2 for bad arguments).
+
+The packages above this one (``features``, ``training``, ``serving``) add their own
+sub-commands through the ``riskmodel.commands`` entry-point group, so this module never
+imports them and the layers keep pointing one way.
 """
 
 from __future__ import annotations
@@ -10,11 +14,12 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from riskmodel.errors import RiskModelError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["add_database_option", "build_parser", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -37,7 +42,10 @@ def _positive(text: str) -> int:
     return value
 
 
-def _database_option(parser: argparse.ArgumentParser) -> None:
+def add_database_option(
+    parser: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup,
+) -> None:
+    """The ``--database-url`` option, the same on every command that reads the store."""
     parser.add_argument(
         "--database-url",
         help="SQLAlchemy URL of the store (default: $RISKMODEL_DATABASE_URL, "
@@ -130,14 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
         "A bad row is reported with table, row, column and problem, and nothing is written.",
     )
     ing.add_argument("directory", type=Path, help="dataset directory (Parquet or CSV files)")
-    _database_option(ing)
+    add_database_option(ing)
     ing.set_defaults(handler=_ingest)
 
     db = commands.add_parser("db", help="inspect the event store")
     db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     info = db_commands.add_parser("info", help="schema version and rows per table")
-    _database_option(info)
+    add_database_option(info)
     info.set_defaults(handler=_db_info)
+
+    for plugin in sorted(entry_points(group="riskmodel.commands"), key=lambda e: e.name):
+        plugin.load()(commands)
     return parser
 
 

@@ -1,0 +1,257 @@
+"""The online engine: the features of one request, read from the store at request time.
+
+Each (source, entity) group of aggregates becomes one SQL query that folds every window
+and filter of the group in a single pass over the entity's events before the request
+(an index range scan on ``(entity, time)``). Context and derived formulas are the same
+numpy functions the offline engine runs, called on one row.
+
+    >>> from features.online import online_features
+    >>> from riskmodel.store import open_store
+    >>> engine = open_store("sqlite://")
+    >>> with engine.connect() as conn:                                  # doctest: +SKIP
+    ...     online_features(conn, {"request_id": "r1", "order_id": "o1", ...})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cache
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    FromClause,
+    Select,
+    String,
+    and_,
+    bindparam,
+    case,
+    distinct,
+    func,
+    literal,
+    select,
+    union,
+)
+
+from features.catalog import CATALOG
+from features.history import ORDER_COLUMNS
+from features.offline import _with_inputs
+from features.spec import HOUR, Agg, Aggregate, Context, Derived, Entity, Source, Type
+from riskmodel.store import EVENT_TABLES, decisions
+
+__all__ = ["online_features"]
+
+_orders = EVENT_TABLES["orders"]
+_refunds = EVENT_TABLES["refund_requests"]
+_usage = EVENT_TABLES["usage"]
+_labels = EVENT_TABLES["labels"]
+_users = EVENT_TABLES["users"]
+
+_ORDER_SIDE = (Entity.PAYMENT_ACCOUNT, Entity.SELLER)
+_T = bindparam("t", type_=BigInteger)
+_KEY = bindparam("key", type_=String)
+
+
+def online_features(
+    conn: Connection, request: Mapping[str, Any], names: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Features of one refund request, in store units (``requested_at`` in microseconds,
+    ``amount`` in cents), from what the store holds strictly before ``requested_at``.
+
+    The request itself need not be stored. Numbers come back as floats (NaN is null),
+    categories as strings or None.
+    """
+    chosen = list(CATALOG) if names is None else list(names)
+    columns = _request_columns(conn, request)
+    t = int(request["requested_at"])
+    wanted = _with_inputs(chosen)
+    aggregates = [f for f in wanted if isinstance(f, Aggregate)]
+    groups: dict[tuple[Source, Entity], list[Aggregate]] = {}
+    for aggregate in aggregates:
+        groups.setdefault((aggregate.source, aggregate.entity), []).append(aggregate)
+    for (source, entity), group in groups.items():
+        key = columns[f"order_{entity.value}" if entity in _ORDER_SIDE else entity.value][0]
+        if key is None or (isinstance(key, float) and np.isnan(key)):
+            for aggregate in group:
+                columns[aggregate.name] = np.array([np.nan])
+            continue
+        row = conn.execute(_query(source, entity, tuple(group)), {"key": key, "t": t}).one()
+        for aggregate, value in zip(group, row, strict=True):
+            columns[aggregate.name] = np.array([_finish(aggregate, value, t)])
+    for feature in wanted:
+        if isinstance(feature, Context | Derived):
+            columns[feature.name] = feature.compute(columns)
+    return {name: _scalar(CATALOG[name], columns[name][0]) for name in chosen}
+
+
+def _scalar(feature: Aggregate | Context | Derived, value: Any) -> Any:
+    if feature.type is Type.CATEGORY:
+        return value if isinstance(value, str) else None
+    return float(value)
+
+
+def _request_columns(conn: Connection, request: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The one-row equivalent of ``features.history.request_frame``."""
+    order = conn.execute(
+        select(*[_orders.c[n] for n in ORDER_COLUMNS]).where(
+            _orders.c.order_id == request["order_id"]
+        )
+    ).first()
+    user = conn.execute(
+        select(_users.c.registered_at, _users.c.phone_verified).where(
+            _users.c.user_id == request["user_id"]
+        )
+    ).first()
+    columns: dict[str, np.ndarray] = {}
+    for name in ("request_id", "order_id", "user_id", "reason", "device_id", "ip", "channel"):
+        columns[name] = np.array([request.get(name)], dtype=object)
+    for name in ("requested_at", "amount", "days_used_claimed"):
+        columns[name] = np.array([_number(request.get(name))])
+    columns["amount"] = columns["amount"] / 100
+    numeric = {"amount", "paid_at", "delivered_at", "redeemed_at", "service_days"}
+    for i, name in enumerate(ORDER_COLUMNS):
+        value = None if order is None else order[i]
+        columns[f"order_{name}"] = (
+            np.array([_number(value)]) if name in numeric else np.array([value], dtype=object)
+        )
+    columns["order_amount"] = columns["order_amount"] / 100
+    columns["user_registered_at"] = np.array([_number(None if user is None else user[0])])
+    verified = None if user is None else user[1]
+    columns["user_phone_verified"] = np.array([np.nan if verified is None else float(verified)])
+    return columns
+
+
+def _number(value: Any) -> float:
+    return np.nan if value is None else float(value)
+
+
+def _finish(aggregate: Aggregate, value: Any, t: int) -> float:
+    if aggregate.agg is Agg.HOURS_SINCE_LAST:
+        return np.nan if value is None else (t - int(value)) / HOUR
+    if aggregate.agg is Agg.MAX:
+        return np.nan if value is None else float(value)
+    total = 0.0 if value is None else float(value)
+    if aggregate.agg is Agg.SUM and aggregate.source in (Source.ORDERS, Source.REFUNDS):
+        return total / 100
+    return total
+
+
+@cache
+def _query(source: Source, entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any]:
+    """One statement folding every aggregate of the group; parameters ``key`` and ``t``."""
+    t = _T
+    from_: FromClause
+    if source is Source.SIGHTINGS:
+        return _sightings_query(entity, group)
+    if source is Source.ABUSE:
+        return _abuse_query(entity, len(group))
+    if source is Source.ORDERS:
+        table, time, value = _orders, _orders.c.paid_at, _orders.c.amount
+        key_column = _orders.c[entity.value]
+        from_ = _orders
+    elif source is Source.REFUNDS:
+        table, time, value = _refunds, _refunds.c.requested_at, _refunds.c.amount
+        if entity in _ORDER_SIDE:
+            key_column = _orders.c[entity.value]
+            from_ = _refunds.join(_orders, _orders.c.order_id == _refunds.c.order_id)
+        else:
+            key_column = _refunds.c[entity.value]
+            from_ = _refunds
+    elif source is Source.USAGE:
+        table, time, value = _usage, _usage.c.used_at, None
+        key_column, from_ = _usage.c[entity.value], _usage
+    else:
+        table, time, value = decisions, decisions.c.decided_at, None
+        key_column = _refunds.c[entity.value]
+        from_ = decisions.join(_refunds, _refunds.c.request_id == decisions.c.request_id)
+    expressions = []
+    for aggregate in group:
+        conditions: list[ColumnElement[bool]] = []
+        if aggregate.window is not None:
+            conditions.append(time >= t - aggregate.window)
+        if aggregate.where is not None:
+            column, wanted = aggregate.where
+            conditions.append(table.c[column] == wanted)
+        matched = and_(*conditions) if conditions else None
+        expressions.append(_fold(aggregate, matched, time, value, table))
+    return select(*expressions).select_from(from_).where(key_column == _KEY, time < t)
+
+
+def _fold(
+    aggregate: Aggregate,
+    matched: ColumnElement[bool] | None,
+    time: Any,
+    value: Any,
+    table: Any,
+) -> Any:
+    def when(expression: Any, otherwise: Any = None) -> Any:
+        if matched is None:
+            return expression
+        return case((matched, expression), else_=otherwise)
+
+    if aggregate.agg is Agg.COUNT:
+        return func.sum(when(literal(1), literal(0)))
+    if aggregate.agg is Agg.SUM:
+        return func.sum(when(value, literal(0)))
+    if aggregate.agg is Agg.HOURS_SINCE_LAST:
+        return func.max(when(time))
+    if aggregate.agg is Agg.DISTINCT:
+        assert aggregate.of is not None
+        return func.count(distinct(when(table.c[aggregate.of])))
+    raise ValueError(f"{aggregate.name}: {aggregate.agg} is not supported on {table.name}")
+
+
+def _sightings_query(entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any]:
+    t, key = _T, _KEY
+    seen = [select(_orders.c.user_id).where(_orders.c[entity.value] == key, _orders.c.paid_at < t)]
+    if entity in _ORDER_SIDE:
+        seen.append(
+            select(_refunds.c.user_id)
+            .select_from(_refunds.join(_orders, _orders.c.order_id == _refunds.c.order_id))
+            .where(_orders.c[entity.value] == key, _refunds.c.requested_at < t)
+        )
+    else:
+        seen.append(
+            select(_refunds.c.user_id).where(
+                _refunds.c[entity.value] == key, _refunds.c.requested_at < t
+            )
+        )
+    users = union(*seen).subquery()
+    joined = users.join(_users, _users.c.user_id == users.c.user_id)
+    expressions = [
+        func.count(_users.c.user_id) if a.agg is Agg.COUNT else func.max(_users.c.registered_at)
+        for a in group
+    ]
+    return select(*expressions).select_from(joined)
+
+
+def _abuse_query(entity: Entity, columns: int) -> Select[Any]:
+    """Requests of the entity whose latest label before ``t`` says abuse."""
+    t, key = _T, _KEY
+    from_ = _labels.join(_refunds, _refunds.c.request_id == _labels.c.request_id)
+    if entity in _ORDER_SIDE:
+        from_ = from_.join(_orders, _orders.c.order_id == _refunds.c.order_id)
+        key_column = _orders.c[entity.value]
+    else:
+        key_column = _refunds.c[entity.value]
+    latest = (
+        select(
+            _labels.c.is_abuse,
+            func.row_number()
+            .over(partition_by=_labels.c.request_id, order_by=_labels.c.labeled_at.desc())
+            .label("rank"),
+        )
+        .select_from(from_)
+        .where(key_column == key, _labels.c.labeled_at < t)
+        .subquery()
+    )
+    counts: list[Any] = [func.count()] * columns
+    statement: Select[Any] = (
+        select(*counts)
+        .select_from(latest)
+        .where(latest.c.rank == 1, latest.c.is_abuse.is_(True))
+    )
+    return statement
