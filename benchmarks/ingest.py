@@ -61,8 +61,10 @@ def main() -> None:
             source = Path(tmp) / "dataset"
             sim = simulate(SimulationConfig(users=args.users, days=args.days, seed=1))
             write_simulation(sim, source)
-            print(f"simulated {args.users:,} users x {args.days} days "
-                  f"in {time.perf_counter() - started:.1f} s")
+            print(
+                f"simulated {args.users:,} users x {args.days} days "
+                f"in {time.perf_counter() - started:.1f} s"
+            )
 
         targets = [("SQLite", f"sqlite:///{Path(tmp) / 'bench.db'}")]
         if not args.skip_postgres:

@@ -250,8 +250,6 @@ def _abuse_query(entity: Entity, columns: int) -> Select[Any]:
     )
     counts: list[Any] = [func.count()] * columns
     statement: Select[Any] = (
-        select(*counts)
-        .select_from(latest)
-        .where(latest.c.rank == 1, latest.c.is_abuse.is_(True))
+        select(*counts).select_from(latest).where(latest.c.rank == 1, latest.c.is_abuse.is_(True))
     )
     return statement

@@ -1,0 +1,208 @@
+"""Feature engines: offline throughput and memory, online latency per request.
+
+    python benchmarks/features.py offline [--orders 10000000 --requests 1000000]
+    python benchmarks/features.py online  [--users 100000 --days 180] [--postgres-url URL]
+
+Offline runs on a synthetic history with the cardinalities of a large marketplace
+(10 orders per user, shared public IPs, a few hundred sellers); it prints seconds, rows/s
+and the peak resident memory. Online simulates a marketplace, loads it into SQLite (and
+PostgreSQL unless --skip-postgres), and times ``online_features`` for random requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features import History, build_features, online_features
+from riskmodel import store
+from riskmodel.ingest import ingest
+from riskmodel.simulator import SimulationConfig, simulate, write_simulation
+
+HOUR = 3_600_000_000
+DAY = 24 * HOUR
+START = 1_767_225_600_000_000
+
+
+def _ids(prefix: str, numbers: np.ndarray) -> np.ndarray:
+    return pd.Series(numbers).map(lambda n: f"{prefix}{n}").to_numpy(dtype=object)
+
+
+def synthetic_history(orders: int, requests: int, seed: int = 0) -> History:
+    rng = np.random.default_rng(seed)
+    users = max(orders // 10, 1)
+    user_of_order = rng.integers(0, users, orders)
+    paid = START + rng.integers(0, 180 * DAY, orders)
+    product = rng.choice(["card_code", "membership", "game_currency", "service"], orders)
+    order_frame = pd.DataFrame(
+        {
+            "order_id": _ids("o", np.arange(orders)),
+            "user_id": _ids("u", user_of_order),
+            "product_type": product,
+            "amount": rng.integers(100, 60_000, orders),
+            "paid_at": paid,
+            "currency": None,
+            "seller_id": _ids("s", rng.integers(0, 300, orders)),
+            "product_id": None,
+            "payment_method": rng.choice(["alipay", "wechat_pay", "bank_card"], orders),
+            "payment_account": _ids("pa", user_of_order * 2 + rng.integers(0, 2, orders)),
+            "device_id": _ids("d", user_of_order + rng.integers(0, 2, orders)),
+            # One order in ten from a pool of 500 public IPs shared by everyone.
+            "ip": _ids(
+                "ip",
+                np.where(
+                    rng.random(orders) < 0.1, rng.integers(0, 500, orders), user_of_order + 500
+                ),
+            ),
+            "delivered_at": paid + 60_000_000,
+            "redeemed_at": np.where(product == "card_code", paid + HOUR, None),
+            "service_days": np.where(product == "membership", 30, None),
+            "extra": None,
+        }
+    )
+    chosen = rng.choice(orders, requests, replace=False)
+    request_frame = pd.DataFrame(
+        {
+            "request_id": _ids("r", np.arange(requests)),
+            "order_id": order_frame["order_id"].to_numpy()[chosen],
+            "user_id": order_frame["user_id"].to_numpy()[chosen],
+            "requested_at": paid[chosen] + rng.integers(0, 20 * DAY, requests),
+            "amount": order_frame["amount"].to_numpy()[chosen],
+            "reason": rng.choice(["not_delivered", "invalid_code", "unused", "other"], requests),
+            "days_used_claimed": None,
+            "device_id": order_frame["device_id"].to_numpy()[chosen],
+            "ip": order_frame["ip"].to_numpy()[chosen],
+            "channel": "app",
+            "extra": None,
+        }
+    )
+    labelled = rng.choice(requests, requests // 5, replace=False)
+    label_frame = pd.DataFrame(
+        {
+            "request_id": request_frame["request_id"].to_numpy()[labelled],
+            "is_abuse": rng.random(len(labelled)) < 0.2,
+            "labeled_at": request_frame["requested_at"].to_numpy()[labelled]
+            + rng.integers(DAY, 40 * DAY, len(labelled)),
+            "source": "review",
+            "extra": None,
+        }
+    )
+    memberships = np.flatnonzero(product == "membership")
+    used = rng.integers(0, 10, len(memberships))
+    usage_order = np.repeat(memberships, used)
+    offsets = np.arange(used.sum()) - np.repeat(np.cumsum(used) - used, used)
+    usage_frame = pd.DataFrame(
+        {
+            "order_id": order_frame["order_id"].to_numpy()[usage_order],
+            "used_at": paid[usage_order] + offsets * DAY + HOUR,
+            "extra": None,
+        }
+    )
+    user_frame = pd.DataFrame(
+        {
+            "user_id": _ids("u", np.arange(users)),
+            "registered_at": START - rng.integers(0, 400 * DAY, users),
+            "phone_verified": rng.random(users) < 0.9,
+            "extra": None,
+        }
+    )
+    return History.empty().replace(
+        users=user_frame,
+        orders=order_frame,
+        usage=usage_frame,
+        refund_requests=request_frame,
+        labels=label_frame,
+    )
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
+
+
+def offline(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    history = synthetic_history(args.orders, args.requests)
+    print(
+        f"synthetic history: {len(history.orders):,} orders, "
+        f"{len(history.refund_requests):,} requests, {len(history.usage):,} usage days, "
+        f"{len(history.labels):,} labels ({time.perf_counter() - started:.1f} s to make)"
+    )
+    started = time.perf_counter()
+    table = build_features(history)
+    seconds = time.perf_counter() - started
+    print(
+        f"offline: {table.shape[0]:,} requests x {table.shape[1]} features in {seconds:.1f} s "
+        f"({table.shape[0] / seconds:,.0f} requests/s); peak RSS {_peak_rss_gb():.2f} GB"
+    )
+
+
+def _latencies(url: str, requests: pd.DataFrame) -> np.ndarray:
+    engine = store.open_store(url)
+    timings = []
+    with engine.connect() as conn:
+        for request in requests.to_dict("records")[:50]:  # warm caches and statements
+            online_features(conn, request)
+        for request in requests.to_dict("records"):
+            started = time.perf_counter()
+            online_features(conn, request)
+            timings.append(time.perf_counter() - started)
+    engine.dispose()
+    return np.array(timings) * 1000
+
+
+def online(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp) / "dataset"
+        write_simulation(
+            simulate(SimulationConfig(users=args.users, days=args.days, seed=3)), directory
+        )
+        targets = [("SQLite", f"sqlite:///{Path(tmp) / 'online.db'}")]
+        if not args.skip_postgres:
+            targets.append(("PostgreSQL", args.postgres_url))
+        requests = pd.read_parquet(directory / "refund_requests.parquet")
+        sample = requests.sample(n=min(args.samples, len(requests)), random_state=0)
+        store_form = History.from_tables({}).refund_requests  # column order
+        from riskmodel.dataset import normalise
+
+        sample = normalise("refund_requests", sample.reset_index(drop=True))[store_form.columns]
+        for name, url in targets:
+            if name == "PostgreSQL":
+                engine = store.open_store(url)
+                store.drop_everything(engine)
+                engine.dispose()
+            ingest(directory, url)
+            ms = _latencies(url, sample)
+            print(
+                f"online {name:<10}: {len(ms):,} requests  p50 {np.percentile(ms, 50):.3f} ms  "
+                f"p99 {np.percentile(ms, 99):.3f} ms  max {ms.max():.3f} ms"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    modes = parser.add_subparsers(dest="mode", required=True)
+    off = modes.add_parser("offline")
+    off.add_argument("--orders", type=int, default=10_000_000)
+    off.add_argument("--requests", type=int, default=1_000_000)
+    off.set_defaults(run=offline)
+    on = modes.add_parser("online")
+    on.add_argument("--users", type=int, default=100_000)
+    on.add_argument("--days", type=int, default=180)
+    on.add_argument("--samples", type=int, default=2_000)
+    on.add_argument(
+        "--postgres-url", default="postgresql://postgres@127.0.0.1:5432/riskmodel_bench"
+    )
+    on.add_argument("--skip-postgres", action="store_true")
+    on.set_defaults(run=online)
+    args = parser.parse_args()
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

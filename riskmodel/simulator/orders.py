@@ -1,0 +1,210 @@
+"""Orders of ordinary accounts: when they buy, what, how they pay, from where.
+
+Buyer activity is heavy-tailed (log-normal rate per account), so a few trusted accounts
+buy very often. Purchases follow a daily rhythm in China time. Most purchases use the
+account's own device, home IP and payment account; household members sometimes use the
+shared device or payment account, and everyone is sometimes on a shared public IP.
+Honest duplicate charges are a copy of a purchase minutes later.
+
+    >>> import numpy as np
+    >>> from riskmodel.simulator.catalog import build_catalog
+    >>> from riskmodel.simulator.config import SimulationConfig
+    >>> from riskmodel.simulator.population import build_population
+    >>> cfg = SimulationConfig(users=1_000, days=30)
+    >>> rng = np.random.default_rng(0)
+    >>> pop = build_population(cfg, rng)
+    >>> cat = build_catalog(cfg, rng, int(cfg.start.timestamp()), len(pop.schemes))
+    >>> len(regular_orders(pop, cat, cfg, rng)) > 0
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from riskmodel.simulator.catalog import Catalog
+from riskmodel.simulator.common import (
+    DAY,
+    FAKE_BUYER,
+    HOUR,
+    MINUTE,
+    MISSING,
+    PRODUCT_TYPES,
+    RING,
+    Array,
+    choice_codes,
+    uniform_seconds,
+)
+from riskmodel.simulator.config import SimulationConfig
+from riskmodel.simulator.population import Population
+
+__all__ = [
+    "DUPLICATE",
+    "REGULAR",
+    "RING_ORDER",
+    "SCHEME_ORDER",
+    "Orders",
+    "duplicate_charges",
+    "new_orders",
+    "pick_products",
+    "regular_orders",
+    "usual_device_ip",
+]
+
+# Where an order comes from.
+REGULAR, DUPLICATE, RING_ORDER, SCHEME_ORDER = range(4)
+
+# Relative purchase activity per hour of the day in China (UTC+8): evenings are busiest.
+_LOCAL_HOUR_WEIGHTS = (
+    0.6, 0.4, 0.25, 0.15, 0.1, 0.1, 0.2, 0.4, 0.7, 0.9, 1.0, 1.1,
+    1.2, 1.0, 1.0, 1.0, 1.1, 1.2, 1.3, 1.5, 1.7, 1.8, 1.6, 1.1,
+)  # fmt: skip
+_UTC_OFFSET_HOURS = 8
+
+
+@dataclass
+class Orders:
+    """One element per order, in generation order (``output`` sorts them)."""
+
+    user: Array
+    product: Array
+    product_type: Array
+    amount: Array
+    paid: Array
+    seller: Array
+    account: Array
+    method: Array
+    device: Array
+    ip: Array
+    service_days: Array
+    origin: Array
+    """REGULAR, DUPLICATE, RING_ORDER or SCHEME_ORDER."""
+    delivered: Array
+    redeemed: Array
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    @classmethod
+    def concat(cls, parts: list[Orders]) -> Orders:
+        return cls(
+            **{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)}
+        )
+
+    def take(self, index: Array) -> Orders:
+        return Orders(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+
+def new_orders(
+    pop: Population,
+    cat: Catalog,
+    user: Array,
+    product: Array,
+    paid: Array,
+    account: Array,
+    device: Array,
+    ip: Array,
+    origin: int,
+) -> Orders:
+    """Orders with the product's attributes filled in and nothing delivered yet."""
+    n = len(user)
+    return Orders(
+        user=user.astype(np.int64),
+        product=product.astype(np.int64),
+        product_type=cat.product_type[product],
+        amount=cat.price[product],
+        paid=paid.astype(np.int64),
+        seller=cat.seller[product],
+        account=account.astype(np.int64),
+        method=pop.account_method[account],
+        device=device.astype(np.int64),
+        ip=ip.astype(np.int64),
+        service_days=cat.service_days[product],
+        origin=np.full(n, origin, dtype=np.int64),
+        delivered=np.full(n, MISSING, dtype=np.int64),
+        redeemed=np.full(n, MISSING, dtype=np.int64),
+    )
+
+
+def pick_products(cat: Catalog, rng: np.random.Generator, product_type: Array) -> Array:
+    """A product of each requested type, by popularity."""
+    product = np.empty(len(product_type), dtype=np.int64)
+    for t in range(len(PRODUCT_TYPES)):
+        wanted = np.flatnonzero(product_type == t)
+        of_type = np.flatnonzero(cat.product_type == t)
+        cumulative = np.cumsum(cat.weight[of_type])
+        drawn = np.searchsorted(cumulative, rng.random(len(wanted)) * cumulative[-1], side="right")
+        product[wanted] = of_type[np.minimum(drawn, len(of_type) - 1)]
+    return product
+
+
+def usual_device_ip(pop: Population, rng: np.random.Generator, user: Array) -> tuple[Array, Array]:
+    """The device and IP an ordinary account uses for one action."""
+    n = len(user)
+    r = rng.random((3, n))
+    device = pop.device[user]
+    second = pop.second_device[user]
+    device = np.where((second >= 0) & (r[0] < 0.25), second, device)
+    shared = pop.household_device[user]
+    device = np.where((shared >= 0) & (r[1] < 0.3), shared, device)
+
+    away = r[2] < pop.public_share[user]
+    # Away from home an account mostly returns to its usual public network (campus,
+    # carrier), sometimes another one.
+    favourite = rng.random(n) < 0.7
+    any_public = pop.public_ips[choice_codes(rng, pop.public_weights, n)]
+    public = np.where(favourite, pop.public_ip[user], any_public)
+    ip = np.where(away, public, pop.home_ip[user])
+    return device, ip
+
+
+def _usual_account(pop: Population, rng: np.random.Generator, user: Array) -> Array:
+    r = rng.random((2, len(user)))
+    account = pop.account[user]
+    second = pop.second_account[user]
+    account = np.where((second >= 0) & (r[0] < 0.25), second, account)
+    shared = pop.household_account[user]
+    return np.where((shared >= 0) & (r[1] < 0.4), shared, account)
+
+
+def _daily_rhythm(rng: np.random.Generator, t: Array, earliest: Array, end: int) -> Array:
+    """Move each time to an hour of its day drawn from the daily rhythm; a time that would
+    leave the account's active span keeps its uniform draw."""
+    local_hour = choice_codes(rng, _LOCAL_HOUR_WEIGHTS, len(t))
+    utc_hour = (local_hour - _UTC_OFFSET_HOURS) % 24
+    moved = t - t % DAY + utc_hour * HOUR + uniform_seconds(rng, 0, HOUR, len(t))
+    return np.where((moved >= earliest) & (moved < end), moved, t)
+
+
+def regular_orders(
+    pop: Population, cat: Catalog, cfg: SimulationConfig, rng: np.random.Generator
+) -> Orders:
+    """Every purchase of ordinary accounts (honest, opportunist and serial refunders)."""
+    start = int(cfg.start.timestamp())
+    end = start + cfg.days * DAY
+    buyers = np.flatnonzero((pop.kind != RING) & (pop.kind != FAKE_BUYER))
+    active_from = np.maximum(pop.registered[buyers], start)
+    span = end - active_from
+    counts = rng.poisson(pop.activity[buyers] * span / (30 * DAY))
+    user = np.repeat(buyers, counts)
+    first = np.repeat(active_from, counts)
+    paid = first + uniform_seconds(rng, 0, np.repeat(span, counts))
+    paid = _daily_rhythm(rng, paid, first, end)
+    product = pick_products(cat, rng, choice_codes(rng, cfg.product_mix, len(user)))
+    device, ip = usual_device_ip(pop, rng, user)
+    account = _usual_account(pop, rng, user)
+    return new_orders(pop, cat, user, product, paid, account, device, ip, REGULAR)
+
+
+def duplicate_charges(orders: Orders, cfg: SimulationConfig, rng: np.random.Generator) -> Orders:
+    """Second charges of the same purchase, seconds to minutes after the first."""
+    end = int(cfg.start.timestamp()) + cfg.days * DAY
+    chosen = np.flatnonzero(
+        (orders.origin == REGULAR) & (rng.random(len(orders)) < cfg.duplicate_charge_rate)
+    )
+    copies = orders.take(chosen)
+    copies.paid = copies.paid + uniform_seconds(rng, 30, 10 * MINUTE, len(chosen))
+    copies.origin = np.full(len(chosen), DUPLICATE, dtype=np.int64)
+    return copies.take(np.flatnonzero(copies.paid < end))
