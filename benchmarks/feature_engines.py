@@ -30,8 +30,9 @@ DAY = 24 * HOUR
 START = 1_767_225_600_000_000
 
 
-def _ids(prefix: str, numbers: np.ndarray) -> np.ndarray:
-    return pd.Series(numbers).map(lambda n: f"{prefix}{n}").to_numpy(dtype=object)
+def _ids(prefix: str, numbers: np.ndarray) -> pd.Series:
+    # Arrow-backed strings, built without a Python call per row: compact and quick.
+    return prefix + pd.Series(numbers).astype("str")
 
 
 def synthetic_history(orders: int, requests: int, seed: int = 0) -> History:
@@ -70,14 +71,14 @@ def synthetic_history(orders: int, requests: int, seed: int = 0) -> History:
     request_frame = pd.DataFrame(
         {
             "request_id": _ids("r", np.arange(requests)),
-            "order_id": order_frame["order_id"].to_numpy()[chosen],
-            "user_id": order_frame["user_id"].to_numpy()[chosen],
+            "order_id": order_frame["order_id"].iloc[chosen].reset_index(drop=True),
+            "user_id": order_frame["user_id"].iloc[chosen].reset_index(drop=True),
             "requested_at": paid[chosen] + rng.integers(0, 20 * DAY, requests),
-            "amount": order_frame["amount"].to_numpy()[chosen],
+            "amount": order_frame["amount"].iloc[chosen].reset_index(drop=True),
             "reason": rng.choice(["not_delivered", "invalid_code", "unused", "other"], requests),
             "days_used_claimed": None,
-            "device_id": order_frame["device_id"].to_numpy()[chosen],
-            "ip": order_frame["ip"].to_numpy()[chosen],
+            "device_id": order_frame["device_id"].iloc[chosen].reset_index(drop=True),
+            "ip": order_frame["ip"].iloc[chosen].reset_index(drop=True),
             "channel": "app",
             "extra": None,
         }
@@ -85,9 +86,9 @@ def synthetic_history(orders: int, requests: int, seed: int = 0) -> History:
     labelled = rng.choice(requests, requests // 5, replace=False)
     label_frame = pd.DataFrame(
         {
-            "request_id": request_frame["request_id"].to_numpy()[labelled],
+            "request_id": request_frame["request_id"].iloc[labelled].reset_index(drop=True),
             "is_abuse": rng.random(len(labelled)) < 0.2,
-            "labeled_at": request_frame["requested_at"].to_numpy()[labelled]
+            "labeled_at": request_frame["requested_at"].iloc[labelled].reset_index(drop=True)
             + rng.integers(DAY, 40 * DAY, len(labelled)),
             "source": "review",
             "extra": None,
@@ -99,7 +100,7 @@ def synthetic_history(orders: int, requests: int, seed: int = 0) -> History:
     offsets = np.arange(used.sum()) - np.repeat(np.cumsum(used) - used, used)
     usage_frame = pd.DataFrame(
         {
-            "order_id": order_frame["order_id"].to_numpy()[usage_order],
+            "order_id": order_frame["order_id"].iloc[usage_order].reset_index(drop=True),
             "used_at": paid[usage_order] + offsets * DAY + HOUR,
             "extra": None,
         }

@@ -67,11 +67,10 @@ def _user_behaviour() -> Iterator[Feature]:
         ("requested_at", "user_registered_at"),
         doc="days from registration to the request; null for an unknown user",
     )
-    yield Context(
+    yield _copy(
         "phone_verified",
-        lambda c: c["user_phone_verified"].astype(float),
-        ("user_phone_verified",),
-        doc="1 if the user's phone is verified, 0 if not, null if unknown",
+        "user_phone_verified",
+        "1 if the user's phone is verified, 0 if not, null if unknown",
     )
     for label, window in WINDOWS.items():
         yield Aggregate(
@@ -244,43 +243,31 @@ _ENTITLEMENT_NEEDS = (
 )
 
 
+def _copy(name: str, column: str, doc: str, levels: tuple[str, ...] = ()) -> Context:
+    """A request or order column as it is: a category when ``levels`` are given."""
+    if levels:
+        return Context(name, lambda c: c[column], (column,), doc, T.CATEGORY, levels)
+    return Context(name, lambda c: c[column].astype(float), (column,), doc)
+
+
 def _order_context() -> Iterator[Feature]:
-    yield Context(
+    yield _copy(
         "product_type",
-        lambda c: c["order_product_type"],
-        ("order_product_type",),
-        doc="product type of the order",
-        type=T.CATEGORY,
-        levels=tuple(p.value for p in ProductType),
+        "order_product_type",
+        "product type of the order",
+        tuple(p.value for p in ProductType),
     )
-    yield Context(
-        "reason",
-        lambda c: c["reason"],
-        ("reason",),
-        doc="reason given for the refund",
-        type=T.CATEGORY,
-        levels=tuple(r.value for r in RefundReason),
+    yield _copy(
+        "reason", "reason", "reason given for the refund", tuple(r.value for r in RefundReason)
     )
-    yield Context(
+    yield _copy(
         "payment_method",
-        lambda c: c["order_payment_method"],
-        ("order_payment_method",),
-        doc="how the order was paid; null if unknown",
-        type=T.CATEGORY,
-        levels=("alipay", "wechat_pay", "bank_card", "balance"),
+        "order_payment_method",
+        "how the order was paid; null if unknown",
+        ("alipay", "wechat_pay", "bank_card", "balance"),
     )
-    yield Context(
-        "request_amount",
-        lambda c: c["amount"].astype(float),
-        ("amount",),
-        doc="amount asked back",
-    )
-    yield Context(
-        "order_amount",
-        lambda c: c["order_amount"].astype(float),
-        ("order_amount",),
-        doc="amount paid for the order",
-    )
+    yield _copy("request_amount", "amount", "amount asked back")
+    yield _copy("order_amount", "order_amount", "amount paid for the order")
     yield Context(
         "requested_share_of_paid",
         lambda c: _divide(c["amount"], c["order_amount"]),
@@ -319,11 +306,8 @@ def _order_context() -> Iterator[Feature]:
         Agg.COUNT,
         doc="days the platform saw the membership used before the request (0 for others)",
     )
-    yield Context(
-        "days_used_claimed",
-        lambda c: c["days_used_claimed"].astype(float),
-        ("days_used_claimed",),
-        doc="days of use the user admits; null if not stated",
+    yield _copy(
+        "days_used_claimed", "days_used_claimed", "days of use the user admits; null if not stated"
     )
     yield Context(
         "days_used_underclaimed",

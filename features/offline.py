@@ -1,11 +1,13 @@
 """The offline engine: every feature for many requests at once, each as of its request.
 
-Vectorised with numpy. For an aggregate, the events of its stream are sorted by (entity,
-time) and given a composite integer key ``entity_code * (T + 1) + time_rank`` (time ranks
-among the stream's distinct times, so the composite never overflows). One
-``searchsorted`` then finds, for every request, how many events of its entity fall before
-its time and before the start of its window; counts and sums are differences of prefix
-sums (in integer cents, so exact), "hours since last" reads the event just before.
+Vectorised with numpy. The events of a (source, entity) stream are sorted once by a
+composite integer key ``entity_code * (T + 1) + time_rank`` (time ranks among the
+stream's distinct times, so the composite never overflows). One ``searchsorted`` per
+window then finds, for every request, how many events of its entity fall before its time
+and before the start of its window (needles are sorted first: binary searches in order
+are an order of magnitude faster than at random). Counts and sums are differences of
+prefix sums, in integer cents so exact; a filter is a prefix sum of its indicator over
+the same order; "hours since last" reads the latest matching event before the request.
 
     >>> from features.offline import build_features
     >>> from features.history import History
@@ -16,13 +18,12 @@ sums (in integer cents, so exact), "hours since last" reads the event just befor
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from features.catalog import CATALOG
-from features.history import Events, History, request_entity, request_frame, source_events
+from features.history import Events, History, Sources, request_entity, request_frame
 from features.spec import HOUR, Agg, Aggregate, Context, Derived, Entity, Feature, Source, Type
 
 __all__ = ["build_features", "compute_columns"]
@@ -58,12 +59,17 @@ def compute_columns(
     """The request frame plus the named features (and what they need), as numpy columns."""
     columns = request_frame(requests, history)
     wanted = _with_inputs(names)
+    sources = Sources(history)
+    times = columns["requested_at"].astype(np.int64)
     aggregates = [f for f in wanted if isinstance(f, Aggregate)]
     for (source, entity), group in _groups(aggregates).items():
-        stream = _Stream(source_events(history, source, entity))
-        keys = request_entity(columns, entity)
+        needs = sorted(
+            {a.where[0] for a in group if a.where} | {a.of for a in group if a.of is not None}
+        )
+        events = sources.events(source, entity, needs)
+        stream = _Stream(events, request_entity(columns, entity), times)
         for aggregate in group:
-            columns[aggregate.name] = stream.aggregate(aggregate, keys, columns["requested_at"])
+            columns[aggregate.name] = stream.aggregate(aggregate)
     for feature in wanted:
         if isinstance(feature, Context | Derived):
             columns[feature.name] = feature.compute(columns)
@@ -90,118 +96,129 @@ def _groups(features: list[Aggregate]) -> dict[tuple[Source, Entity], list[Aggre
     return groups
 
 
-@dataclass
-class _Sorted:
-    """Events of one stream (after a filter), sorted by composite (entity, time) key."""
+def _search(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(haystack, needles)``, with the needles visited in sorted order."""
+    order = np.argsort(needles, kind="stable")
+    found = np.empty(len(needles), dtype=np.int64)
+    found[order] = np.searchsorted(haystack, needles[order])
+    return found
 
-    codes: np.ndarray
-    times: np.ndarray
-    values: np.ndarray
-    ranks_of: np.ndarray  # sorted distinct times
-    composite: np.ndarray
-    prefix: np.ndarray  # prefix sums of values, with a leading 0
-    order: np.ndarray  # positions in the filtered stream
 
-    @classmethod
-    def build(cls, codes: np.ndarray, times: np.ndarray, values: np.ndarray) -> _Sorted:
-        order = np.lexsort((times, codes))
-        codes, times, values = codes[order], times[order], values[order]
-        distinct = np.unique(times)
-        composite = codes * (len(distinct) + 1) + np.searchsorted(distinct, times)
-        prefix = np.concatenate([[0], np.cumsum(values, dtype=np.int64)])
-        return cls(codes, times, values, distinct, composite, prefix, order)
-
-    def before(self, codes: np.ndarray, times: np.ndarray) -> np.ndarray:
-        """For each (code, time): the number of events ordered before (code, time)."""
-        ranks = np.searchsorted(self.ranks_of, times, side="left")
-        return np.searchsorted(self.composite, codes * (len(self.ranks_of) + 1) + ranks)
-
-    def start(self, codes: np.ndarray) -> np.ndarray:
-        return np.searchsorted(self.composite, codes * (len(self.ranks_of) + 1))
+def _dense_rank(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct values and each value's index among them (sort-based: no hashing)."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    new = np.ones(len(values), dtype=bool)
+    new[1:] = ordered[1:] != ordered[:-1]
+    rank = np.empty(len(values), dtype=np.int64)
+    rank[order] = np.cumsum(new) - 1
+    return ordered[new], rank
 
 
 class _Stream:
-    def __init__(self, events: Events) -> None:
+    """Events of one (source, entity), sorted, and the requests that query them."""
+
+    def __init__(self, events: Events, keys: np.ndarray, times: np.ndarray) -> None:
+        codes, uniques = pd.factorize(events.key)
+        self.distinct_times, time_rank = _dense_rank(events.time)
+        self.span = len(self.distinct_times) + 1
+        composite = codes.astype(np.int64) * self.span + time_rank
+        self.order = np.argsort(composite, kind="stable")
+        self.composite = composite[self.order]
+        self.times = events.time[self.order]
+        self.values = events.value[self.order]
+        self.codes = codes[self.order].astype(np.int64)
         self.events = events
-        self.codes, uniques = pd.factorize(events.key)
-        self.index = pd.Index(uniques)
-        self._sorted: dict[tuple[str, str] | None, _Sorted] = {}
+        self.present = np.asarray(pd.notna(keys), dtype=bool)
+        query = np.full(len(keys), len(uniques), dtype=np.int64)  # unknown: past every key
+        if self.present.any():
+            found = pd.Index(uniques).get_indexer(keys[self.present])
+            query[self.present] = np.where(found >= 0, found, len(uniques))
+        self.query = query
+        self.t = times
+        self._positions: dict[int | None, np.ndarray] = {}
+        self._prefix: dict[tuple[str, tuple[str, str] | None], np.ndarray] = {}
 
-    def sorted(self, where: tuple[str, str] | None) -> _Sorted:
-        if where not in self._sorted:
-            keep = (
-                np.ones(len(self.codes), dtype=bool)
-                if where is None
-                else self.events.attributes[where[0]] == where[1]
-            )
-            built = _Sorted.build(
-                self.codes[keep].astype(np.int64),
-                self.events.time[keep],
-                self.events.value[keep],
-            )
-            built.order = np.flatnonzero(keep)[built.order]
-            self._sorted[where] = built
-        return self._sorted[where]
+    def position(self, window: int | None) -> np.ndarray:
+        """Per request: events ordered before (its key, t - window); None: its key's start."""
+        if window not in self._positions:
+            if window is None:
+                needles = self.query * self.span
+            else:
+                rank = _search(self.distinct_times, self.t - window)
+                needles = self.query * self.span + rank
+            self._positions[window] = _search(self.composite, needles)
+        return self._positions[window]
 
-    def aggregate(self, feature: Aggregate, keys: np.ndarray, times: np.ndarray) -> np.ndarray:
-        present = pd.notna(keys)
-        codes = np.full(len(keys), -1, dtype=np.int64)
-        if present.any():
-            codes[present] = self.index.get_indexer(keys[present])
-        # A key never seen has no events: give it a code past every real one.
-        codes[codes < 0] = len(self.index)
-        t = times.astype(np.int64)
-        s = self.sorted(feature.where)
-        hi = s.before(codes, t)
-        lo = s.start(codes) if feature.window is None else s.before(codes, t - feature.window)
-        result = self._fold(feature, s, lo, hi, t)
-        result[~present] = np.nan
+    def _indicator(self, where: tuple[str, str] | None) -> np.ndarray | None:
+        if where is None:
+            return None
+        column, wanted = where
+        matched: np.ndarray = self.events.attributes[column][self.order] == wanted
+        return matched
+
+    def prefix(self, kind: str, where: tuple[str, str] | None) -> np.ndarray:
+        """Prefix sums of event counts ("count") or values ("sum") passing ``where``."""
+        if (kind, where) not in self._prefix:
+            base = np.ones(len(self.values), dtype=np.int64) if kind == "count" else self.values
+            indicator = self._indicator(where)
+            if indicator is not None:
+                base = base * indicator
+            self._prefix[kind, where] = np.concatenate([[0], np.cumsum(base, dtype=np.int64)])
+        return self._prefix[kind, where]
+
+    def aggregate(self, feature: Aggregate) -> np.ndarray:
+        hi = self.position(0)
+        lo = self.position(feature.window)
+        if len(self.times) == 0:
+            empty = feature.agg in (Agg.HOURS_SINCE_LAST, Agg.MAX)
+            result = np.full(len(hi), np.nan if empty else 0.0)
+        elif feature.agg in (Agg.COUNT, Agg.SUM):
+            prefix = self.prefix("count" if feature.agg is Agg.COUNT else "sum", feature.where)
+            result = (prefix[hi] - prefix[lo]).astype(float)
+            money = feature.agg is Agg.SUM and feature.source in (Source.ORDERS, Source.REFUNDS)
+            if money:
+                result = result / 100
+        elif feature.agg is Agg.HOURS_SINCE_LAST:
+            result = self._hours_since_last(feature, lo, hi)
+        elif feature.agg is Agg.MAX:
+            result = self._prefix_max(lo, hi)
+        else:
+            result = self._distinct(feature, lo, hi)
+        result[~self.present] = np.nan
         return result
 
-    def _fold(
-        self, feature: Aggregate, s: _Sorted, lo: np.ndarray, hi: np.ndarray, t: np.ndarray
-    ) -> np.ndarray:
-        if len(s.times) == 0:
-            empty = feature.agg in (Agg.HOURS_SINCE_LAST, Agg.MAX)
-            return np.full(len(hi), np.nan if empty else 0.0)
-        if feature.agg is Agg.COUNT:
-            count: np.ndarray = (hi - lo).astype(float)
-            return count
-        if feature.agg is Agg.SUM:
-            total: np.ndarray = (s.prefix[hi] - s.prefix[lo]).astype(float)
-            return total / 100 if feature.source in (Source.ORDERS, Source.REFUNDS) else total
-        if feature.agg is Agg.HOURS_SINCE_LAST:
-            last = s.times[np.maximum(hi - 1, 0)]
-            hours: np.ndarray = np.where(hi > lo, (t - last) / HOUR, np.nan)
-            return hours
-        if feature.agg is Agg.MAX:
-            return _prefix_max(s, lo, hi)
-        return self._distinct(feature, s, lo, hi)
+    def _hours_since_last(self, feature: Aggregate, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        index = np.arange(len(self.times))
+        indicator = self._indicator(feature.where)
+        marks = index if indicator is None else np.where(indicator, index, -1)
+        latest = np.maximum.accumulate(marks)[np.maximum(hi - 1, 0)]
+        found = (hi > lo) & (latest >= lo)
+        last = self.times[np.maximum(latest, 0)]
+        hours: np.ndarray = np.where(found, (self.t - last) / HOUR, np.nan)
+        return hours
 
-    def _distinct(
-        self, feature: Aggregate, s: _Sorted, lo: np.ndarray, hi: np.ndarray
-    ) -> np.ndarray:
+    def _prefix_max(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Largest value among a key's events before the request (whole history only)."""
+        distinct, rank = _dense_rank(self.values)
+        span = len(distinct) + 1
+        # Offsetting by the key keeps the running maximum from leaking across keys.
+        running = np.maximum.accumulate(self.codes * span + rank)
+        at = np.maximum(hi - 1, 0)
+        best = running[at] - self.codes[at] * span
+        out = np.full(len(hi), np.nan)
+        has = hi > lo
+        out[has] = distinct[best[has]]
+        return out
+
+    def _distinct(self, feature: Aggregate, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         assert feature.of is not None
-        of = self.events.attributes[feature.of][s.order]
-        codes, _ = pd.factorize(of)  # null -> -1
+        codes, _ = pd.factorize(self.events.attributes[feature.of][self.order])  # null: -1
         sizes = hi - lo
         query = np.repeat(np.arange(len(lo)), sizes)
         offsets = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
         value = codes[np.repeat(lo, sizes) + offsets]
         keep = value >= 0
-        pairs = np.unique(query[keep] * (int(codes.max(initial=0)) + 1) + value[keep])
-        per_query = np.bincount(pairs // (int(codes.max(initial=0)) + 1), minlength=len(lo))
-        return per_query.astype(float)
-
-
-def _prefix_max(s: _Sorted, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Largest value among events [start of key, hi): lifetime windows only."""
-    distinct, rank = np.unique(s.values, return_inverse=True)
-    span = len(distinct) + 1
-    # Offsetting by the key keeps the running maximum from leaking across keys.
-    running = np.maximum.accumulate(s.codes * span + rank)
-    has = hi > lo
-    best = running[np.maximum(hi - 1, 0)] - s.codes[np.maximum(hi - 1, 0)] * span
-    out = np.full(len(hi), np.nan)
-    out[has] = distinct[best[has]]
-    return out
+        span = int(codes.max(initial=0)) + 1
+        pairs = np.unique(query[keep] * span + value[keep])
+        return np.bincount(pairs // span, minlength=len(lo)).astype(float)
