@@ -21,9 +21,18 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.catalog import CATALOG
-from features.history import Events, History, Sources, request_entity, request_frame
+from features.history import (
+    Events,
+    History,
+    Sources,
+    dense_rank,
+    request_entity,
+    request_frame,
+)
 from features.spec import HOUR, Agg, Aggregate, Context, Derived, Entity, Feature, Source, Type
 
 __all__ = ["build_features", "compute_columns"]
@@ -61,13 +70,14 @@ def compute_columns(
     wanted = _with_inputs(names)
     sources = Sources(history)
     times = columns["requested_at"].astype(np.int64)
+    by_time = np.argsort(times, kind="stable")  # one order of the requests for every stream
     aggregates = [f for f in wanted if isinstance(f, Aggregate)]
     for (source, entity), group in _groups(aggregates).items():
         needs = sorted(
             {a.where[0] for a in group if a.where} | {a.of for a in group if a.of is not None}
         )
         events = sources.events(source, entity, needs)
-        stream = _Stream(events, request_entity(columns, entity), times)
+        stream = _Stream(events, entity, request_entity(columns, entity), times, by_time)
         for aggregate in group:
             columns[aggregate.name] = stream.aggregate(aggregate)
     for feature in wanted:
@@ -96,46 +106,46 @@ def _groups(features: list[Aggregate]) -> dict[tuple[Source, Entity], list[Aggre
     return groups
 
 
-def _search(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
-    """``np.searchsorted(haystack, needles)``, with the needles visited in sorted order."""
-    order = np.argsort(needles, kind="stable")
-    found = np.empty(len(needles), dtype=np.int64)
-    found[order] = np.searchsorted(haystack, needles[order])
-    return found
-
-
-def _dense_rank(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted distinct values and each value's index among them (sort-based: no hashing)."""
-    order = np.argsort(values, kind="stable")
-    ordered = values[order]
-    new = np.ones(len(values), dtype=bool)
-    new[1:] = ordered[1:] != ordered[:-1]
-    rank = np.empty(len(values), dtype=np.int64)
-    rank[order] = np.cumsum(new) - 1
-    return ordered[new], rank
-
-
 class _Stream:
     """Events of one (source, entity), sorted, and the requests that query them."""
 
-    def __init__(self, events: Events, keys: np.ndarray, times: np.ndarray) -> None:
-        codes, uniques = pd.factorize(events.key)
-        self.distinct_times, time_rank = _dense_rank(events.time)
+    def __init__(
+        self,
+        events: Events,
+        entity: Entity,
+        keys: np.ndarray,
+        times: np.ndarray,
+        by_time: np.ndarray,
+    ) -> None:
+        if entity is Entity.ORDER:
+            # Most orders are never refunded: their events cannot matter to any request.
+            wanted = pc.unique(pa.array(keys, type=pa.string(), from_pandas=True))
+            found = pc.is_in(pa.array(events.key, type=pa.string()), value_set=wanted)
+            events = events.subset(found.to_numpy(zero_copy_only=False))
+        # Events and requests are coded together: a request's key unknown to the events
+        # gets a code of its own, which no event has.
+        both = pd.concat(
+            [events.key.astype("str"), pd.Series(keys, dtype="str")], ignore_index=True
+        )
+        all_codes, _ = pd.factorize(both)
+        codes = all_codes[: len(events.key)].astype(np.int64)
+        query = all_codes[len(events.key) :].astype(np.int64)
+        self.present = query >= 0
+        query[~self.present] = int(all_codes.max(initial=0)) + 1
+        self.distinct_times, time_rank = events.distinct_times, events.time_rank
         self.span = len(self.distinct_times) + 1
-        composite = codes.astype(np.int64) * self.span + time_rank
+        composite = codes * self.span + time_rank
         self.order = np.argsort(composite, kind="stable")
         self.composite = composite[self.order]
         self.times = events.time[self.order]
         self.values = events.value[self.order]
-        self.codes = codes[self.order].astype(np.int64)
+        self.codes = codes[self.order]
         self.events = events
-        self.present = np.asarray(pd.notna(keys), dtype=bool)
-        query = np.full(len(keys), len(uniques), dtype=np.int64)  # unknown: past every key
-        if self.present.any():
-            found = pd.Index(uniques).get_indexer(keys[self.present])
-            query[self.present] = np.where(found >= 0, found, len(uniques))
         self.query = query
         self.t = times
+        self.by_time = by_time
+        # Sorted by (key, time), every window's needles come out already in order.
+        self.by_key = np.lexsort((times, query))
         self._positions: dict[int | None, np.ndarray] = {}
         self._prefix: dict[tuple[str, tuple[str, str] | None], np.ndarray] = {}
 
@@ -145,16 +155,24 @@ class _Stream:
             if window is None:
                 needles = self.query * self.span
             else:
-                rank = _search(self.distinct_times, self.t - window)
+                rank = np.empty(len(self.t), dtype=np.int64)
+                rank[self.by_time] = np.searchsorted(
+                    self.distinct_times, self.t[self.by_time] - window
+                )
                 needles = self.query * self.span + rank
-            self._positions[window] = _search(self.composite, needles)
+            found = np.empty(len(needles), dtype=np.int64)
+            found[self.by_key] = np.searchsorted(self.composite, needles[self.by_key])
+            self._positions[window] = found
         return self._positions[window]
 
     def _indicator(self, where: tuple[str, str] | None) -> np.ndarray | None:
         if where is None:
             return None
         column, wanted = where
-        matched: np.ndarray = self.events.attributes[column][self.order] == wanted
+        codes, uniques = self.events.attributes[column]
+        if wanted not in uniques:
+            return np.zeros(len(self.order), dtype=bool)
+        matched: np.ndarray = codes[self.order] == uniques.get_loc(wanted)
         return matched
 
     def prefix(self, kind: str, where: tuple[str, str] | None) -> np.ndarray:
@@ -200,7 +218,7 @@ class _Stream:
 
     def _prefix_max(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """Largest value among a key's events before the request (whole history only)."""
-        distinct, rank = _dense_rank(self.values)
+        distinct, rank = dense_rank(self.values)
         span = len(distinct) + 1
         # Offsetting by the key keeps the running maximum from leaking across keys.
         running = np.maximum.accumulate(self.codes * span + rank)
@@ -213,7 +231,7 @@ class _Stream:
 
     def _distinct(self, feature: Aggregate, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         assert feature.of is not None
-        codes, _ = pd.factorize(self.events.attributes[feature.of][self.order])  # null: -1
+        codes = self.events.attributes[feature.of][0][self.order]  # null: -1
         sizes = hi - lo
         query = np.repeat(np.arange(len(lo)), sizes)
         offsets = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
