@@ -39,7 +39,7 @@ from sqlalchemy import (
 from features.catalog import CATALOG
 from features.history import ORDER_COLUMNS
 from features.offline import _with_inputs
-from features.spec import HOUR, Agg, Aggregate, Context, Derived, Entity, Source, Type
+from features.spec import HOUR, Agg, Aggregate, Context, Derived, Entity, Feature, Source, Type
 from riskmodel.store import EVENT_TABLES, decisions
 
 __all__ = ["online_features"]
@@ -64,27 +64,36 @@ def online_features(
     The request itself need not be stored. Numbers come back as floats (NaN is null),
     categories as strings or None.
     """
-    chosen = list(CATALOG) if names is None else list(names)
+    chosen = tuple(CATALOG) if names is None else tuple(names)
     columns = _request_columns(conn, request)
     t = int(request["requested_at"])
-    wanted = _with_inputs(chosen)
-    aggregates = [f for f in wanted if isinstance(f, Aggregate)]
-    groups: dict[tuple[Source, Entity], list[Aggregate]] = {}
-    for aggregate in aggregates:
-        groups.setdefault((aggregate.source, aggregate.entity), []).append(aggregate)
+    wanted, groups = _plan(chosen)
     for (source, entity), group in groups.items():
         key = columns[f"order_{entity.value}" if entity in _ORDER_SIDE else entity.value][0]
         if key is None or (isinstance(key, float) and np.isnan(key)):
             for aggregate in group:
                 columns[aggregate.name] = np.array([np.nan])
             continue
-        row = conn.execute(_query(source, entity, tuple(group)), {"key": key, "t": t}).one()
+        row = conn.execute(_query(source, entity, group), {"key": key, "t": t}).one()
         for aggregate, value in zip(group, row, strict=True):
             columns[aggregate.name] = np.array([_finish(aggregate, value, t)])
     for feature in wanted:
         if isinstance(feature, Context | Derived):
             columns[feature.name] = feature.compute(columns)
     return {name: _scalar(CATALOG[name], columns[name][0]) for name in chosen}
+
+
+@cache
+def _plan(
+    names: tuple[str, ...],
+) -> tuple[list[Feature], dict[tuple[Source, Entity], tuple[Aggregate, ...]]]:
+    """What to compute for ``names``, and its aggregates grouped into one query each."""
+    wanted = _with_inputs(names)
+    groups: dict[tuple[Source, Entity], list[Aggregate]] = {}
+    for feature in wanted:
+        if isinstance(feature, Aggregate):
+            groups.setdefault((feature.source, feature.entity), []).append(feature)
+    return wanted, {key: tuple(group) for key, group in groups.items()}
 
 
 def _scalar(feature: Aggregate | Context | Derived, value: Any) -> Any:

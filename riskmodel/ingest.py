@@ -80,6 +80,7 @@ def ingest_tables(engine: Engine, tables: Mapping[str, pd.DataFrame]) -> IngestR
         for name in _LOAD_ORDER:
             if name in tables:
                 written[name] = store.upsert(conn, name, tables[name])
+        store.analyze(conn, [name for name, rows in written.items() if rows])
     return IngestReport(
         rows_read=dataset.dataset_counts(tables),
         rows_written=written,
