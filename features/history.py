@@ -95,8 +95,7 @@ def load_history(source: str | Path) -> History:
 
 
 def _empty(table: str) -> pd.DataFrame:
-    columns = [c.name for c in store.metadata.tables[table].columns]
-    return pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
+    return pd.DataFrame({c: pd.Series([], dtype=object) for c in store.columns_of(table)})
 
 
 def _num(series: pd.Series) -> np.ndarray:

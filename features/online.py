@@ -163,12 +163,7 @@ def _query(source: Source, entity: Entity, group: tuple[Aggregate, ...]) -> Sele
         from_ = _orders
     elif source is Source.REFUNDS:
         table, time, value = _refunds, _refunds.c.requested_at, _refunds.c.amount
-        if entity in _ORDER_SIDE:
-            key_column = _orders.c[entity.value]
-            from_ = _refunds.join(_orders, _orders.c.order_id == _refunds.c.order_id)
-        else:
-            key_column = _refunds.c[entity.value]
-            from_ = _refunds
+        key_column, from_ = _refund_key(entity), _refunds
     elif source is Source.USAGE:
         table, time, value = _usage, _usage.c.used_at, None
         key_column, from_ = _usage.c[entity.value], _usage
@@ -213,21 +208,18 @@ def _fold(
     raise ValueError(f"{aggregate.name}: {aggregate.agg} is not supported on {table.name}")
 
 
+def _refund_key(entity: Entity) -> Any:
+    """The refund-request column holding ``entity``: the store keeps a copy of the order's
+    seller and payment account on each request (``riskmodel.store.DERIVED``)."""
+    return _refunds.c[f"order_{entity.value}" if entity in _ORDER_SIDE else entity.value]
+
+
 def _sightings_query(entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any]:
     t, key = _T, _KEY
     seen = [select(_orders.c.user_id).where(_orders.c[entity.value] == key, _orders.c.paid_at < t)]
-    if entity in _ORDER_SIDE:
-        seen.append(
-            select(_refunds.c.user_id)
-            .select_from(_refunds.join(_orders, _orders.c.order_id == _refunds.c.order_id))
-            .where(_orders.c[entity.value] == key, _refunds.c.requested_at < t)
-        )
-    else:
-        seen.append(
-            select(_refunds.c.user_id).where(
-                _refunds.c[entity.value] == key, _refunds.c.requested_at < t
-            )
-        )
+    seen.append(
+        select(_refunds.c.user_id).where(_refund_key(entity) == key, _refunds.c.requested_at < t)
+    )
     users = union(*seen).subquery()
     joined = users.join(_users, _users.c.user_id == users.c.user_id)
     expressions = [
@@ -241,11 +233,7 @@ def _abuse_query(entity: Entity, columns: int) -> Select[Any]:
     """Requests of the entity whose latest label before ``t`` says abuse."""
     t, key = _T, _KEY
     from_ = _labels.join(_refunds, _refunds.c.request_id == _labels.c.request_id)
-    if entity in _ORDER_SIDE:
-        from_ = from_.join(_orders, _orders.c.order_id == _refunds.c.order_id)
-        key_column = _orders.c[entity.value]
-    else:
-        key_column = _refunds.c[entity.value]
+    key_column = _refund_key(entity)
     latest = (
         select(
             _labels.c.is_abuse,

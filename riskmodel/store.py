@@ -39,12 +39,14 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     create_engine,
     event,
     func,
     literal,
     or_,
     select,
+    update,
 )
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import make_url
@@ -58,9 +60,11 @@ from riskmodel.errors import SchemaVersionError, StoreError
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "DERIVED",
     "EVENT_TABLES",
     "SCHEMA_VERSION",
     "analyze",
+    "columns_of",
     "decisions",
     "drop_everything",
     "fetch_by_key",
@@ -75,7 +79,7 @@ __all__ = [
 
 DEFAULT_DATABASE_URL = "sqlite:///data/riskmodel.db"
 DATABASE_URL_ENV = "RISKMODEL_DATABASE_URL"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _CHUNK = 20_000
 _REINDEX_FROM = 50_000
 
@@ -110,6 +114,20 @@ _INDEXES: dict[str, tuple[tuple[str, ...], ...]] = {
     "labels": (("labeled_at",),),
 }
 
+# Store-only copies of a parent's columns, kept so that "every refund request on the orders
+# of seller / payment account X before T" is one index range scan, not a join over all of
+# X's orders (measured: 8 ms a query for a large seller). Filled from the order whenever
+# a request is written; the dataset contract does not carry them.
+DERIVED: dict[str, dict[str, str]] = {
+    "refund_requests": {"order_seller_id": "seller_id", "order_payment_account": "payment_account"},
+}
+_DERIVED_INDEXES = {
+    "refund_requests": (
+        ("order_seller_id", "requested_at"),
+        ("order_payment_account", "requested_at"),
+    ),
+}
+
 
 def _event_table(spec: dataset.Table) -> Table:
     columns = [
@@ -122,10 +140,16 @@ def _event_table(spec: dataset.Table) -> Table:
         for c in spec.columns
     ]
     columns.append(Column(EXTRA, Text, nullable=True))
-    indexes = [
-        Index(f"ix_{spec.name}_{'_'.join(cols)}", *cols) for cols in _INDEXES.get(spec.name, ())
-    ]
+    columns += [Column(name, String(128), nullable=True) for name in DERIVED.get(spec.name, {})]
+    wanted = (*_INDEXES.get(spec.name, ()), *_DERIVED_INDEXES.get(spec.name, ()))
+    indexes = [Index(f"ix_{spec.name}_{'_'.join(cols)}", *cols) for cols in wanted]
     return Table(spec.name, metadata, *columns, *indexes)
+
+
+def columns_of(table: str) -> list[str]:
+    """The columns a caller writes and reads: all but the store's derived copies."""
+    derived = DERIVED.get(table, {})
+    return [c.name for c in metadata.tables[table].columns if c.name not in derived]
 
 
 EVENT_TABLES: dict[str, Table] = {name: _event_table(spec) for name, spec in dataset.TABLES.items()}
@@ -157,8 +181,22 @@ schema_info = Table(
     Column("version", Integer, nullable=False),
 )
 
+
+def _add_derived_copies(conn: Connection) -> None:
+    """Version 1 -> 2: refund requests carry their order's seller and payment account."""
+    requests = EVENT_TABLES["refund_requests"]
+    for name in DERIVED["refund_requests"]:
+        conn.exec_driver_sql(f"ALTER TABLE refund_requests ADD COLUMN {name} VARCHAR(128)")
+    conn.execute(_fill_statement(requests, everything=True))
+    for index in requests.indexes:
+        if index.name in {
+            f"ix_refund_requests_{'_'.join(c)}" for c in _DERIVED_INDEXES["refund_requests"]
+        }:
+            index.create(conn)
+
+
 # version -> step that upgrades a database from that version to the next one.
-_MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_derived_copies}
 
 
 def resolve_database_url(url: str | None = None) -> str:
@@ -237,7 +275,7 @@ def _ensure_schema(engine: Engine) -> None:
 
 def _sqlite_upsert(table: Table) -> Insert:
     key = [c.name for c in table.primary_key.columns]
-    others = [c.name for c in table.columns if c.name not in key]
+    others = [c for c in columns_of(table.name) if c not in key]
     stmt = sqlite.insert(table)
     new = stmt.excluded
     # Rows equal to the stored ones are not rewritten: loading twice changes nothing.
@@ -264,7 +302,7 @@ def upsert(conn: Connection, table: str, frame: pd.DataFrame) -> int:
     changed); rows equal to the stored ones are left alone, so repeating a load is a no-op.
     """
     target = metadata.tables[table]
-    missing = [c.name for c in target.columns if c.name not in frame.columns]
+    missing = [c for c in columns_of(table) if c not in frame.columns]
     if missing:
         raise StoreError(f"{table}: rows lack column(s) {', '.join(missing)}")
     if len(frame) >= _REINDEX_FROM and _is_empty(conn, target):
@@ -273,11 +311,38 @@ def upsert(conn: Connection, table: str, frame: pd.DataFrame) -> int:
         for index in target.indexes:
             index.drop(conn)
         try:
-            return _write(conn, target, frame)
+            written = _write(conn, target, frame)
+            _fill_derived(conn, target, frame)
         finally:
             for index in target.indexes:
                 index.create(conn)
-    return _write(conn, target, frame)
+        return written
+    written = _write(conn, target, frame)
+    _fill_derived(conn, target, frame)
+    return written
+
+
+def _fill_statement(target: Table, *, everything: bool = False) -> Any:
+    orders = EVENT_TABLES["orders"]
+    copies = {
+        name: select(orders.c[source])
+        .where(orders.c.order_id == target.c.order_id)
+        .scalar_subquery()
+        for name, source in DERIVED[target.name].items()
+    }
+    statement = update(target).values(copies)
+    if everything:
+        return statement
+    return statement.where(target.c.request_id.in_(bindparam("ids", expanding=True)))
+
+
+def _fill_derived(conn: Connection, target: Table, frame: pd.DataFrame) -> None:
+    if target.name not in DERIVED:
+        return
+    statement = _fill_statement(target)
+    ids = frame["request_id"].tolist()
+    for start in range(0, len(ids), 500):
+        conn.execute(statement, {"ids": ids[start : start + 500]})
 
 
 def analyze(conn: Connection, tables: Iterable[str]) -> None:
@@ -299,7 +364,9 @@ def _write(conn: Connection, target: Table, frame: pd.DataFrame) -> int:
         return _upsert_postgres(conn, target, frame)
     if conn.dialect.name != "sqlite":
         raise StoreError(f"unsupported database: {conn.dialect.name}")
-    compiled = _sqlite_upsert(target).compile(dialect=conn.dialect)
+    compiled = _sqlite_upsert(target).compile(
+        dialect=conn.dialect, column_keys=columns_of(target.name)
+    )
     if compiled.positiontup is None:
         raise StoreError(f"{conn.dialect.name}: the driver must use positional parameters")
     # Tuples straight to the driver's executemany: several times faster than a dict per row.
@@ -314,7 +381,7 @@ def _write(conn: Connection, target: Table, frame: pd.DataFrame) -> int:
 def _upsert_postgres(conn: Connection, target: Table, frame: pd.DataFrame) -> int:
     # COPY into a transaction-local staging table, then one set-based upsert: about five
     # times the rows per second of executemany.
-    names = [c.name for c in target.columns]
+    names = columns_of(target.name)
     stage = f"stage_{target.name}"
     conn.exec_driver_sql(
         f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {target.name}) ON COMMIT DROP"
@@ -357,16 +424,17 @@ def fetch_by_key(
 def read_table(conn: Connection | Engine, table: str) -> pd.DataFrame:
     """A whole table in store form, ordered by primary key."""
     target = metadata.tables[table]
-    stmt = select(target).order_by(*target.primary_key.columns)
+    names = columns_of(table)
+    stmt = select(*[target.c[n] for n in names]).order_by(*target.primary_key.columns)
     if isinstance(conn, Engine):
         with conn.connect() as c:
             rows = c.execute(stmt).all()
     else:
         rows = conn.execute(stmt).all()
-    frame = pd.DataFrame(rows, columns=[c.name for c in target.columns], dtype=object)
-    for column in target.columns:
-        if isinstance(column.type, Integer):  # BigInteger too
-            frame[column.name] = pd.array(frame[column.name].tolist(), dtype="Int64")
+    frame = pd.DataFrame(rows, columns=names, dtype=object)
+    for name in names:
+        if isinstance(target.c[name].type, Integer):  # BigInteger too
+            frame[name] = pd.array(frame[name].tolist(), dtype="Int64")
     return frame
 
 

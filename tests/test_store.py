@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, delete, insert, text, update
+from sqlalchemy import Engine, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from riskmodel import dataset, store
 from riskmodel.errors import SchemaVersionError, StoreError
+from riskmodel.ingest import ingest
 
 from .conftest import tiny_tables
 
@@ -175,3 +176,58 @@ def test_the_url_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 def test_a_bad_url_says_what_is_wrong(url: str, message: str) -> None:
     with pytest.raises(StoreError, match=message):
         store.open_store(url)
+
+
+def _derived_copies(engine: Engine) -> list[tuple[object, ...]]:
+    requests = store.EVENT_TABLES["refund_requests"]
+    with engine.connect() as conn:
+        return [
+            tuple(row)
+            for row in conn.execute(
+                select(
+                    requests.c.request_id,
+                    requests.c.order_seller_id,
+                    requests.c.order_payment_account,
+                ).order_by(requests.c.request_id)
+            )
+        ]
+
+
+def test_requests_carry_their_orders_seller_and_payment_account(
+    database_url: str, tiny_dir: Path
+) -> None:
+    ingest(tiny_dir, database_url)
+    engine = store.open_store(database_url)
+
+    assert _derived_copies(engine) == [
+        ("r1", "s1", "pa1"),
+        ("r2", "s2", "pa2"),
+        ("r3", "s2", "pa3"),
+    ]
+    engine.dispose()
+
+
+def test_a_version_1_store_is_migrated_in_place(database_url: str, tiny_dir: Path) -> None:
+    ingest(tiny_dir, database_url)
+    engine = store.open_store(database_url)
+    with engine.begin() as conn:  # put the database back as version 1 made it
+        for columns in (
+            ("order_seller_id", "requested_at"),
+            ("order_payment_account", "requested_at"),
+        ):
+            conn.exec_driver_sql(f"DROP INDEX ix_refund_requests_{'_'.join(columns)}")
+        for column in store.DERIVED["refund_requests"]:
+            conn.exec_driver_sql(f"ALTER TABLE refund_requests DROP COLUMN {column}")
+        conn.execute(update(store.schema_info).values(version=1))
+    engine.dispose()
+
+    engine = store.open_store(database_url)
+
+    with engine.connect() as conn:
+        assert conn.execute(select(store.schema_info.c.version)).scalar_one() == 2
+    assert _derived_copies(engine) == [
+        ("r1", "s1", "pa1"),
+        ("r2", "s2", "pa2"),
+        ("r3", "s2", "pa3"),
+    ]
+    engine.dispose()
