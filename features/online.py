@@ -33,6 +33,7 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    true,
     union,
 )
 
@@ -52,7 +53,10 @@ _users = EVENT_TABLES["users"]
 
 _ORDER_SIDE = (Entity.PAYMENT_ACCOUNT, Entity.SELLER)
 _T = bindparam("t", type_=BigInteger)
-_KEY = bindparam("key", type_=String)
+
+
+def _key(entity: Entity) -> Any:
+    return bindparam(f"key_{entity.value}", type_=String)
 
 
 def online_features(
@@ -68,14 +72,21 @@ def online_features(
     columns = _request_columns(conn, request)
     t = int(request["requested_at"])
     wanted, groups = _plan(chosen)
-    for (source, entity), group in groups.items():
+    parameters: dict[str, Any] = {"t": t}
+    asked = []
+    for source, entity in groups:
         key = columns[f"order_{entity.value}" if entity in _ORDER_SIDE else entity.value][0]
         if key is None or (isinstance(key, float) and np.isnan(key)):
-            for aggregate in group:
+            for aggregate in groups[source, entity]:
                 columns[aggregate.name] = np.array([np.nan])
             continue
-        row = conn.execute(_query(source, entity, group), {"key": key, "t": t}).one()
-        for aggregate, value in zip(group, row, strict=True):
+        parameters[f"key_{entity.value}"] = key
+        asked.append((source, entity, groups[source, entity]))
+    if asked:
+        # Every group in one statement: one round trip to the database, not one per group.
+        row = conn.execute(_combined(tuple(asked)), parameters).one()
+        aggregates = [a for _, _, group in asked for a in group]
+        for aggregate, value in zip(aggregates, row, strict=True):
             columns[aggregate.name] = np.array([_finish(aggregate, value, t)])
     for feature in wanted:
         if isinstance(feature, Context | Derived):
@@ -149,14 +160,27 @@ def _finish(aggregate: Aggregate, value: Any, t: int) -> float:
 
 
 @cache
+def _combined(asked: tuple[tuple[Source, Entity, tuple[Aggregate, ...]], ...]) -> Select[Any]:
+    """The groups' one-row queries side by side, joined on nothing: one row, every column."""
+    parts = [
+        _query(source, entity, group).subquery(f"g{i}")
+        for i, (source, entity, group) in enumerate(asked)
+    ]
+    joined: Any = parts[0]
+    for part in parts[1:]:
+        joined = joined.join(part, true())
+    return select(*[column for part in parts for column in part.c]).select_from(joined)
+
+
+@cache
 def _query(source: Source, entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any]:
     """One statement folding every aggregate of the group; parameters ``key`` and ``t``."""
-    t = _T
+    t, key = _T, _key(entity)
     from_: FromClause
     if source is Source.SIGHTINGS:
         return _sightings_query(entity, group)
     if source is Source.ABUSE:
-        return _abuse_query(entity, len(group))
+        return _abuse_query(entity, group)
     if source is Source.ORDERS:
         table, time, value = _orders, _orders.c.paid_at, _orders.c.amount
         key_column = _orders.c[entity.value]
@@ -180,8 +204,8 @@ def _query(source: Source, entity: Entity, group: tuple[Aggregate, ...]) -> Sele
             column, wanted = aggregate.where
             conditions.append(table.c[column] == wanted)
         matched = and_(*conditions) if conditions else None
-        expressions.append(_fold(aggregate, matched, time, value, table))
-    return select(*expressions).select_from(from_).where(key_column == _KEY, time < t)
+        expressions.append(_fold(aggregate, matched, time, value, table).label(aggregate.name))
+    return select(*expressions).select_from(from_).where(key_column == key, time < t)
 
 
 def _fold(
@@ -215,7 +239,7 @@ def _refund_key(entity: Entity) -> Any:
 
 
 def _sightings_query(entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any]:
-    t, key = _T, _KEY
+    t, key = _T, _key(entity)
     seen = [select(_orders.c.user_id).where(_orders.c[entity.value] == key, _orders.c.paid_at < t)]
     seen.append(
         select(_refunds.c.user_id).where(_refund_key(entity) == key, _refunds.c.requested_at < t)
@@ -223,15 +247,17 @@ def _sightings_query(entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any
     users = union(*seen).subquery()
     joined = users.join(_users, _users.c.user_id == users.c.user_id)
     expressions = [
-        func.count(_users.c.user_id) if a.agg is Agg.COUNT else func.max(_users.c.registered_at)
+        (
+            func.count(_users.c.user_id) if a.agg is Agg.COUNT else func.max(_users.c.registered_at)
+        ).label(a.name)
         for a in group
     ]
     return select(*expressions).select_from(joined)
 
 
-def _abuse_query(entity: Entity, columns: int) -> Select[Any]:
+def _abuse_query(entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any]:
     """Requests of the entity whose latest label before ``t`` says abuse."""
-    t, key = _T, _KEY
+    t, key = _T, _key(entity)
     from_ = _labels.join(_refunds, _refunds.c.request_id == _labels.c.request_id)
     key_column = _refund_key(entity)
     latest = (
@@ -245,7 +271,7 @@ def _abuse_query(entity: Entity, columns: int) -> Select[Any]:
         .where(key_column == key, _labels.c.labeled_at < t)
         .subquery()
     )
-    counts: list[Any] = [func.count()] * columns
+    counts: list[Any] = [func.count().label(a.name) for a in group]
     statement: Select[Any] = (
         select(*counts).select_from(latest).where(latest.c.rank == 1, latest.c.is_abuse.is_(True))
     )
