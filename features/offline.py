@@ -194,8 +194,7 @@ class _Stream:
         elif feature.agg in (Agg.COUNT, Agg.SUM):
             prefix = self.prefix("count" if feature.agg is Agg.COUNT else "sum", feature.where)
             result = (prefix[hi] - prefix[lo]).astype(float)
-            money = feature.agg is Agg.SUM and feature.source in (Source.ORDERS, Source.REFUNDS)
-            if money:
+            if feature.in_currency:
                 result = result / 100
         elif feature.agg is Agg.HOURS_SINCE_LAST:
             result = self._hours_since_last(feature, lo, hi)

@@ -38,7 +38,7 @@ from sqlalchemy import (
 )
 
 from features.catalog import CATALOG
-from features.history import ORDER_COLUMNS
+from features.history import ORDER_COLUMNS, request_entity
 from features.offline import _with_inputs
 from features.spec import HOUR, Agg, Aggregate, Context, Derived, Entity, Feature, Source, Type
 from riskmodel.store import EVENT_TABLES, decisions
@@ -75,7 +75,7 @@ def online_features(
     parameters: dict[str, Any] = {"t": t}
     asked = []
     for source, entity in groups:
-        key = columns[f"order_{entity.value}" if entity in _ORDER_SIDE else entity.value][0]
+        key = request_entity(columns, entity)[0]
         if key is None or (isinstance(key, float) and np.isnan(key)):
             for aggregate in groups[source, entity]:
                 columns[aggregate.name] = np.array([np.nan])
@@ -154,9 +154,7 @@ def _finish(aggregate: Aggregate, value: Any, t: int) -> float:
     if aggregate.agg is Agg.MAX:
         return np.nan if value is None else float(value)
     total = 0.0 if value is None else float(value)
-    if aggregate.agg is Agg.SUM and aggregate.source in (Source.ORDERS, Source.REFUNDS):
-        return total / 100
-    return total
+    return total / 100 if aggregate.in_currency else total
 
 
 @cache

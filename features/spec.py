@@ -114,6 +114,11 @@ class Aggregate:
             raise ValueError(f"{self.name}: a maximum is over the whole history only")
 
     @property
+    def in_currency(self) -> bool:
+        """A sum of amounts: stored in cents, reported in currency units."""
+        return self.agg is Agg.SUM and self.source in (Source.ORDERS, Source.REFUNDS)
+
+    @property
     def window_days(self) -> float | None:
         return None if self.window is None else self.window / DAY
 

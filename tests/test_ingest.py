@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -81,14 +82,17 @@ def test_a_later_load_may_refer_to_stored_rows(database_url: str, tmp_path: Path
     assert report.rows_written == {"usage": 3, "refund_requests": 3, "labels": 2}
 
 
-def _break(table: str, row: int, column: str, value: object):  # type: ignore[no-untyped-def]
+Spoil = Callable[[dict[str, pd.DataFrame]], None]
+
+
+def _break(table: str, row: int, column: str, value: object) -> Spoil:
     def apply(tables: dict[str, pd.DataFrame]) -> None:
         tables[table].loc[row, column] = value
 
     return apply
 
 
-def _drop_column(table: str, column: str):  # type: ignore[no-untyped-def]
+def _drop_column(table: str, column: str) -> Spoil:
     def apply(tables: dict[str, pd.DataFrame]) -> None:
         tables[table] = tables[table].drop(columns=[column])
 
@@ -176,7 +180,7 @@ def test_bad_input_is_refused_and_the_store_is_unchanged(
     database_url: str,
     tmp_path: Path,
     spoil,
-    message: str,  # type: ignore[no-untyped-def]
+    message: str,
 ) -> None:
     # A first, good load, so that "unchanged" means more than "still empty".
     good = tiny_tables()
