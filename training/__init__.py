@@ -1,3 +1,50 @@
-"""training package (see README)."""
+"""Training, calibration, evaluation and batch scoring of the refund-risk model.
 
-__all__: list[str] = []
+    >>> import features, training                                    # doctest: +SKIP
+    >>> history = features.load_history("data/sample")
+    >>> result = training.train(history, until="2026-04-01")         # as if today were then
+    >>> training.write_report([result.evaluation], "out/report")
+    >>> Registry().register(result.bundle)                           # riskmodel.registry
+
+Imports run one way: this package builds on ``features`` and ``riskmodel``.
+"""
+
+from training.dataset import (
+    Examples,
+    LabelPolicy,
+    as_of,
+    evaluation_examples,
+    latest_labels,
+    load_ground_truth,
+    training_examples,
+)
+from training.evaluation import compare, evaluation_period, score_requests
+from training.model import TrainConfig
+from training.report import Evaluation, evaluate, write_report
+from training.signature import catalog_signature
+from training.splits import TimeSplit, prequential_windows, time_split
+from training.train import TrainResult, train, train_on
+
+__all__ = [
+    "Evaluation",
+    "Examples",
+    "LabelPolicy",
+    "TimeSplit",
+    "TrainConfig",
+    "TrainResult",
+    "as_of",
+    "catalog_signature",
+    "compare",
+    "evaluate",
+    "evaluation_examples",
+    "evaluation_period",
+    "latest_labels",
+    "load_ground_truth",
+    "prequential_windows",
+    "score_requests",
+    "time_split",
+    "train",
+    "train_on",
+    "training_examples",
+    "write_report",
+]

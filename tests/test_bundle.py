@@ -1,0 +1,189 @@
+"""The model bundle: both scoring paths agree, files round-trip, damage and mismatch are refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.isotonic import IsotonicRegression
+
+import features
+from riskmodel.bundle import (
+    BundleIntegrityError,
+    Calibrator,
+    FeatureSpec,
+    ModelBundle,
+    SignatureError,
+)
+from training import LabelPolicy, TrainConfig, train
+from training.calibration import fit_calibrator
+from training.signature import catalog_signature
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+
+
+@pytest.fixture(scope="module")
+def table() -> pd.DataFrame:
+    return features.build_features(features.load_history(SAMPLE))
+
+
+@pytest.fixture(scope="module")
+def bundle() -> ModelBundle:
+    config = TrainConfig(labels=LabelPolicy(maturity_days=20), max_rounds=40, test_share=0.0)
+    return train(features.load_history(SAMPLE), config=config).bundle
+
+
+def _row(frame: pd.DataFrame, i: int) -> dict[str, object]:
+    """One row as the online engine gives it: floats with NaN, categories as str or None."""
+    out: dict[str, object] = {}
+    for name, value in frame.iloc[i].items():
+        out[str(name)] = None if isinstance(value, float) and math.isnan(value) else value
+        if value is None or value is pd.NA:
+            out[str(name)] = None
+    return out
+
+
+def test_score_one_equals_score_on_every_sample_request(
+    bundle: ModelBundle, table: pd.DataFrame
+) -> None:
+    batch = bundle.score(table)
+    single = np.array([bundle.score_one(_row(table, i)) for i in range(len(table))])
+
+    assert ((batch >= 0) & (batch <= 1)).all()
+    assert len(np.unique(batch)) > 10  # a real ranking, not a constant
+    np.testing.assert_allclose(single, batch, rtol=0, atol=1e-12)
+
+
+def test_contributions_add_up_to_the_margin_on_both_paths(
+    bundle: ModelBundle, table: pd.DataFrame
+) -> None:
+    rows = table.iloc[:25]
+    contrib = bundle.contributions(rows)
+
+    assert list(contrib.columns) == list(bundle.feature_names)
+    assert contrib.index.equals(rows.index)
+    np.testing.assert_allclose(
+        contrib.sum(axis=1) + bundle.expected_margin, bundle.margin(rows), atol=1e-9
+    )
+    one = bundle.contributions_one(_row(table, 3))
+    np.testing.assert_allclose(list(one.values()), contrib.iloc[3].to_numpy(), atol=1e-12)
+
+
+def test_extra_columns_are_ignored_and_order_does_not_matter(
+    bundle: ModelBundle, table: pd.DataFrame
+) -> None:
+    shuffled = table[table.columns[::-1]].assign(something_else="x")
+
+    np.testing.assert_array_equal(bundle.score(shuffled), bundle.score(table))
+
+
+def test_round_trip_keeps_every_part(
+    bundle: ModelBundle, table: pd.DataFrame, tmp_path: Path
+) -> None:
+    sha = bundle.save(tmp_path / "b.joblib")
+    loaded = ModelBundle.load(tmp_path / "b.joblib", sha256=sha)
+
+    assert loaded.version == bundle.version
+    assert loaded.features == bundle.features
+    assert loaded.calibrator == bundle.calibrator
+    assert loaded.training_window == bundle.training_window
+    assert loaded.manifest() == bundle.manifest()
+    assert loaded.library_versions["lightgbm"] == bundle.library_versions["lightgbm"]
+    np.testing.assert_array_equal(loaded.score(table), bundle.score(table))
+
+
+def test_an_altered_part_fails_its_checksum(bundle: ModelBundle, tmp_path: Path) -> None:
+    path = tmp_path / "b.joblib"
+    bundle.save(path)
+    payload = joblib.load(path)
+    payload["parts"]["model"] = payload["parts"]["model"].replace("leaf_value=", "leaf_value=1", 1)
+    joblib.dump(payload, path)
+
+    with pytest.raises(BundleIntegrityError, match="part 'model' fails its SHA-256 check"):
+        ModelBundle.load(path)
+
+
+def test_a_file_changed_after_registration_is_refused(bundle: ModelBundle, tmp_path: Path) -> None:
+    path = tmp_path / "b.joblib"
+    sha = bundle.save(path)
+    path.write_bytes(path.read_bytes() + b"\0")
+
+    with pytest.raises(BundleIntegrityError, match="file SHA-256"):
+        ModelBundle.load(path, sha256=sha)
+    path.write_bytes(b"not a bundle")
+    with pytest.raises(BundleIntegrityError, match="not a readable bundle"):
+        ModelBundle.load(path)
+
+
+def test_missing_features_are_named(bundle: ModelBundle, table: pd.DataFrame) -> None:
+    with pytest.raises(SignatureError, match="missing from the frame: account_age_days"):
+        bundle.score(table.drop(columns=["account_age_days"]))
+    row = _row(table, 0)
+    del row["reason"]
+    with pytest.raises(SignatureError, match="missing from the request: reason"):
+        bundle.score_one(row)
+
+
+def test_other_levels_or_types_are_a_signature_mismatch(
+    bundle: ModelBundle, table: pd.DataFrame
+) -> None:
+    other_levels = table.assign(reason=table["reason"].cat.set_categories(["unused", "other"]))
+    with pytest.raises(SignatureError, match="'reason' has levels"):
+        bundle.score(other_levels)
+    with pytest.raises(SignatureError, match="'request_amount' is a number"):
+        bundle.score(table.assign(request_amount=table["request_amount"].astype(str)))
+    with pytest.raises(SignatureError, match="must be a number"):
+        bundle.score_one({**_row(table, 0), "request_amount": "lots"})
+
+
+def test_plain_strings_are_encoded_like_categoricals(
+    bundle: ModelBundle, table: pd.DataFrame
+) -> None:
+    as_text = table.assign(reason=table["reason"].astype(object))
+    np.testing.assert_array_equal(bundle.score(as_text), bundle.score(table))
+    # An undeclared level is missing, as the feature pipeline makes it.
+    unknown = {**_row(table, 0), "payment_method": "seashells"}
+    assert bundle.score_one(unknown) == bundle.score_one({**unknown, "payment_method": None})
+
+
+def test_check_signature_lists_every_difference(bundle: ModelBundle) -> None:
+    signature = catalog_signature()
+    bundle.check_signature(signature)  # the catalogue it was trained on
+
+    changed = [
+        dataclasses.replace(f, levels=(*f.levels, "crypto")) if f.name == "payment_method" else f
+        for f in signature
+        if f.name != "account_age_days"
+    ]
+    changed.append(FeatureSpec("brand_new", "number"))
+    with pytest.raises(SignatureError) as caught:
+        bundle.check_signature(changed)
+    message = str(caught.value)
+    assert "account_age_days not provided" in message
+    assert "brand_new not in the model" in message
+    assert "payment_method is a category" in message
+
+
+def test_isotonic_calibrator_matches_scikit_learn() -> None:
+    rng = np.random.default_rng(3)
+    margin = rng.normal(size=2000)
+    label = (rng.random(2000) < 1 / (1 + np.exp(-2 * margin))).astype(int)
+    calibrator = fit_calibrator(margin, label, "isotonic")
+    reference = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1).fit(margin, label)
+    probe = np.linspace(-5, 5, 301)
+
+    np.testing.assert_allclose(calibrator.apply(probe), reference.predict(probe), atol=1e-12)
+    assert calibrator.apply_one(0.3) == pytest.approx(float(reference.predict([0.3])[0]))
+    sigmoid = fit_calibrator(margin, label, "sigmoid")
+    assert sigmoid.kind == "sigmoid"
+    assert sigmoid.a == pytest.approx(2, rel=0.2)  # the slope the labels were drawn with
+
+
+def test_a_calibrator_of_an_unknown_kind_is_refused() -> None:
+    with pytest.raises(Exception, match="not isotonic/sigmoid/identity"):
+        Calibrator(kind="magic")

@@ -1,0 +1,254 @@
+"""``riskmodel train | score | evaluate | models``: the analyst's command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from features import History, load_history
+from riskmodel.cli import add_database_option
+from riskmodel.errors import DataError
+from riskmodel.registry import ALIASES, Registry
+from training.dataset import LabelPolicy, iso, load_ground_truth, to_micros
+from training.evaluation import compare, evaluation_period, score_requests
+from training.model import TrainConfig
+from training.report import SUMMARY_KEYS, write_report
+from training.signature import catalog_signature
+from training.train import train
+
+__all__ = ["register"]
+
+
+def _date(text: str) -> int:
+    try:
+        micros = to_micros(text)
+    except DataError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    assert micros is not None
+    return micros
+
+
+def _source(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--from", dest="directory", type=Path, help="dataset directory")
+    add_database_option(group)
+
+
+def _registry_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--registry",
+        type=Path,
+        help="registry directory (default: $RISKMODEL_REGISTRY, else data/registry)",
+    )
+
+
+def register(commands: Any) -> None:
+    """Add ``train``, ``score``, ``evaluate`` and ``models`` to the ``riskmodel`` parser."""
+    tr = commands.add_parser(
+        "train",
+        help="train, calibrate and register a model; write its report",
+        description="Train a LightGBM model on mature refund requests, as if today were "
+        "--until: only requests, events and labels known before it are read.",
+    )
+    _source(tr)
+    tr.add_argument("--until", type=_date, help="train as of this date (default: data's end)")
+    tr.add_argument("--maturity-days", type=float, default=30.0, help="label maturity (30)")
+    tr.add_argument(
+        "--unlabelled",
+        choices=["honest", "drop"],
+        default="honest",
+        help="mature requests without a verdict: count as honest (default) or leave out",
+    )
+    tr.add_argument("--test-share", type=float, default=0.15, help="share kept for the report")
+    tr.add_argument("--max-rounds", type=int, default=2000, help="boosting rounds at most")
+    tr.add_argument("--promote", choices=ALIASES, help="point this alias at the new model")
+    _registry_option(tr)
+    tr.set_defaults(handler=_train)
+
+    sc = commands.add_parser(
+        "score",
+        help="score refund requests with a registered model (batch)",
+        description="Score every refund request from --since on, each on its point-in-time "
+        "features, and write request_id,score as CSV.",
+    )
+    _source(sc)
+    sc.add_argument("--since", type=_date, help="first request time to score")
+    sc.add_argument("--out", type=Path, required=True, help="CSV file to write")
+    sc.add_argument("--model", default="champion", help="version or alias (champion)")
+    _registry_option(sc)
+    sc.set_defaults(handler=_score)
+
+    ev = commands.add_parser(
+        "evaluate",
+        help="evaluate a model on a later period; compare it with another",
+        description="Evaluate VERSION on requests in [--since, --until) (default: from the "
+        "end of its training window), against the ground truth if the dataset directory "
+        "has one, else the labels of mature requests.",
+    )
+    ev.add_argument("version", help="version or alias")
+    _source(ev)
+    ev.add_argument("--since", type=_date, help="start of the period (default: model's until)")
+    ev.add_argument("--until", type=_date, help="end of the period (default: data's end)")
+    ev.add_argument("--against", help="compare with this version or alias (e.g. champion)")
+    ev.add_argument("--out", type=Path, help="report directory (default: print only)")
+    _registry_option(ev)
+    ev.set_defaults(handler=_evaluate)
+
+    models = commands.add_parser("models", help="the model registry: list, show, promote")
+    actions = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    ls = actions.add_parser("list", help="every version with its aliases")
+    _registry_option(ls)
+    ls.set_defaults(handler=_list)
+    show = actions.add_parser("show", help="a version's signature, window, metrics")
+    show.add_argument("version", help="version or alias")
+    _registry_option(show)
+    show.set_defaults(handler=_show)
+    promote = actions.add_parser("promote", help="point an alias at a version")
+    promote.add_argument("version", help="version (or the alias whose version to promote)")
+    promote.add_argument("--alias", choices=ALIASES, default="champion")
+    _registry_option(promote)
+    promote.set_defaults(handler=_promote)
+    rollback = actions.add_parser("rollback", help="point an alias back at its previous version")
+    rollback.add_argument("--alias", choices=ALIASES, default="champion")
+    _registry_option(rollback)
+    rollback.set_defaults(handler=_rollback)
+
+
+def _history(args: argparse.Namespace) -> History:
+    return load_history(args.directory if args.directory else args.database_url)
+
+
+def _truth(args: argparse.Namespace) -> Any:
+    return load_ground_truth(args.directory) if args.directory else None
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    for key in SUMMARY_KEYS:
+        value = summary.get(key)
+        print(f"  {key:<30} {'-' if value is None else f'{value:.4f}'}")
+
+
+def _train(args: argparse.Namespace) -> int:
+    config = TrainConfig(
+        labels=LabelPolicy(maturity_days=args.maturity_days, unlabelled=args.unlabelled),
+        test_share=args.test_share,
+        max_rounds=args.max_rounds,
+    )
+    result = train(_history(args), args.until, config, ground_truth=_truth(args))
+    bundle = result.bundle
+    registry = Registry(args.registry)
+    with tempfile.TemporaryDirectory() as scratch:
+        report = None
+        if result.evaluation is not None:
+            report = Path(scratch) / "report"
+            write_report([result.evaluation], report, f"Model {bundle.version}: test period")
+        registry.register(bundle, report=report)
+    details = bundle.details
+    print(f"registered {bundle.version} in {registry.path}")
+    print(
+        f"  {details['examples']:,} mature requests ({details['labelled']:,} labelled) up to "
+        f"{bundle.training_window.until}; {details['best_iteration']} trees; "
+        f"{bundle.calibrator.kind} calibration"
+    )
+    if result.evaluation is not None:
+        print(f"  test period, judged against {result.evaluation.figures['judged_against']}:")
+        _print_summary(result.evaluation.summary)
+        print(f"  report: {registry.report_dir(bundle.version) / 'report.md'}")
+    if args.promote:
+        registry.promote(bundle.version, args.promote)
+        print(f"  {args.promote}: {bundle.version}")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    if args.out.suffix != ".csv":
+        raise DataError(f"--out {args.out}: scores are written as .csv")
+    bundle = Registry(args.registry).load(args.model, expect=catalog_signature())
+    scores = score_requests(bundle, _history(args), args.since)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.out.with_name(args.out.name + ".partial")
+    scores.to_csv(partial, index=False, float_format="%.6f")
+    partial.replace(args.out)
+    print(f"{len(scores):,} requests scored by {bundle.version} -> {args.out}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    registry = Registry(args.registry)
+    signature = catalog_signature()
+    bundles = [registry.load(args.version, expect=signature)]
+    if args.against:
+        bundles.append(registry.load(args.against, expect=signature))
+    since: int = args.since
+    if since is None:
+        since = _date(bundles[0].training_window.until)
+    truth = _truth(args)
+    period = evaluation_period(
+        _history(args), since, args.until, truth, bundles[0].training_window.maturity_days
+    )
+    evaluations = compare(bundles, period)
+    first = evaluations[0].figures
+    print(
+        f"{len(period):,} requests from {first['period']['start']} to "
+        f"{first['period']['end']}, judged against {first['judged_against']}"
+    )
+    header = "  " + " " * 30 + " ".join(f"{e.model_version:>24}" for e in evaluations)
+    print(header)
+    for key in SUMMARY_KEYS:
+        cells = []
+        for e in evaluations:
+            value = e.summary.get(key)
+            cells.append(f"{'-' if value is None else f'{value:.4f}':>24}")
+        print(f"  {key:<30}" + " ".join(cells))
+    if args.out:
+        path = write_report(evaluations, args.out, f"Model {bundles[0].version} from {iso(since)}")
+        print(f"report: {path}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    registry = Registry(args.registry)
+    entries = registry.list()
+    if not entries:
+        print(f"no model in {registry.path}")
+    for entry in entries:
+        window = entry.summary["training_window"]
+        ap = entry.summary.get("metrics", {}).get("test", {}).get("average_precision")
+        aliases = ",".join(entry.aliases) or "-"
+        print(
+            f"{entry.version:<26} {aliases:<20} registered {entry.registered_at}  "
+            f"until {window['until']}  test AP {'-' if ap is None else f'{ap:.3f}'}"
+        )
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    registry = Registry(args.registry)
+    bundle = registry.load(args.version)
+    entry = registry.entry(bundle.version)
+    summary = {
+        "registered_at": entry.registered_at,
+        "sha256": entry.sha256,
+        "aliases": list(entry.aliases),
+        **bundle.summary(),
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    registry = Registry(args.registry)
+    version = registry.resolve(args.version)
+    registry.load(version)  # refuse to promote a damaged bundle
+    before = registry.promote(version, args.alias)
+    print(f"{args.alias}: {before or '(none)'} -> {version}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    back = Registry(args.registry).rollback(args.alias)
+    print(f"{args.alias}: back to {back}")
+    return 0

@@ -1,0 +1,75 @@
+"""Models on a period they never saw: batch scoring, evaluation, comparison.
+
+>>> period = evaluation_period(history, since="2026-05-01", ground_truth=truth)  # doctest: +SKIP
+>>> compare([candidate, champion], period)          # one Evaluation per model, same requests
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import pandas as pd
+
+import features
+from features import History
+from riskmodel.bundle import ModelBundle
+from riskmodel.errors import DataError
+from training.dataset import (
+    DAY_US,
+    Examples,
+    evaluation_examples,
+    iso,
+    latest_time,
+    to_micros,
+)
+from training.report import Evaluation, evaluate
+
+__all__ = ["compare", "evaluation_period", "score_requests"]
+
+
+def score_requests(
+    bundle: ModelBundle, history: History, since: datetime | str | int | None = None
+) -> pd.DataFrame:
+    """``request_id, score`` for every refund request from ``since`` on, each scored on
+    its point-in-time features (what the model would have said at the request's time)."""
+    requests = history.refund_requests
+    start = to_micros(since)
+    if start is not None:
+        keep = (pd.to_numeric(requests["requested_at"]) >= start).to_numpy(dtype=bool)
+        requests = requests[keep].reset_index(drop=True)
+    table = features.build_features(history, requests)
+    return pd.DataFrame(
+        {"request_id": table.index.to_numpy(dtype=object), "score": bundle.score(table)}
+    )
+
+
+def evaluation_period(
+    history: History,
+    since: datetime | str | int | None = None,
+    until: datetime | str | int | None = None,
+    ground_truth: pd.DataFrame | None = None,
+    maturity_days: float = 30.0,
+) -> Examples:
+    """Requests in [since, until) with their outcomes, as evaluation examples.
+
+    Against ground truth every request counts. Against labels, requests whose outcome is
+    not mature by the history's end (``maturity_days``) are left out: their abuse may not
+    be known yet, and counting them honest would flatter no one fairly.
+    """
+    start, end = to_micros(since), to_micros(until)
+    if ground_truth is None:
+        mature_end = latest_time(history) + 1 - int(maturity_days * DAY_US)
+        end = mature_end if end is None else min(end, mature_end)
+        if start is not None and end <= start:
+            raise DataError(
+                f"no request since {iso(start)} is mature ({maturity_days:g} days) in this "
+                "history; evaluate on an earlier period or give the ground truth"
+            )
+    examples = evaluation_examples(history, start, end)
+    return examples if ground_truth is None else examples.with_ground_truth(ground_truth)
+
+
+def compare(bundles: Sequence[ModelBundle], examples: Examples) -> list[Evaluation]:
+    """Each model on the same requests, first one first."""
+    return [evaluate(bundle, examples) for bundle in bundles]
