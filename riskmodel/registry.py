@@ -117,7 +117,7 @@ class Registry:
                 shutil.copytree(report, staging / "report")
             entry = {
                 "version": bundle.version,
-                "registered_at": _now(),
+                "registered_at": _now(precise=True),
                 "sha256": sha,
                 "summary": _entry_summary(bundle),
             }
@@ -249,8 +249,9 @@ def _entry_summary(bundle: ModelBundle) -> dict[str, Any]:
     }
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+def _now(precise: bool = False) -> str:
+    # Registration times order the versions, so they keep the microseconds.
+    return datetime.now(UTC).isoformat(timespec="microseconds" if precise else "seconds")
 
 
 def _write_json(path: Path, value: object) -> None:

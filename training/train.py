@@ -77,10 +77,13 @@ def train_on(examples: Examples, until: int, config: TrainConfig) -> TrainResult
     fingerprint = data_fingerprint(examples, until)
     created = datetime.now(UTC)
     trees_end = split.bounds["train"][1]
+    model_text = booster.model_to_string(num_iteration=booster.best_iteration)
+    # Data and trees both in the suffix: two runs in one second differ unless identical.
+    suffix = hashlib.sha256((fingerprint + model_text).encode()).hexdigest()[:6]
     bundle = ModelBundle(
-        version=f"{created:%Y%m%d-%H%M%S}-{fingerprint[:6]}",
+        version=f"{created:%Y%m%d-%H%M%S}-{suffix}",
         features=specs,
-        model_text=booster.model_to_string(num_iteration=booster.best_iteration),
+        model_text=model_text,
         calibrator=calibrator,
         training_window=TrainingWindow(
             start=iso(int(examples.requested_at.min())),
