@@ -34,14 +34,13 @@ from sqlalchemy import (
     literal,
     select,
     true,
-    union,
 )
 
 from features.catalog import CATALOG
 from features.history import ORDER_COLUMNS, request_entity
 from features.offline import _with_inputs
 from features.spec import HOUR, Agg, Aggregate, Context, Derived, Entity, Feature, Source, Type
-from riskmodel.store import EVENT_TABLES, decisions
+from riskmodel.store import ABUSE_KEYS, EVENT_TABLES, SIGHTED, abuse_changes, decisions, sightings
 
 __all__ = ["online_features"]
 
@@ -84,7 +83,7 @@ def online_features(
         asked.append((source, entity, groups[source, entity]))
     if asked:
         # Every group in one statement: one round trip to the database, not one per group.
-        row = conn.execute(_combined(tuple(asked)), parameters).one()
+        row = _run(conn, _combined(tuple(asked)), parameters)
         aggregates = [a for _, _, group in asked for a in group]
         for aggregate, value in zip(aggregates, row, strict=True):
             columns[aggregate.name] = np.array([_finish(aggregate, value, t)])
@@ -115,16 +114,8 @@ def _scalar(feature: Aggregate | Context | Derived, value: Any) -> Any:
 
 def _request_columns(conn: Connection, request: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """The one-row equivalent of ``features.history.request_frame``."""
-    order = conn.execute(
-        select(*[_orders.c[n] for n in ORDER_COLUMNS]).where(
-            _orders.c.order_id == request["order_id"]
-        )
-    ).first()
-    user = conn.execute(
-        select(_users.c.registered_at, _users.c.phone_verified).where(
-            _users.c.user_id == request["user_id"]
-        )
-    ).first()
+    found = _run(conn, _parents(), {"order_id": request["order_id"], "user_id": request["user_id"]})
+    order, (registered, verified) = found[: len(ORDER_COLUMNS)], found[len(ORDER_COLUMNS) :]
     columns: dict[str, np.ndarray] = {}
     for name in ("request_id", "order_id", "user_id", "reason", "device_id", "ip", "channel"):
         columns[name] = np.array([request.get(name)], dtype=object)
@@ -132,16 +123,50 @@ def _request_columns(conn: Connection, request: Mapping[str, Any]) -> dict[str, 
         columns[name] = np.array([_number(request.get(name))])
     columns["amount"] = columns["amount"] / 100
     numeric = {"amount", "paid_at", "delivered_at", "redeemed_at", "service_days"}
-    for i, name in enumerate(ORDER_COLUMNS):
-        value = None if order is None else order[i]
+    for name, value in zip(ORDER_COLUMNS, order, strict=True):
         columns[f"order_{name}"] = (
             np.array([_number(value)]) if name in numeric else np.array([value], dtype=object)
         )
     columns["order_amount"] = columns["order_amount"] / 100
-    columns["user_registered_at"] = np.array([_number(None if user is None else user[0])])
-    verified = None if user is None else user[1]
+    columns["user_registered_at"] = np.array([_number(registered)])
     columns["user_phone_verified"] = np.array([np.nan if verified is None else float(verified)])
     return columns
+
+
+@cache
+def _parents() -> Select[Any]:
+    """The request's order and user in one row; nulls for either one not stored."""
+    one = select(literal(1).label("one")).subquery()
+    order = _orders.c.order_id == bindparam("order_id", type_=String)
+    user = _users.c.user_id == bindparam("user_id", type_=String)
+    joined = one.outerjoin(_orders, order).outerjoin(_users, user)
+    return select(
+        *[_orders.c[n] for n in ORDER_COLUMNS], _users.c.registered_at, _users.c.phone_verified
+    ).select_from(joined)
+
+
+def _run(conn: Connection, statement: Select[Any], parameters: dict[str, Any]) -> Sequence[Any]:
+    """Execute a cached statement as plain SQL with positional parameters, the one row.
+
+    SQLAlchemy's per-execution work (cache key, parameter processing) cost as much as the
+    query itself on this path; compiled once per database, the statement skips it.
+    """
+    key = (statement, conn.dialect.name)
+    if key not in _COMPILED:
+        compiled = statement.compile(dialect=conn.dialect)
+        if compiled.positiontup is None:
+            raise ValueError(f"{conn.dialect.name}: the driver must use positional parameters")
+        _COMPILED[key] = (str(compiled), tuple(compiled.positiontup), dict(compiled.params))
+    sql, names, fixed = _COMPILED[key]
+    values = tuple(parameters[name] if name in parameters else fixed[name] for name in names)
+    row = conn.exec_driver_sql(sql, values).fetchone()
+    if row is None:
+        raise LookupError("the statement returned no row")
+    return tuple(row)
+
+
+# (statement, database) -> SQL text, parameter names in order, values of the fixed ones.
+_COMPILED: dict[tuple[Select[Any], str], tuple[str, tuple[str, ...], dict[str, Any]]] = {}
 
 
 def _number(value: Any) -> float:
@@ -203,7 +228,13 @@ def _query(source: Source, entity: Entity, group: tuple[Aggregate, ...]) -> Sele
             conditions.append(table.c[column] == wanted)
         matched = and_(*conditions) if conditions else None
         expressions.append(_fold(aggregate, matched, time, value, table).label(aggregate.name))
-    return select(*expressions).select_from(from_).where(key_column == key, time < t)
+    statement = select(*expressions).select_from(from_).where(key_column == key, time < t)
+    windows = [a.window for a in group]
+    if all(w is not None for w in windows):
+        # Only the widest window's events: a large seller's whole history is not read
+        # to count its last 30 days.
+        statement = statement.where(time >= t - max(w for w in windows if w is not None))
+    return statement
 
 
 def _fold(
@@ -237,40 +268,28 @@ def _refund_key(entity: Entity) -> Any:
 
 
 def _sightings_query(entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any]:
-    t, key = _T, _key(entity)
-    seen = [select(_orders.c.user_id).where(_orders.c[entity.value] == key, _orders.c.paid_at < t)]
-    seen.append(
-        select(_refunds.c.user_id).where(_refund_key(entity) == key, _refunds.c.requested_at < t)
-    )
-    users = union(*seen).subquery()
-    joined = users.join(_users, _users.c.user_id == users.c.user_id)
+    """Users first seen on the entity before ``t``: a range of the store's sightings index."""
+    if entity.value not in SIGHTED:
+        raise ValueError(f"the store keeps no sightings of {entity.value}")
     expressions = [
-        (
-            func.count(_users.c.user_id) if a.agg is Agg.COUNT else func.max(_users.c.registered_at)
-        ).label(a.name)
+        (func.count() if a.agg is Agg.COUNT else func.max(sightings.c.registered_at)).label(a.name)
         for a in group
     ]
-    return select(*expressions).select_from(joined)
+    return select(*expressions).where(
+        sightings.c.entity_kind == entity.value,
+        sightings.c.entity == _key(entity),
+        sightings.c.first_seen_at < _T,
+    )
 
 
 def _abuse_query(entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any]:
-    """Requests of the entity whose latest label before ``t`` says abuse."""
-    t, key = _T, _key(entity)
-    from_ = _labels.join(_refunds, _refunds.c.request_id == _labels.c.request_id)
-    key_column = _refund_key(entity)
-    latest = (
-        select(
-            _labels.c.is_abuse,
-            func.row_number()
-            .over(partition_by=_labels.c.request_id, order_by=_labels.c.labeled_at.desc())
-            .label("rank"),
-        )
-        .select_from(from_)
-        .where(key_column == key, _labels.c.labeled_at < t)
-        .subquery()
+    """Requests of the entity whose latest label before ``t`` says abuse: the sum of the
+    label changes the store keeps per entity (``riskmodel.store.abuse_changes``)."""
+    if entity.value not in ABUSE_KEYS:
+        raise ValueError(f"the store keeps no abuse changes by {entity.value}")
+    changes = abuse_changes.c
+    return select(*[func.sum(changes.delta).label(a.name) for a in group]).where(
+        changes.entity_kind == entity.value,
+        changes.entity == _key(entity),
+        changes.labeled_at < _T,
     )
-    counts: list[Any] = [func.count().label(a.name) for a in group]
-    statement: Select[Any] = (
-        select(*counts).select_from(latest).where(latest.c.rank == 1, latest.c.is_abuse.is_(True))
-    )
-    return statement

@@ -77,9 +77,11 @@ def ingest_tables(engine: Engine, tables: Mapping[str, pd.DataFrame]) -> IngestR
     written: dict[str, int] = {}
     with engine.begin() as conn:
         validate_references(conn, tables)
+        stale = store.Stale()
         for name in _LOAD_ORDER:
             if name in tables:
-                written[name] = store.upsert(conn, name, tables[name])
+                written[name] = store.upsert(conn, name, tables[name], stale)
+        store.refresh_derived(conn, stale)
         store.analyze(conn, [name for name, rows in written.items() if rows])
     return IngestReport(
         rows_read=dataset.dataset_counts(tables),

@@ -6,6 +6,7 @@ from typing import Any
 
 import pandas as pd
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, delete
 
 from features.catalog import CATALOG
@@ -53,5 +54,42 @@ def test_tiny_history_online_equals_offline(engine: Engine) -> None:
 @given(history=histories())
 def test_random_histories_online_equals_offline(engine: Engine, history: History) -> None:
     _load(engine, history)
+
+    assert_features_equal(_online(engine, history), build_features(history))
+
+
+def _scrambled(frame: pd.DataFrame) -> pd.DataFrame:
+    """A first, wrong version of the rows: devices, IPs and accounts rotated a row."""
+    wrong = frame.copy()
+    for column in ("device_id", "ip", "payment_account"):
+        if column in wrong.columns:
+            wrong[column] = wrong[column].shift(1).where(wrong[column].shift(1).notna(), None)
+    return wrong
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(history=histories(), split=st.floats(0, 1), seed=st.integers(0, 2**16))
+def test_history_written_piecemeal_and_corrected_gives_the_same_features(
+    engine: Engine, history: History, split: float, seed: int
+) -> None:
+    """What the service sees: events arrive in batches, in any order across tables, and
+    corrections rewrite rows. The store's derived data must end where a clean load does."""
+    _load(engine, History.empty())
+    corrected = ("orders", "refund_requests")
+    with engine.begin() as conn:
+        for part in range(2):
+            for name in ("labels", "users", "orders", "refund_requests", "usage"):
+                frame = getattr(history, name)
+                first = frame.sample(frac=split, random_state=seed)
+                chosen = first if part == 0 else frame.drop(first.index)
+                if name in corrected and part == 0:
+                    chosen = _scrambled(chosen)
+                if len(chosen):
+                    store.upsert(conn, name, chosen)
+        for name in (*corrected, "decisions"):
+            if len(getattr(history, name)):
+                store.upsert(conn, name, getattr(history, name))
 
     assert_features_equal(_online(engine, history), build_features(history))

@@ -218,16 +218,50 @@ def test_a_version_1_store_is_migrated_in_place(database_url: str, tiny_dir: Pat
             conn.exec_driver_sql(f"DROP INDEX ix_refund_requests_{'_'.join(columns)}")
         for column in store.DERIVED["refund_requests"]:
             conn.exec_driver_sql(f"ALTER TABLE refund_requests DROP COLUMN {column}")
+        store.sightings.drop(conn)
+        store.abuse_changes.drop(conn)
         conn.execute(update(store.schema_info).values(version=1))
     engine.dispose()
 
     engine = store.open_store(database_url)
 
     with engine.connect() as conn:
-        assert conn.execute(select(store.schema_info.c.version)).scalar_one() == 2
+        version = conn.execute(select(store.schema_info.c.version)).scalar_one()
+    assert version == store.SCHEMA_VERSION
     assert _derived_copies(engine) == [
         ("r1", "s1", "pa1"),
         ("r2", "s2", "pa2"),
         ("r3", "s2", "pa3"),
     ]
+    assert ("ip", "10.0.0.1", "u1") in {row[:3] for row in _sightings(engine)}
     engine.dispose()
+
+
+def _sightings(engine: Engine) -> list[tuple[object, ...]]:
+    with engine.connect() as conn:
+        return [
+            tuple(row)
+            for row in conn.execute(
+                select(store.sightings).order_by(*store.sightings.primary_key.columns)
+            )
+        ]
+
+
+def test_sightings_follow_corrections_and_match_a_rebuild(engine: Engine) -> None:
+    tables = _normalised()
+    with engine.begin() as conn:
+        for name in ("users", "orders", "refund_requests"):
+            store.upsert(conn, name, tables[name])
+    before = _sightings(engine)
+    # A corrected order moves to another device; the old sighting must go.
+    orders = tables["orders"].copy()
+    orders.loc[0, "device_id"] = "d-corrected"
+    with engine.begin() as conn:
+        store.upsert(conn, "orders", orders)
+    after = _sightings(engine)
+    with engine.begin() as conn:
+        store.refresh_sightings(conn, None)
+
+    assert after == _sightings(engine)
+    assert after != before
+    assert any(row[:2] == ("device_id", "d-corrected") for row in after)
