@@ -18,6 +18,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
+
 import features
 from riskmodel.simulator import SimulationConfig, simulate, write_simulation
 from training import (
@@ -26,6 +28,7 @@ from training import (
     evaluate,
     evaluation_period,
     load_ground_truth,
+    prequential,
     train_on,
     training_examples,
     write_report,
@@ -52,6 +55,9 @@ def main() -> None:
     parser.add_argument("--train-days", type=float, default=120)
     parser.add_argument("--maturity-days", type=float, default=30)
     parser.add_argument("--report", type=Path, default=Path("data/bench-quality-report"))
+    parser.add_argument(
+        "--prequential", type=int, default=3, help="successive 20-day windows (0: none)"
+    )
     args = parser.parse_args()
 
     start = "2026-01-01"
@@ -115,6 +121,30 @@ def main() -> None:
                 f"| {base[name]['flagged_share']:.3f} |"
             )
     print(f"\nreport: {args.report / 'report.md'}")
+    if args.prequential:
+        _prequential(history, truth, args)
+
+
+def _prequential(
+    history: features.History, truth: pd.DataFrame | None, args: argparse.Namespace
+) -> None:
+    config = TrainConfig(labels=LabelPolicy(maturity_days=args.maturity_days))
+    result = prequential(
+        history, count=args.prequential, test_days=20, config=config, ground_truth=truth
+    )
+    print(f"\nPrequential: {args.prequential} models, each tested on the 20 days after it\n")
+    print("| trained as of | test requests | abusive | ROC AUC | average precision |")
+    print("|---|---|---|---|---|")
+    for row in result.windows:
+        print(
+            f"| {row['until'][:10]} | {row['requests']:,} | {row['abusive']} "
+            f"| {row['roc_auc']:.3f} | {row['average_precision']:.3f} |"
+        )
+    print("\n| measure | mean | spread (sd) |")
+    print("|---|---|---|")
+    for key, label in ROWS:
+        mean, spread = result.mean[key], result.spread[key]
+        print(f"| {label} | {mean:.3f} | {'-' if spread is None else f'{spread:.3f}'} |")
 
 
 if __name__ == "__main__":

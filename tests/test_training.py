@@ -21,6 +21,7 @@ from training import (
     compare,
     evaluation_period,
     load_ground_truth,
+    prequential,
     score_requests,
     train,
     write_report,
@@ -106,6 +107,28 @@ def test_batch_scores_match_the_bundle(result: TrainResult) -> None:
     assert sorted(scores["request_id"]) == sorted(expected["request_id"])
     table = features.build_features(history).loc[scores["request_id"]]
     np.testing.assert_array_equal(scores["score"], result.bundle.score(table))
+
+
+def test_prequential_trains_as_of_each_window_and_tests_after_it() -> None:
+    history = features.load_history(SAMPLE)
+    config = TrainConfig(labels=LabelPolicy(maturity_days=15), max_rounds=30)
+    result = prequential(
+        history,
+        count=2,
+        test_days=14,
+        gap_days=1,
+        config=config,
+        ground_truth=load_ground_truth(SAMPLE),
+    )
+
+    first, second = result.windows
+    assert first["test_end"] == second["test_start"]
+    for row in result.windows:
+        assert row["until"] < row["test_start"]
+        assert row["requests"] > 100
+    aucs = [first["roc_auc"], second["roc_auc"]]
+    assert result.mean["roc_auc"] == pytest.approx(np.mean(aucs))
+    assert result.spread["roc_auc"] == pytest.approx(np.std(aucs, ddof=1))
 
 
 def test_recall_at_fpr_and_amounts_on_a_small_case() -> None:

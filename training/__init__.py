@@ -20,6 +20,7 @@ from training.dataset import (
 )
 from training.evaluation import compare, evaluation_period, score_requests
 from training.model import TrainConfig
+from training.prequential import Prequential, prequential
 from training.report import Evaluation, evaluate, write_report
 from training.signature import catalog_signature
 from training.splits import TimeSplit, prequential_windows, time_split
@@ -29,6 +30,7 @@ __all__ = [
     "Evaluation",
     "Examples",
     "LabelPolicy",
+    "Prequential",
     "TimeSplit",
     "TrainConfig",
     "TrainResult",
@@ -40,6 +42,7 @@ __all__ = [
     "evaluation_period",
     "latest_labels",
     "load_ground_truth",
+    "prequential",
     "prequential_windows",
     "score_requests",
     "time_split",

@@ -98,6 +98,7 @@ def train_on(examples: Examples, until: int, config: TrainConfig) -> TrainResult
             "feature_version": features.FEATURE_VERSION,
             "config": config.as_dict(),
             "best_iteration": int(booster.best_iteration or booster.current_iteration()),
+            "rounds_boosted": int(booster.current_iteration()),
             "periods": {
                 name: {
                     "start": iso(start),

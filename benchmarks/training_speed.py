@@ -1,0 +1,84 @@
+"""Training and batch-scoring speed on a million refund requests.
+
+    python benchmarks/training_speed.py [--orders 10000000 --requests 1000000 --rounds 500]
+
+Uses the synthetic history of ``benchmarks/feature_engines.py`` (10 orders per user,
+shared public IPs, a few hundred sellers). Its labels are random, so early stopping would
+stop at once; the benchmark instead boosts a fixed ``--rounds`` to time the work of a
+real model. Prints, in seconds: assembling the examples (as-of cut, label maturity,
+point-in-time features), fitting the trees and the calibrator, and scoring every request
+offline (features, then the model), with the peak resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from feature_engines import synthetic_history
+
+from features import build_features
+from training import LabelPolicy, TrainConfig, train_on, training_examples
+from training.dataset import latest_time
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--orders", type=int, default=10_000_000)
+    parser.add_argument("--requests", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=0, help="LightGBM threads (0: all)")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    history = synthetic_history(args.orders, args.requests)
+    print(
+        f"synthetic history: {len(history.orders):,} orders, "
+        f"{len(history.refund_requests):,} requests ({time.perf_counter() - started:.1f} s)"
+    )
+    # Maturity 0 and a cutoff after the last event: every request is an example.
+    policy = LabelPolicy(maturity_days=0)
+    until = latest_time(history) + 1
+    started = time.perf_counter()
+    examples = training_examples(history, until, policy)
+    assembled = time.perf_counter() - started
+    config = TrainConfig(
+        labels=policy,
+        test_share=0.0,
+        max_rounds=args.rounds,
+        early_stopping_rounds=args.rounds,
+        num_threads=args.threads,
+    )
+    started = time.perf_counter()
+    bundle = train_on(examples, until, config).bundle
+    fitted = time.perf_counter() - started
+    print(
+        f"train: {len(examples):,} requests; examples {assembled:.1f} s + trees and "
+        f"calibration {fitted:.1f} s ({bundle.details['rounds_boosted']} rounds boosted, "
+        f"best {bundle.details['best_iteration']}) = {assembled + fitted:.1f} s"
+    )
+
+    started = time.perf_counter()
+    table = build_features(history)
+    featured = time.perf_counter() - started
+    started = time.perf_counter()
+    scores = bundle.score(table)
+    scored = time.perf_counter() - started
+    print(
+        f"score: {len(scores):,} requests; features {featured:.1f} s + model {scored:.1f} s "
+        f"= {featured + scored:.1f} s ({len(scores) / (featured + scored):,.0f} requests/s)"
+    )
+    print(f"peak RSS {_peak_rss_gb():.2f} GB")
+
+
+if __name__ == "__main__":
+    main()
