@@ -1,0 +1,35 @@
+"""``riskmodel policy check``: a summary for a good file, every placed problem for a bad one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from riskmodel.cli import main
+from riskmodel.policy import STARTER_POLICY
+
+
+def test_check_the_starter_policy(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["policy", "check", str(STARTER_POLICY)]) == 0
+
+    out = capsys.readouterr().out
+    assert "policy starter-1 is valid" in out
+    assert "RULE_REDEEMED_THEN_INVALID" in out
+    assert "small_first_refund (disabled)" in out
+
+
+def test_check_a_bad_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        STARTER_POLICY.read_text().replace(
+            "when: order_earlier_refunds >= 1\n", "when: order_earlier_refundz >= 1\n"
+        )
+    )
+
+    assert main(["policy", "check", str(bad)]) == 1
+
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}, line ")
+    assert "rule 'repeat_refund_of_order', when: unknown field 'order_earlier_refundz'" in err
+    assert "did you mean 'order_earlier_refunds'?" in err
