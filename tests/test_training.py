@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from training import (
     load_ground_truth,
     prequential,
     score_requests,
+    search,
     train,
     write_report,
 )
@@ -131,6 +133,26 @@ def test_prequential_trains_as_of_each_window_and_tests_after_it() -> None:
     assert result.spread["roc_auc"] == pytest.approx(np.std(aucs, ddof=1))
 
 
+def test_the_search_reads_the_validation_period_only(result: TrainResult) -> None:
+    examples = result.examples
+    config = TrainConfig(labels=LabelPolicy(maturity_days=20), max_rounds=60)
+    grid = {"num_leaves": (7, 31), "learning_rate": (0.05, 0.2)}
+    found = search(examples, config, grid, trials=3)
+    later = examples.requested_at >= result.split.bounds["calibration"][0]
+    flipped = replace(examples, label=np.where(later, 1 - examples.label, examples.label))
+    again = search(flipped, config, grid, trials=3)
+
+    assert len(found.trials) == 3
+    best = max(found.trials, key=lambda t: t["valid_average_precision"])
+    assert (found.best.num_leaves, found.best.learning_rate) == (
+        best["num_leaves"],
+        best["learning_rate"],
+    )
+    assert again.trials == found.trials
+    with pytest.raises(DataError, match="cannot search over depth"):
+        search(examples, config, {"depth": (3,)})
+
+
 def test_recall_at_fpr_and_amounts_on_a_small_case() -> None:
     y = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0])
     score = np.array([0.9, 0.2, 0.8, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
@@ -187,11 +209,13 @@ def test_train_list_promote_score_evaluate_rollback(
     registry = str(tmp_path / "registry")
     common = ["--from", str(SAMPLE), "--registry", registry]
 
-    assert main(["train", *common, "--until", "2026-04-10", "--maturity-days", "20"]) == 0
+    first_run = ["--until", "2026-04-10", "--maturity-days", "20", "--search", "2"]
+    assert main(["train", *common, *first_run]) == 0
     assert main(["train", *common, "--maturity-days", "20", "--promote", "champion"]) == 0
     first, second = Registry(registry).versions()
     out = capsys.readouterr().out
     assert f"registered {first}" in out
+    assert out.count("  tried num_leaves=") == 2
     assert "roc_auc" in out
     assert (Registry(registry).report_dir(first) / "report.md").is_file()
     assert Registry(registry).load(first).training_window.until == "2026-04-10T00:00:00+00:00"

@@ -22,6 +22,7 @@ from training.evaluation import compare, evaluation_period, score_requests
 from training.model import TrainConfig
 from training.prequential import Prequential, prequential
 from training.report import Evaluation, evaluate, write_report
+from training.search import SearchResult, search
 from training.signature import catalog_signature
 from training.splits import TimeSplit, prequential_windows, time_split
 from training.train import TrainResult, train, train_on
@@ -31,6 +32,7 @@ __all__ = [
     "Examples",
     "LabelPolicy",
     "Prequential",
+    "SearchResult",
     "TimeSplit",
     "TrainConfig",
     "TrainResult",
@@ -45,6 +47,7 @@ __all__ = [
     "prequential",
     "prequential_windows",
     "score_requests",
+    "search",
     "time_split",
     "train",
     "train_on",

@@ -12,10 +12,18 @@ from features import History, load_history
 from riskmodel.cli import add_database_option
 from riskmodel.errors import DataError
 from riskmodel.registry import ALIASES, Registry
-from training.dataset import LabelPolicy, iso, load_ground_truth, to_micros
+from training.dataset import (
+    LabelPolicy,
+    iso,
+    latest_time,
+    load_ground_truth,
+    to_micros,
+    training_examples,
+)
 from training.evaluation import compare, evaluation_period, score_requests
 from training.model import TrainConfig
 from training.report import SUMMARY_KEYS, write_report
+from training.search import search
 from training.signature import catalog_signature
 from training.train import train
 
@@ -64,6 +72,13 @@ def register(commands: Any) -> None:
     )
     tr.add_argument("--test-share", type=float, default=0.15, help="share kept for the report")
     tr.add_argument("--max-rounds", type=int, default=2000, help="boosting rounds at most")
+    tr.add_argument(
+        "--search",
+        type=int,
+        default=0,
+        metavar="TRIALS",
+        help="first try this many hyper-parameter settings on the validation period",
+    )
     tr.add_argument("--promote", choices=ALIASES, help="point this alias at the new model")
     _registry_option(tr)
     tr.set_defaults(handler=_train)
@@ -137,7 +152,15 @@ def _train(args: argparse.Namespace) -> int:
         test_share=args.test_share,
         max_rounds=args.max_rounds,
     )
-    result = train(_history(args), args.until, config, ground_truth=_truth(args))
+    history = _history(args)
+    if args.search:
+        until = args.until if args.until is not None else latest_time(history) + 1
+        examples = training_examples(history, until, config.labels)
+        found = search(examples, config, trials=args.search)
+        for trial in found.trials:
+            print("  tried " + ", ".join(f"{k}={v}" for k, v in trial.items()))
+        config = found.best
+    result = train(history, args.until, config, ground_truth=_truth(args))
     bundle = result.bundle
     registry = Registry(args.registry)
     with tempfile.TemporaryDirectory() as scratch:

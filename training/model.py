@@ -48,7 +48,7 @@ class TrainConfig:
     bagging_fraction: float = 0.8
     lambda_l2: float = 1.0
     max_rounds: int = 2000
-    early_stopping_rounds: int = 100
+    early_stopping_rounds: int = 100  # 0: no early stopping, every round is kept
     calibration: str = "auto"
     num_threads: int = 0  # 0: one thread below SMALL_DATA rows, else every core
     seed: int = 7
@@ -61,8 +61,8 @@ class TrainConfig:
             raise DataError(f"valid + calibration + test shares {sum(shares):g} leave no trees")
         if self.calibration not in CALIBRATIONS:
             raise DataError(f"calibration must be one of {CALIBRATIONS}")
-        if self.max_rounds < 1 or self.early_stopping_rounds < 1:
-            raise DataError("max_rounds and early_stopping_rounds must be positive")
+        if self.max_rounds < 1 or self.early_stopping_rounds < 0:
+            raise DataError("max_rounds must be positive, early_stopping_rounds not negative")
 
     @property
     def shares(self) -> dict[str, float]:
@@ -128,5 +128,7 @@ def fit_trees(
         num_boost_round=config.max_rounds,
         valid_sets=[check],
         valid_names=["valid"],
-        callbacks=[lightgbm.early_stopping(config.early_stopping_rounds, verbose=False)],
+        callbacks=[lightgbm.early_stopping(config.early_stopping_rounds, verbose=False)]
+        if config.early_stopping_rounds
+        else [],
     )
