@@ -203,9 +203,10 @@ class Outcome:
 
 
 class Scorer(Protocol):
-    """What the engine needs of a model bundle (``riskmodel.bundle`` provides one)."""
+    """What the engine needs of a model bundle (``riskmodel.bundle.ModelBundle`` is one)."""
 
-    version: str
+    @property
+    def version(self) -> str: ...  # read-only: a frozen bundle satisfies it
 
     def score(self, frame: pd.DataFrame) -> np.ndarray:
         """Calibrated P(abuse) per row."""
@@ -494,12 +495,13 @@ def decide(
             )
         )
     if degraded:
-        why = "no model score" if valid is None else "no valid model score"
-        if score is not None and valid is None:
-            why = f"the model score {score!r} is not a probability"
         if missing:
             why = f"missing input(s): {', '.join(missing)}"
             verdict = Decision.most_severe(verdict, Decision.REVIEW)
+        elif score is None:
+            why = "no model score"
+        else:
+            why = f"the model score {score!r} is not a probability"
         reasons.append(
             Reason("DEGRADED", ReasonKind.POLICY, f"degraded: {why}; a reviewer decides")
         )
