@@ -50,7 +50,7 @@ def starter() -> Policy:
 
 def stricter(tmp_path: Path) -> Policy:
     text = STARTER_POLICY.read_text()
-    text = text.replace("version: starter-1", "version: strict-1")
+    text = text.replace("version: starter-2", "version: strict-1")
     text = text.replace("  review: 0.30\n", "  review: 0.10\n")
     path = tmp_path / "strict.yaml"
     path.write_text(text)

@@ -14,7 +14,7 @@ def test_check_the_starter_policy(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["policy", "check", str(STARTER_POLICY)]) == 0
 
     out = capsys.readouterr().out
-    assert "policy starter-1 is valid" in out
+    assert "policy starter-2 is valid" in out
     assert "RULE_REDEEMED_THEN_INVALID" in out
     assert "small_first_refund (disabled)" in out
 
