@@ -72,12 +72,15 @@ def compute_columns(
     times = columns["requested_at"].astype(np.int64)
     by_time = np.argsort(times, kind="stable")  # one order of the requests for every stream
     aggregates = [f for f in wanted if isinstance(f, Aggregate)]
+    keys: dict[Entity, _Keys] = {}
     for (source, entity), group in _groups(aggregates).items():
         needs = sorted(
             {a.where[0] for a in group if a.where} | {a.of for a in group if a.of is not None}
         )
         events = sources.events(source, entity, needs)
-        stream = _Stream(events, entity, request_entity(columns, entity), times, by_time)
+        if entity not in keys:
+            keys[entity] = _Keys(request_entity(columns, entity), times)
+        stream = _Stream(events, keys[entity], times, by_time)
         for aggregate in group:
             columns[aggregate.name] = stream.aggregate(aggregate)
     for feature in wanted:
@@ -106,32 +109,46 @@ def _groups(features: list[Aggregate]) -> dict[tuple[Source, Entity], list[Aggre
     return groups
 
 
+class _Keys:
+    """The distinct values one entity takes among the requests, and each request's code.
+
+    Shared by every stream of the entity. An event whose key no request has cannot change
+    any feature, so streams drop such events before sorting anything.
+    """
+
+    def __init__(self, keys: np.ndarray, times: np.ndarray) -> None:
+        asked = pa.array(keys, type=pa.string(), from_pandas=True)
+        self.values = pc.unique(asked.drop_null())
+        code = pc.index_in(asked, value_set=self.values).to_numpy(zero_copy_only=False)
+        self.present = ~np.isnan(code)
+        # A request without the entity gets a code no event has: it finds nothing.
+        self.query = np.where(self.present, code, len(self.values)).astype(np.int64)
+        # Sorted by (key, time), every window's needles come out already in order.
+        self.by_key = np.lexsort((times, self.query))
+
+    def code(self, events: Events) -> tuple[Events, np.ndarray]:
+        """The events whose key some request has, and their codes."""
+        keys = pa.array(events.key, type=pa.string(), from_pandas=True)
+        code = pc.index_in(keys, value_set=self.values).to_numpy(zero_copy_only=False)
+        wanted = ~np.isnan(code)
+        if not wanted.all():
+            events, code = events.subset(wanted), code[wanted]
+        return events, code.astype(np.int64)
+
+
 class _Stream:
     """Events of one (source, entity), sorted, and the requests that query them."""
 
     def __init__(
         self,
         events: Events,
-        entity: Entity,
-        keys: np.ndarray,
+        keys: _Keys,
         times: np.ndarray,
         by_time: np.ndarray,
     ) -> None:
-        if entity is Entity.ORDER:
-            # Most orders are never refunded: their events cannot matter to any request.
-            wanted = pc.unique(pa.array(keys, type=pa.string(), from_pandas=True))
-            found = pc.is_in(pa.array(events.key, type=pa.string()), value_set=wanted)
-            events = events.subset(found.to_numpy(zero_copy_only=False))
-        # Events and requests are coded together: a request's key unknown to the events
-        # gets a code of its own, which no event has.
-        both = pd.concat(
-            [events.key.astype("str"), pd.Series(keys, dtype="str")], ignore_index=True
-        )
-        all_codes, _ = pd.factorize(both)
-        codes = all_codes[: len(events.key)].astype(np.int64)
-        query = all_codes[len(events.key) :].astype(np.int64)
-        self.present = query >= 0
-        query[~self.present] = int(all_codes.max(initial=0)) + 1
+        events, codes = keys.code(events)
+        query = keys.query
+        self.present = keys.present
         self.distinct_times, time_rank = events.distinct_times, events.time_rank
         self.span = len(self.distinct_times) + 1
         composite = codes * self.span + time_rank
@@ -144,8 +161,7 @@ class _Stream:
         self.query = query
         self.t = times
         self.by_time = by_time
-        # Sorted by (key, time), every window's needles come out already in order.
-        self.by_key = np.lexsort((times, query))
+        self.by_key = keys.by_key
         self._positions: dict[int | None, np.ndarray] = {}
         self._prefix: dict[tuple[str, tuple[str, str] | None], np.ndarray] = {}
 

@@ -83,6 +83,7 @@ def ingest_tables(engine: Engine, tables: Mapping[str, pd.DataFrame]) -> IngestR
                 written[name] = store.upsert(conn, name, tables[name], stale)
         store.refresh_derived(conn, stale)
         store.analyze(conn, [name for name, rows in written.items() if rows])
+    store.vacuum(engine, [name for name, rows in written.items() if rows])
     return IngestReport(
         rows_read=dataset.dataset_counts(tables),
         rows_written=written,
