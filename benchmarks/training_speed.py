@@ -14,6 +14,7 @@ the model), with the peak resident memory.
 from __future__ import annotations
 
 import argparse
+import math
 import resource
 import sys
 import time
@@ -21,10 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import numpy as np
+import pandas as pd
 from feature_engines import synthetic_history
 
-from features import build_features
-from training import LabelPolicy, TrainConfig, train_on, training_examples
+from features import build_features, load_history
+from riskmodel.bundle import ModelBundle
+from training import LabelPolicy, TrainConfig, train, train_on, training_examples
 from training.dataset import latest_time
 
 
@@ -38,7 +42,18 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=500)
     parser.add_argument("--threads", type=int, default=0, help="LightGBM threads (0: all)")
+    parser.add_argument(
+        "--sample-only",
+        action="store_true",
+        help="time score_one only, with a model trained on data/sample (fast)",
+    )
     args = parser.parse_args()
+    if args.sample_only:
+        sample = load_history(Path("data/sample"))
+        config = TrainConfig(max_rounds=args.rounds, early_stopping_rounds=0, test_share=0.0)
+        bundle = train(sample, config=config).bundle
+        _single_rows(bundle, build_features(sample))
+        return
 
     started = time.perf_counter()
     history = synthetic_history(args.orders, args.requests)
@@ -78,7 +93,29 @@ def main() -> None:
         f"score: {len(scores):,} requests; features {featured:.1f} s + model {scored:.1f} s "
         f"= {featured + scored:.1f} s ({len(scores) / (featured + scored):,.0f} requests/s)"
     )
+    _single_rows(bundle, table)
     print(f"peak RSS {_peak_rss_gb():.2f} GB")
+
+
+def _single_rows(bundle: ModelBundle, table: pd.DataFrame, count: int = 5_000) -> None:
+    """The serving path: one request's features as a mapping, as the online engine gives."""
+    rows = table.iloc[:: max(len(table) // count, 1)].head(count)
+    mappings = [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+        for r in rows.astype(object).to_dict("records")
+    ]
+    for row in mappings[:200]:  # warm up
+        bundle.score_one(row)
+    timings = []
+    for row in mappings:
+        started = time.perf_counter()
+        bundle.score_one(row)
+        timings.append(time.perf_counter() - started)
+    micros = np.array(timings) * 1e6
+    print(
+        f"score_one: {len(micros):,} requests, p50 {np.percentile(micros, 50):.0f} us, "
+        f"p99 {np.percentile(micros, 99):.0f} us ({bundle.booster.num_trees()} trees)"
+    )
 
 
 if __name__ == "__main__":

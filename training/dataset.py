@@ -157,13 +157,17 @@ def as_of(history: History, until: int) -> History:
     """``history`` as it was known just before ``until`` (store microseconds)."""
 
     def before(table: pd.DataFrame, column: str) -> pd.DataFrame:
-        times = pd.to_numeric(table[column])
-        return table[(times < until).to_numpy(dtype=bool, na_value=False)].reset_index(drop=True)
+        keep = (pd.to_numeric(table[column]) < until).to_numpy(dtype=bool, na_value=False)
+        if keep.all():  # a copy would cost time and nothing else
+            return table
+        return table[keep].reset_index(drop=True)
 
     orders = before(history.orders, "paid_at")
     for column in ("delivered_at", "redeemed_at"):
-        known = pd.to_numeric(orders[column]) < until
-        orders[column] = orders[column].where(known.to_numpy(dtype=bool, na_value=False))
+        later = (pd.to_numeric(orders[column]) >= until).to_numpy(dtype=bool, na_value=False)
+        if later.any():
+            orders = orders.copy() if orders is history.orders else orders
+            orders[column] = orders[column].where(~later)
     return history.replace(
         users=before(history.users, "registered_at"),
         orders=orders,
