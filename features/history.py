@@ -127,11 +127,6 @@ def _rows_of(table: pd.DataFrame, key: str, values: pd.Series) -> pd.DataFrame:
     return rows
 
 
-def _codes(series: pd.Series) -> tuple[np.ndarray, pd.Index]:
-    codes, uniques = pd.factorize(series)
-    return codes.astype(np.int64), pd.Index(uniques)
-
-
 def request_frame(requests: pd.DataFrame, history: History) -> dict[str, np.ndarray]:
     """Columns of each request with its order's (``order_*``) and user's (``user_*``).
 
@@ -170,16 +165,15 @@ def request_entity(columns: dict[str, np.ndarray], entity: Entity) -> np.ndarray
 class Events:
     """One source's rows keyed by one entity (rows without a key are left out).
 
-    ``key`` keeps the frame's own dtype (factorising Arrow strings is fast), ``time`` is
-    int64 microseconds, ``value`` int64 (cents, +1/-1, a registration time, or 1), and
-    ``attributes`` holds the text columns filters and distinct counts read, each as
-    integer codes (-1 for null) and the values they stand for.
+    ``key`` keeps the frame's own dtype, ``time`` is int64 microseconds, ``value`` int64
+    (cents, +1/-1, a registration time, or 1), and ``attributes`` holds the text columns
+    filters and distinct counts read, as they are (coded only by whoever needs codes).
     """
 
     key: pd.Series
     time: np.ndarray
     value: np.ndarray
-    attributes: dict[str, tuple[np.ndarray, pd.Index]]
+    attributes: dict[str, pd.Series]
     distinct_times: np.ndarray  # sorted distinct times of the source
     time_rank: np.ndarray  # each event's time as an index into distinct_times
 
@@ -188,7 +182,7 @@ class Events:
             key=self.key[keep].reset_index(drop=True),
             time=self.time[keep],
             value=self.value[keep],
-            attributes={n: (c[keep], u) for n, (c, u) in self.attributes.items()},
+            attributes={n: c[keep].reset_index(drop=True) for n, c in self.attributes.items()},
             distinct_times=self.distinct_times,
             time_rank=self.time_rank[keep],
         )
@@ -242,22 +236,36 @@ class Sources:
         ]
         return changes.merge(requests, on="request_id", how="inner")
 
-    def sightings(self, entity: Entity) -> pd.DataFrame:
-        """First time each user was seen on each value of ``entity``, with their registration."""
+    def sightings(self, entity: Entity, wanted: pa.Array | None = None) -> pd.DataFrame:
+        """First time each user was seen on each value of ``entity`` (among ``wanted``
+        values, when given), with their registration."""
         orders = self.history.orders[["user_id", entity.value, "paid_at"]].rename(
             columns={"paid_at": "time"}
         )
         refunds = self.refunds[["user_id", entity.value, "requested_at"]].rename(
             columns={"requested_at": "time"}
         )
-        seen = pd.concat([orders, refunds], ignore_index=True).dropna(subset=[entity.value])
+        seen = pd.concat(
+            [_only(orders, entity.value, wanted), _only(refunds, entity.value, wanted)],
+            ignore_index=True,
+        )
         first = seen.groupby([entity.value, "user_id"], sort=False)["time"].min().reset_index()
         registered = self.history.users.set_index("user_id")["registered_at"]
         first["registered_at"] = pd.to_numeric(first["user_id"].map(registered), errors="coerce")
         return first[first["registered_at"].notna()]
 
-    def events(self, source: Source, entity: Entity, attributes: Sequence[str]) -> Events:
-        """The stream of ``source`` keyed by ``entity``, with the named attributes."""
+    def events(
+        self,
+        source: Source,
+        entity: Entity,
+        attributes: Sequence[str],
+        wanted: pa.Array | None = None,
+    ) -> Events:
+        """The stream of ``source`` keyed by ``entity``, with the named attributes.
+
+        Given ``wanted`` (the entity values some request has), events of any other value
+        are left out: they cannot change a feature, and most of a large history is such.
+        """
         history = self.history
         frame: pd.DataFrame
         value: str | None
@@ -274,7 +282,7 @@ class Sources:
         elif source is Source.USAGE:
             frame, time, value = history.usage, "used_at", None
         else:
-            frame, time, value = self.sightings(entity), "time", "registered_at"
+            frame, time, value = self.sightings(entity, wanted), "time", "registered_at"
         if entity.value not in frame.columns:
             raise ValueError(f"source {source.value} has no {entity.value}")
         times = pd.to_numeric(frame[time]).to_numpy(dtype=np.int64)
@@ -283,8 +291,12 @@ class Sources:
         if cache_key not in self._ranks:
             self._ranks[cache_key] = dense_rank(times)
         distinct, rank = self._ranks[cache_key]
-        keep = frame[entity.value].notna().to_numpy()
-        frame = frame[keep]
+        # Only the columns read: filtering a wide table copies every column it keeps.
+        needed = [entity.value, *([] if value is None else [value]), *attributes]
+        keep = _kept(frame[entity.value], wanted)
+        frame = frame[needed]
+        if not keep.all():
+            frame = frame[keep]
         values = (
             np.ones(len(frame), dtype=np.int64)
             if value is None
@@ -294,7 +306,22 @@ class Sources:
             key=frame[entity.value].reset_index(drop=True),
             time=times[keep],
             value=values,
-            attributes={name: _codes(frame[name]) for name in attributes},
+            attributes={name: frame[name].reset_index(drop=True) for name in attributes},
             distinct_times=distinct,
             time_rank=rank[keep],
         )
+
+
+def _kept(keys: pd.Series, wanted: pa.Array | None) -> np.ndarray:
+    """Rows with a key, and one of ``wanted`` when given."""
+    if wanted is None:
+        present: np.ndarray = keys.notna().to_numpy()
+        return present
+    found = pc.is_in(pa.array(keys, type=pa.string(), from_pandas=True), value_set=wanted)
+    kept: np.ndarray = found.to_numpy(zero_copy_only=False)
+    return kept
+
+
+def _only(frame: pd.DataFrame, column: str, wanted: pa.Array | None) -> pd.DataFrame:
+    keep = _kept(frame[column], wanted)
+    return frame if keep.all() else frame[keep]

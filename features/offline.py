@@ -77,9 +77,9 @@ def compute_columns(
         needs = sorted(
             {a.where[0] for a in group if a.where} | {a.of for a in group if a.of is not None}
         )
-        events = sources.events(source, entity, needs)
         if entity not in keys:
             keys[entity] = _Keys(request_entity(columns, entity), times)
+        events = sources.events(source, entity, needs, keys[entity].values)
         stream = _Stream(events, keys[entity], times, by_time)
         for aggregate in group:
             columns[aggregate.name] = stream.aggregate(aggregate)
@@ -185,11 +185,10 @@ class _Stream:
         if where is None:
             return None
         column, wanted = where
-        codes, uniques = self.events.attributes[column]
-        if wanted not in uniques:
-            return np.zeros(len(self.order), dtype=bool)
-        matched: np.ndarray = codes[self.order] == uniques.get_loc(wanted)
-        return matched
+        # A comparison, not a factorisation: filters test one value of a few.
+        matched = self.events.attributes[column].eq(wanted).fillna(False)
+        indicator: np.ndarray = matched.to_numpy(dtype=bool)[self.order]
+        return indicator
 
     def prefix(self, kind: str, where: tuple[str, str] | None) -> np.ndarray:
         """Prefix sums of event counts ("count") or values ("sum") passing ``where``."""
@@ -246,7 +245,7 @@ class _Stream:
 
     def _distinct(self, feature: Aggregate, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         assert feature.of is not None
-        codes = self.events.attributes[feature.of][0][self.order]  # null: -1
+        codes = pd.factorize(self.events.attributes[feature.of])[0][self.order]  # null: -1
         sizes = hi - lo
         query = np.repeat(np.arange(len(lo)), sizes)
         offsets = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
