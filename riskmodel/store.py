@@ -181,6 +181,7 @@ decisions = Table(
     Column("review_due_at", BigInteger, nullable=True),
     Column("model_version", String(64), nullable=True),
     Column("policy_version", String(64), nullable=True),
+    Column("policy_hash", String(64), nullable=True),  # SHA-256 of the policy file's content
     Column("feature_version", String(64), nullable=True),
     Column("decided_at", BigInteger, nullable=False),
     Column("request_hash", String(64), nullable=False),  # refuses a reused id with another body
@@ -251,7 +252,9 @@ def _add_derived_copies(conn: Connection) -> None:
 
 
 def _add_sightings(conn: Connection) -> None:
-    """Version 2 -> 3: sightings and abuse changes, built from the events already stored."""
+    """Version 2 -> 3: sightings and abuse changes, built from the events already stored;
+    decisions record the hash of the policy file they were made with."""
+    conn.exec_driver_sql("ALTER TABLE decisions ADD COLUMN policy_hash VARCHAR(64)")
     sightings.create(conn)
     abuse_changes.create(conn)
     refresh_sightings(conn, None)

@@ -220,6 +220,7 @@ def test_a_version_1_store_is_migrated_in_place(database_url: str, tiny_dir: Pat
             conn.exec_driver_sql(f"ALTER TABLE refund_requests DROP COLUMN {column}")
         store.sightings.drop(conn)
         store.abuse_changes.drop(conn)
+        conn.exec_driver_sql("ALTER TABLE decisions DROP COLUMN policy_hash")
         conn.execute(update(store.schema_info).values(version=1))
     engine.dispose()
 
@@ -234,6 +235,8 @@ def test_a_version_1_store_is_migrated_in_place(database_url: str, tiny_dir: Pat
         ("r3", "s2", "pa3"),
     ]
     assert ("ip", "10.0.0.1", "u1") in {row[:3] for row in _sightings(engine)}
+    with engine.connect() as conn:  # decisions gained the policy's hash
+        assert conn.execute(select(store.decisions.c.policy_hash)).all() == []
     engine.dispose()
 
 
