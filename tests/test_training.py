@@ -250,6 +250,30 @@ def test_train_list_promote_score_evaluate_rollback(
     assert shown["sha256"]
 
 
+def test_score_with_a_policy_adds_the_decisions(
+    result: TrainResult, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = Registry(tmp_path / "registry")
+    registry.register(result.bundle)
+    registry.promote(result.bundle.version)
+    out = tmp_path / "decided.csv"
+    starter = Path(__file__).resolve().parents[1] / "riskmodel" / "policy" / "starter.yaml"
+
+    source = ["--from", str(SAMPLE), "--since", "2026-04-15", "--registry", str(registry.path)]
+    status = main(["score", *source, "--out", str(out), "--policy", str(starter)])
+
+    assert status == 0
+    assert "decided by policy" in capsys.readouterr().out
+    written = pd.read_csv(out)
+    expected = ["request_id", "score", "decision", "approved_amount", "review_queue"]
+    assert list(written.columns) == [*expected, "reason_codes"]
+    assert set(written["decision"]) <= {"approve", "review", "block"}
+    assert written["decision"].nunique() > 1
+    assert (written.loc[written["decision"] != "approve", "approved_amount"] == 0).all()
+    scores = score_requests(result.bundle, features.load_history(SAMPLE), "2026-04-15")
+    np.testing.assert_allclose(written["score"], scores["score"], atol=1e-6)
+
+
 def test_commands_report_mistakes_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

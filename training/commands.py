@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from features import History, load_history
+from features.policy_commands import load_with_catalogue
 from riskmodel.cli import add_database_option
 from riskmodel.errors import DataError
 from riskmodel.registry import ALIASES, Registry
@@ -93,6 +94,7 @@ def register(commands: Any) -> None:
     sc.add_argument("--since", type=_date, help="first request time to score")
     sc.add_argument("--out", type=Path, required=True, help="CSV file to write")
     sc.add_argument("--model", default="champion", help="version or alias (champion)")
+    sc.add_argument("--policy", type=Path, help="policy file (YAML): add each request's decision")
     _registry_option(sc)
     sc.set_defaults(handler=_score)
 
@@ -190,12 +192,14 @@ def _score(args: argparse.Namespace) -> int:
     if args.out.suffix != ".csv":
         raise DataError(f"--out {args.out}: scores are written as .csv")
     bundle = Registry(args.registry).load(args.model, expect=catalog_signature())
-    scores = score_requests(bundle, _history(args), args.since)
+    policy = load_with_catalogue(args.policy) if args.policy else None
+    scores = score_requests(bundle, _history(args), args.since, policy)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_name(args.out.name + ".partial")
     scores.to_csv(partial, index=False, float_format="%.6f")
     partial.replace(args.out)
-    print(f"{len(scores):,} requests scored by {bundle.version} -> {args.out}")
+    with_policy = f" and decided by policy {policy.version}" if policy else ""
+    print(f"{len(scores):,} requests scored by {bundle.version}{with_policy} -> {args.out}")
     return 0
 
 

@@ -7,14 +7,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pandas as pd
 
 import features
 from features import History
 from riskmodel.bundle import ModelBundle
+from riskmodel.engine import decide_frame
 from riskmodel.errors import DataError
+from riskmodel.policy import Policy
+from training.backtest import engine_frame
 from training.dataset import (
     DAY_US,
     Examples,
@@ -29,18 +32,41 @@ __all__ = ["compare", "evaluation_period", "score_requests"]
 
 
 def score_requests(
-    bundle: ModelBundle, history: History, since: datetime | str | int | None = None
+    bundle: ModelBundle,
+    history: History,
+    since: datetime | str | int | None = None,
+    policy: Policy | None = None,
 ) -> pd.DataFrame:
     """``request_id, score`` for every refund request from ``since`` on, each scored on
-    its point-in-time features (what the model would have said at the request's time)."""
+    its point-in-time features (what the model would have said at the request's time).
+
+    With a ``policy``, also the decision the engine gives with that score:
+    ``decision``, ``approved_amount`` (currency units), ``review_queue`` and
+    ``reason_codes`` (space-separated).
+    """
     requests = history.refund_requests
     start = to_micros(since)
     if start is not None:
         keep = (pd.to_numeric(requests["requested_at"]) >= start).to_numpy(dtype=bool)
         requests = requests[keep].reset_index(drop=True)
-    table = features.build_features(history, requests)
+    if policy is None:
+        table = features.build_features(history, requests)
+        return pd.DataFrame(
+            {"request_id": table.index.to_numpy(dtype=object), "score": bundle.score(table)}
+        )
+    frame = engine_frame(history, requests)
+    scores = bundle.score(frame)
+    # Review due times are not written, so the decision time does not matter here.
+    decided = decide_frame(frame, scores, policy, decided_at=datetime.now(UTC))
     return pd.DataFrame(
-        {"request_id": table.index.to_numpy(dtype=object), "score": bundle.score(table)}
+        {
+            "request_id": frame.index.to_numpy(dtype=object),
+            "score": scores,
+            "decision": decided["decision"].to_numpy(dtype=object),
+            "approved_amount": decided["approved_cents"].to_numpy(dtype="int64") / 100,
+            "review_queue": decided["review_queue"].to_numpy(dtype=object),
+            "reason_codes": [" ".join(codes) for codes in decided["reason_codes"]],
+        }
     )
 
 
