@@ -274,6 +274,18 @@ def test_score_with_a_policy_adds_the_decisions(
     np.testing.assert_allclose(written["score"], scores["score"], atol=1e-6)
 
 
+def test_the_prequential_command_prints_each_window_and_the_spread(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ["--windows", "2", "--test-days", "14", "--maturity-days", "15"]
+    assert main(["prequential", "--from", str(SAMPLE), *args]) == 0
+
+    out = capsys.readouterr().out
+    assert "judged against ground truth" in out
+    assert out.count("  as of ") == 2
+    assert "average_precision" in out
+
+
 def test_commands_report_mistakes_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,4 +1,4 @@
-"""``riskmodel train | score | evaluate | models``: the analyst's command line."""
+"""``riskmodel train | score | evaluate | prequential | models``: the analyst's command line."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from training.dataset import (
 )
 from training.evaluation import compare, evaluation_period, score_requests
 from training.model import TrainConfig
+from training.prequential import prequential
 from training.report import SUMMARY_KEYS, write_report
 from training.search import search
 from training.signature import catalog_signature
@@ -55,7 +56,8 @@ def _registry_option(parser: argparse.ArgumentParser) -> None:
 
 
 def register(commands: Any) -> None:
-    """Add ``train``, ``score``, ``evaluate`` and ``models`` to the ``riskmodel`` parser."""
+    """Add ``train``, ``score``, ``evaluate``, ``prequential`` and ``models`` to the
+    ``riskmodel`` parser."""
     tr = commands.add_parser(
         "train",
         help="train, calibrate and register a model; write its report",
@@ -113,6 +115,19 @@ def register(commands: Any) -> None:
     ev.add_argument("--out", type=Path, help="report directory (default: print only)")
     _registry_option(ev)
     ev.set_defaults(handler=_evaluate)
+
+    pq = commands.add_parser(
+        "prequential",
+        help="retrain as of successive dates, test each on the period after it",
+        description="Train WINDOWS models as of successive dates (labels as known then) and "
+        "test each on the TEST_DAYS after it; prints every window and the mean and spread.",
+    )
+    _source(pq)
+    pq.add_argument("--windows", type=int, default=3, help="number of windows (3)")
+    pq.add_argument("--test-days", type=float, default=14, help="days tested per window (14)")
+    pq.add_argument("--gap-days", type=float, default=0, help="days between cutoff and test")
+    pq.add_argument("--maturity-days", type=float, default=30.0, help="label maturity (30)")
+    pq.set_defaults(handler=_prequential)
 
     models = commands.add_parser("models", help="the model registry: list, show, promote")
     actions = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
@@ -234,6 +249,29 @@ def _evaluate(args: argparse.Namespace) -> int:
         path = write_report(evaluations, args.out, f"Model {bundles[0].version} from {iso(since)}")
         print(f"report: {path}")
     return 0
+
+
+def _prequential(args: argparse.Namespace) -> int:
+    truth = _truth(args)
+    config = TrainConfig(labels=LabelPolicy(maturity_days=args.maturity_days))
+    result = prequential(
+        _history(args), args.windows, args.test_days, args.gap_days, config, ground_truth=truth
+    )
+    judged = "ground truth" if truth is not None else "labels of mature requests"
+    print(f"{args.windows} windows of {args.test_days:g} days, judged against {judged}")
+    for row in result.windows:
+        print(
+            f"  as of {row['until']}: {row['requests']:,} requests ({row['abusive']} abusive), "
+            f"ROC AUC {_fmt(row['roc_auc'])}, average precision {_fmt(row['average_precision'])}"
+        )
+    print(f"  {'':<30} {'mean':>8} {'spread':>8}")
+    for key in SUMMARY_KEYS:
+        print(f"  {key:<30} {_fmt(result.mean[key]):>8} {_fmt(result.spread[key]):>8}")
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _list(args: argparse.Namespace) -> int:
