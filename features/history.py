@@ -163,14 +163,15 @@ def request_entity(columns: dict[str, np.ndarray], entity: Entity) -> np.ndarray
 
 @dataclass(frozen=True)
 class Events:
-    """One source's rows keyed by one entity (rows without a key are left out).
+    """One source's rows keyed by one entity, only those whose key is among the values asked.
 
-    ``key`` keeps the frame's own dtype, ``time`` is int64 microseconds, ``value`` int64
+    ``code`` is each row's key as an index into those values, ``time`` int64 microseconds,
+    ``value`` int64
     (cents, +1/-1, a registration time, or 1), and ``attributes`` holds the text columns
     filters and distinct counts read, as they are (coded only by whoever needs codes).
     """
 
-    key: pd.Series
+    code: np.ndarray
     time: np.ndarray
     value: np.ndarray
     attributes: dict[str, pd.Series]
@@ -179,7 +180,7 @@ class Events:
 
     def subset(self, keep: np.ndarray) -> Events:
         return Events(
-            key=self.key[keep].reset_index(drop=True),
+            code=self.code[keep],
             time=self.time[keep],
             value=self.value[keep],
             attributes={n: c[keep].reset_index(drop=True) for n, c in self.attributes.items()},
@@ -202,7 +203,8 @@ def dense_rank(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class Sources:
     """Builds event streams from one history, sharing the joins they have in common.
 
-    >>> Sources(History.empty()).events(Source.ORDERS, Entity.USER, ()).time.size
+    >>> nobody = pa.array([], pa.string())
+    >>> Sources(History.empty()).events(Source.ORDERS, Entity.USER, (), nobody).time.size
     0
     """
 
@@ -236,9 +238,9 @@ class Sources:
         ]
         return changes.merge(requests, on="request_id", how="inner")
 
-    def sightings(self, entity: Entity, wanted: pa.Array | None = None) -> pd.DataFrame:
-        """First time each user was seen on each value of ``entity`` (among ``wanted``
-        values, when given), with their registration."""
+    def sightings(self, entity: Entity, wanted: pa.Array) -> pd.DataFrame:
+        """First time each user was seen on each of the ``wanted`` values of ``entity``,
+        with their registration."""
         orders = self.history.orders[["user_id", entity.value, "paid_at"]].rename(
             columns={"paid_at": "time"}
         )
@@ -259,12 +261,13 @@ class Sources:
         source: Source,
         entity: Entity,
         attributes: Sequence[str],
-        wanted: pa.Array | None = None,
+        wanted: pa.Array,
     ) -> Events:
-        """The stream of ``source`` keyed by ``entity``, with the named attributes.
+        """The stream of ``source`` keyed by ``entity``, with the named attributes, for
+        the entity values ``wanted`` (distinct strings: those some request has).
 
-        Given ``wanted`` (the entity values some request has), events of any other value
-        are left out: they cannot change a feature, and most of a large history is such.
+        Events of any other value are left out: they cannot change a feature, and most
+        of a large history is such.
         """
         history = self.history
         frame: pd.DataFrame
@@ -291,10 +294,12 @@ class Sources:
         if cache_key not in self._ranks:
             self._ranks[cache_key] = dense_rank(times)
         distinct, rank = self._ranks[cache_key]
+        found = pc.index_in(
+            pa.array(frame[entity.value], type=pa.string(), from_pandas=True), value_set=wanted
+        ).to_numpy(zero_copy_only=False)
+        keep = ~np.isnan(found)
         # Only the columns read: filtering a wide table copies every column it keeps.
-        needed = [entity.value, *([] if value is None else [value]), *attributes]
-        keep = _kept(frame[entity.value], wanted)
-        frame = frame[needed]
+        frame = frame[[*([] if value is None else [value]), *attributes]]
         if not keep.all():
             frame = frame[keep]
         values = (
@@ -303,7 +308,7 @@ class Sources:
             else pd.to_numeric(frame[value]).to_numpy(dtype=np.int64)
         )
         return Events(
-            key=frame[entity.value].reset_index(drop=True),
+            code=found[keep].astype(np.int64),
             time=times[keep],
             value=values,
             attributes={name: frame[name].reset_index(drop=True) for name in attributes},
@@ -312,16 +317,13 @@ class Sources:
         )
 
 
-def _kept(keys: pd.Series, wanted: pa.Array | None) -> np.ndarray:
-    """Rows with a key, and one of ``wanted`` when given."""
-    if wanted is None:
-        present: np.ndarray = keys.notna().to_numpy()
-        return present
+def _kept(keys: pd.Series, wanted: pa.Array) -> np.ndarray:
+    """Rows whose key is one of ``wanted``."""
     found = pc.is_in(pa.array(keys, type=pa.string(), from_pandas=True), value_set=wanted)
     kept: np.ndarray = found.to_numpy(zero_copy_only=False)
     return kept
 
 
-def _only(frame: pd.DataFrame, column: str, wanted: pa.Array | None) -> pd.DataFrame:
+def _only(frame: pd.DataFrame, column: str, wanted: pa.Array) -> pd.DataFrame:
     keep = _kept(frame[column], wanted)
     return frame if keep.all() else frame[keep]

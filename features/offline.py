@@ -126,15 +126,6 @@ class _Keys:
         # Sorted by (key, time), every window's needles come out already in order.
         self.by_key = np.lexsort((times, self.query))
 
-    def code(self, events: Events) -> tuple[Events, np.ndarray]:
-        """The events whose key some request has, and their codes."""
-        keys = pa.array(events.key, type=pa.string(), from_pandas=True)
-        code = pc.index_in(keys, value_set=self.values).to_numpy(zero_copy_only=False)
-        wanted = ~np.isnan(code)
-        if not wanted.all():
-            events, code = events.subset(wanted), code[wanted]
-        return events, code.astype(np.int64)
-
 
 class _Stream:
     """Events of one (source, entity), sorted, and the requests that query them."""
@@ -146,7 +137,7 @@ class _Stream:
         times: np.ndarray,
         by_time: np.ndarray,
     ) -> None:
-        events, codes = keys.code(events)
+        codes = events.code
         query = keys.query
         self.present = keys.present
         self.distinct_times, time_rank = events.distinct_times, events.time_rank
