@@ -1,0 +1,460 @@
+"""``riskmodel quickstart``: from a fresh checkout to a running API in one command.
+
+Simulate a marketplace, load it into SQLite, train and promote a model, install the
+starter policy, create an API key, start the API and print a ready ``curl`` call.
+
+Every step runs the public sub-command (``riskmodel simulate``, ``ingest``, ``train``,
+``policy check``, ``keys create``, ``serve``) through :func:`riskmodel.cli.main`, the way a
+person would type it. That keeps the layers honest: this module sits in the core and never
+imports ``training`` or ``serving``, which reach the command line through the
+``riskmodel.commands`` entry points; it only needs to know their commands.
+
+What a step finds already done (the simulation, a loaded store, a champion, a policy file)
+is reused, and the step says so; only the API key is new on every run, because a key is
+shown once and never kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+import pandas as pd
+
+from riskmodel.errors import RiskModelError
+from riskmodel.policy import STARTER_POLICY
+from riskmodel.registry import Registry, resolve_registry_path
+from riskmodel.store import open_store, resolve_database_url, table_counts
+
+__all__ = [
+    "DEFAULT_API_KEYS",
+    "DEFAULT_POLICY",
+    "QuickstartError",
+    "pending_request",
+    "register",
+    "run",
+]
+
+# The serving settings' defaults and variables, repeated here because the core may not
+# import ``serving``; tests/test_serving_commands.py fails if the two drift apart.
+DEFAULT_POLICY = Path("data/policy.yaml")
+POLICY_ENV = "RISKMODEL_POLICY"
+DEFAULT_API_KEYS = Path("data/api_keys.json")
+API_KEYS_ENV = "RISKMODEL_API_KEYS"
+
+DEFAULT_SIMULATION = Path("data/sim")
+CALLER = "quickstart"
+# Sized so the whole run stays well under two minutes on two busy cores (about 25 s
+# measured) while the model learns from a few thousand labelled requests.
+DEFAULT_USERS = 50_000
+DEFAULT_DAYS = 180
+DEFAULT_SEED = 1
+READY_TIMEOUT_S = 60.0
+
+
+class QuickstartError(RiskModelError):
+    """A quickstart step could not run; the message says which and what to do."""
+
+
+def register(commands: Any) -> None:
+    """Add ``quickstart`` to the ``riskmodel`` parser."""
+    qs = commands.add_parser(
+        "quickstart",
+        help="simulate, load, train, install the starter policy, create a key, serve",
+        description="From a fresh checkout to a running API: simulate a marketplace, "
+        "ingest it into the store, train and promote a model, install the starter policy, "
+        "create an API key, start the API and print a ready curl call. What already exists "
+        "(simulation, loaded store, champion, policy file) is reused.",
+    )
+    qs.add_argument("--users", type=int, default=DEFAULT_USERS, help="simulated users")
+    qs.add_argument("--days", type=int, default=DEFAULT_DAYS, help="simulated days")
+    qs.add_argument("--seed", type=int, default=DEFAULT_SEED, help="simulation seed")
+    qs.add_argument(
+        "--sim", type=Path, default=DEFAULT_SIMULATION, help="simulation directory (data/sim)"
+    )
+    qs.add_argument(
+        "--database-url",
+        help="store URL (default: $RISKMODEL_DATABASE_URL, else sqlite:///data/riskmodel.db)",
+    )
+    qs.add_argument(
+        "--registry",
+        type=Path,
+        help="model registry (default: $RISKMODEL_REGISTRY, else data/registry)",
+    )
+    qs.add_argument(
+        "--policy",
+        type=Path,
+        help="policy file (default: $RISKMODEL_POLICY, else data/policy.yaml)",
+    )
+    qs.add_argument(
+        "--api-keys",
+        type=Path,
+        help="API key file (default: $RISKMODEL_API_KEYS, else data/api_keys.json)",
+    )
+    qs.add_argument("--host", default="127.0.0.1", help="address to serve on (127.0.0.1)")
+    qs.add_argument("--port", type=int, default=8000, help="port to serve on (8000)")
+    qs.add_argument(
+        "--no-serve",
+        action="store_true",
+        help="prepare everything but do not start the API (print how to start it)",
+    )
+    qs.set_defaults(handler=run)
+
+
+@dataclass
+class _Plan:
+    sim: Path
+    database_url: str
+    registry: Path
+    policy: Path
+    api_keys: Path
+    timings: list[tuple[str, float]] = field(default_factory=list)
+
+
+def _plan(args: argparse.Namespace) -> _Plan:
+    return _Plan(
+        sim=args.sim,
+        database_url=resolve_database_url(args.database_url),
+        registry=resolve_registry_path(args.registry),
+        policy=Path(args.policy or os.environ.get(POLICY_ENV) or DEFAULT_POLICY),
+        api_keys=Path(args.api_keys or os.environ.get(API_KEYS_ENV) or DEFAULT_API_KEYS),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = _plan(args)
+    started = time.perf_counter()
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("simulate a marketplace", lambda: _simulate(plan, args)),
+        ("load it into the store", lambda: _ingest(plan)),
+        ("train and promote a model", lambda: _train(plan)),
+        ("install the starter policy", lambda: _policy(plan)),
+    ]
+    for number, (title, step) in enumerate(steps, 1):
+        with _timed(plan, f"{number}. {title}"):
+            step()
+    with _timed(plan, f"{len(steps) + 1}. create an API key"):
+        key = _key(plan)
+    request = pending_request(plan.sim)
+    base = f"http://{args.host}:{args.port}"
+    if args.no_serve:
+        _summary(plan, started)
+        print("\nthe API is not started (--no-serve); start it with:")
+        print(f"  {_command(['serve', *_serve_options(plan), '--port', str(args.port)])}")
+        print("then decide a refund request:")
+        print(_curl(base, key, request))
+        return 0
+    return _serve(plan, args, key, request, base, started)
+
+
+# -- steps ---------------------------------------------------------------------------------
+
+
+def _simulate(plan: _Plan, args: argparse.Namespace) -> None:
+    if (plan.sim / "refund_requests.parquet").is_file():
+        print(f"  {plan.sim} already holds a simulation: reused (delete it to simulate anew)")
+        return
+    _cli(
+        "simulate",
+        "--out",
+        str(plan.sim),
+        "--users",
+        str(args.users),
+        "--days",
+        str(args.days),
+        "--seed",
+        str(args.seed),
+    )
+
+
+def _ingest(plan: _Plan) -> None:
+    engine = open_store(plan.database_url)
+    try:
+        requests = table_counts(engine).get("refund_requests", 0)
+    finally:
+        engine.dispose()
+    if requests:
+        print(
+            f"  the store already holds {requests:,} refund requests: reused "
+            f"(load more with: {_command(['ingest', 'DIR', '--database-url', plan.database_url])})"
+        )
+        return
+    _cli("ingest", str(plan.sim), "--database-url", plan.database_url)
+
+
+def _train(plan: _Plan) -> None:
+    registry = Registry(plan.registry)
+    champion = registry.aliases().get("champion")
+    if champion is not None:
+        print(
+            f"  {champion} is already champion in {plan.registry}: reused "
+            f"(retrain with: {_command(['train', *_train_options(plan)])})"
+        )
+        return
+    _cli("train", *_train_options(plan))
+
+
+def _train_options(plan: _Plan) -> list[str]:
+    return [
+        "--database-url",
+        plan.database_url,
+        "--registry",
+        str(plan.registry),
+        "--promote",
+        "champion",
+    ]
+
+
+def _policy(plan: _Plan) -> None:
+    if plan.policy.exists():
+        print(f"  {plan.policy} exists: kept as it is (the starter policy was not copied over it)")
+    else:
+        plan.policy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(STARTER_POLICY, plan.policy)
+        print(f"  copied the starter policy to {plan.policy} (its thresholds are placeholders)")
+    checked = _cli("policy", "check", str(plan.policy), echo=False)
+    print(f"    {checked.splitlines()[0] if checked else ''}")
+
+
+def _key(plan: _Plan) -> str:
+    out = _cli(
+        "keys",
+        "create",
+        "--caller",
+        CALLER,
+        "--role",
+        "decide",
+        "--role",
+        "review",
+        "--api-keys",
+        str(plan.api_keys),
+        "--json",
+        echo=False,
+    )
+    try:
+        created = json.loads(out)
+        key = str(created["key"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise QuickstartError(f"riskmodel keys create --json printed no key: {out!r}") from exc
+    print(
+        f"  a new key for caller {CALLER!r} (roles decide, review); only its hash is kept, "
+        f"in {plan.api_keys}"
+    )
+    return key
+
+
+# -- the request to try ---------------------------------------------------------------------
+
+
+def pending_request(sim: Path) -> dict[str, Any]:
+    """A refund request the store has not seen, built from the simulation's own records.
+
+    The latest membership the platform saw used and that was never asked back, asked back
+    in full a few minutes after the simulation ends, its days of use stated honestly: the
+    kind of request that gets a graduated answer (approved up to the unused days).
+    Failing that, the latest order never asked back, reason ``other``.
+    """
+    orders = pd.read_parquet(sim / "orders.parquet")
+    asked = pd.read_parquet(sim / "refund_requests.parquet", columns=["order_id", "requested_at"])
+    usage = pd.read_parquet(sim / "usage.parquet")
+    at = max(orders["paid_at"].max(), asked["requested_at"].max(), usage["used_at"].max())
+    at = (at + timedelta(minutes=5)).floor("s")
+    fresh = orders[~orders["order_id"].isin(asked["order_id"])].sort_values(
+        "paid_at", ascending=False
+    )
+    if fresh.empty:
+        raise QuickstartError(f"{sim}: every order was already asked back; nothing to try")
+    used = usage[usage["used_at"] < at].groupby("order_id").size()
+    memberships = fresh[
+        (fresh["product_type"] == "membership")
+        & fresh["order_id"].isin(used.index)
+        & (fresh["paid_at"] + pd.to_timedelta(fresh["service_days"].fillna(0), unit="D") > at)
+    ]
+    order = (memberships if not memberships.empty else fresh).iloc[0]
+    is_membership = not memberships.empty
+    days_used = int(used.get(order["order_id"], 0)) if is_membership else None
+    return {
+        "request_id": f"qs-{os.urandom(4).hex()}",
+        "order_id": str(order["order_id"]),
+        "user_id": str(order["user_id"]),
+        "requested_at": at.isoformat().replace("+00:00", "Z"),
+        "amount": round(float(order["amount"]), 2),
+        "reason": "partial_use" if is_membership else "other",
+        "days_used_claimed": days_used,
+        "device_id": _text(order["device_id"]),
+        "ip": _text(order["ip"]),
+        "channel": "app",
+    }
+
+
+def _text(value: Any) -> str | None:
+    return None if pd.isna(value) else str(value)
+
+
+def _curl(base: str, key: str, request: dict[str, Any]) -> str:
+    body = json.dumps(request, separators=(",", ":"))
+    return (
+        f"  curl -s {base}/v1/decisions \\\n"
+        f"    -H {shlex.quote('Authorization: Bearer ' + key)} \\\n"
+        f"    -H 'Content-Type: application/json' \\\n"
+        f"    -d {shlex.quote(body)}"
+    )
+
+
+# -- serving ----------------------------------------------------------------------------------
+
+
+def _serve_options(plan: _Plan) -> list[str]:
+    return [
+        "--database-url",
+        plan.database_url,
+        "--registry",
+        str(plan.registry),
+        "--policy",
+        str(plan.policy),
+        "--api-keys",
+        str(plan.api_keys),
+    ]
+
+
+def _serve(
+    plan: _Plan,
+    args: argparse.Namespace,
+    key: str,
+    request: dict[str, Any],
+    base: str,
+    started: float,
+) -> int:
+    _check_port_free(args.host, args.port)
+    argv = ["serve", *_serve_options(plan), "--host", args.host, "--port", str(args.port)]
+    argv += ["--workers", "1"]
+    print(f"\n==> 6. start the API: {_command(argv)}")
+    step_started = time.perf_counter()
+    # A child process, so that this one can wait for readiness and then print the call.
+    server = subprocess.Popen([sys.executable, "-m", "riskmodel.cli", *argv])
+    try:
+        _wait_ready(server, base)
+        plan.timings.append(("6. start the API", time.perf_counter() - step_started))
+        _summary(plan, started)
+        print(f"\nthe API is ready at {base}; docs at {base}/docs; Ctrl-C stops it")
+        print("decide a refund request (send it again: the same stored decision comes back):")
+        print(_curl(base, key, request))
+        print(flush=True)
+        return server.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise QuickstartError(
+                f"cannot serve on {host}:{port}: {exc.strerror or exc} (an API still "
+                "running?); stop it, or pick another port with --port"
+            ) from exc
+
+
+def _wait_ready(server: subprocess.Popen[bytes], base: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise QuickstartError(
+                f"riskmodel serve stopped (exit status {server.returncode}) before the API "
+                "was ready; its error is above"
+            )
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            last = f"{exc.code}: {exc.read().decode(errors='replace')[:300]}"
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise QuickstartError(f"{base}/readyz not ready after {READY_TIMEOUT_S:.0f} s ({last})")
+
+
+# -- plumbing ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _timed(plan: _Plan, title: str) -> Iterator[None]:
+    print(f"\n==> {title}", flush=True)
+    started = time.perf_counter()
+    yield
+    seconds = time.perf_counter() - started
+    plan.timings.append((title, seconds))
+    print(f"  ({seconds:.1f} s)", flush=True)
+
+
+def _summary(plan: _Plan, started: float) -> None:
+    print("\ntimings:")
+    for title, seconds in plan.timings:
+        print(f"  {title:<32} {seconds:>6.1f} s")
+    print(f"  {'total':<32} {time.perf_counter() - started:>6.1f} s")
+
+
+def _command(argv: Sequence[str]) -> str:
+    return "riskmodel " + " ".join(shlex.quote(a) for a in argv)
+
+
+class _Indented(io.StringIO):
+    """Keeps what a sub-command prints and, as it comes, echoes it indented."""
+
+    def __init__(self, echo: TextIO | None) -> None:
+        super().__init__()
+        self._echo = echo
+        self._at_line_start = True
+
+    def write(self, text: str) -> int:
+        if self._echo is not None:
+            for piece in text.splitlines(keepends=True):
+                if self._at_line_start:
+                    self._echo.write("    ")
+                self._echo.write(piece)
+                self._at_line_start = piece.endswith("\n")
+            self._echo.flush()
+        return super().write(text)
+
+
+def _cli(*argv: str, echo: bool = True) -> str:
+    """Run ``riskmodel ARGV`` in this process; its output, indented when echoed."""
+    from riskmodel.cli import main  # here, not above: cli imports this module
+
+    print(f"  $ {_command(argv)}", flush=True)
+    out = _Indented(sys.stdout if echo else None)
+    with contextlib.redirect_stdout(out):
+        status = main(list(argv))
+    text = out.getvalue()
+    if status != 0:
+        raise QuickstartError(
+            f"quickstart stopped: {_command(argv)} failed (exit status {status}); "
+            "fix the cause above and run riskmodel quickstart again (finished steps are reused)"
+        )
+    return text
