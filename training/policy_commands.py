@@ -1,4 +1,5 @@
-"""``riskmodel backtest``: what a policy (and the model) would have decided on past requests."""
+"""``riskmodel backtest`` and ``riskmodel tune``: what a policy (and the model) would have
+decided on past requests, and which thresholds to give it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import argparse
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from features import History, load_history
 from features.policy_commands import load_with_catalogue
@@ -15,8 +18,12 @@ from riskmodel.registry import Registry
 from training.backtest import Backtest, backtest
 from training.dataset import iso, load_ground_truth, to_micros
 from training.signature import catalog_signature
+from training.tune import Constraints, Tuning, grid, plot_tuning, tune, write_policy
 
-__all__ = ["register"]
+__all__ = ["INFEASIBLE", "register"]
+
+INFEASIBLE = 3
+"""Exit status of ``riskmodel tune`` when no threshold pair meets the constraints."""
 
 _ROWS = (
     ("requests", "{:,.0f}"),
@@ -47,8 +54,28 @@ def _date(text: str) -> int:
     return micros
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is a share: between 0 and 1 (0.005 is 0.5 %)")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return value
+
+
 def register(commands: Any) -> None:
-    """Add ``backtest`` to the ``riskmodel`` parser."""
+    """Add ``backtest`` and ``tune`` to the ``riskmodel`` parser."""
     bt = commands.add_parser(
         "backtest",
         help="replay past requests through a policy and a model; what would change",
@@ -73,6 +100,7 @@ def register(commands: Any) -> None:
     bt.add_argument("--changes", type=Path, help="write every changed request to this .csv")
     bt.add_argument("--show", type=int, default=10, help="changed requests to print (10)")
     bt.set_defaults(handler=_backtest)
+    _register_tune(commands)
 
 
 def _backtest(args: argparse.Namespace) -> int:
@@ -129,4 +157,239 @@ def _print(result: Backtest, new: str, current: str | None, seconds: float, show
             f"  {request_id}: {row['current_decision']} -> {row['decision']} "
             f"(score {row['score']:.3f}); now {' '.join(row['reason_codes']) or '-'}; "
             f"was {' '.join(row['current_reason_codes']) or '-'}"
+        )
+
+
+def _register_tune(commands: Any) -> None:
+    tu = commands.add_parser(
+        "tune",
+        help="trade-off table of review / block thresholds and a proposed pair",
+        description="On the latest evaluation period (by default from the end of the "
+        "model's training window), decide every request with every candidate pair of the "
+        "default thresholds (or --segment's), rules and lists included: review and block "
+        "rates, abuse caught, honest refunds held and blocked, reviews per day. Propose the "
+        "pair that holds the most abusive money within the constraints. Exit status 3 when "
+        "no pair meets them (the closest is shown).",
+    )
+    source = tu.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from", dest="directory", type=Path, help="dataset directory")
+    add_database_option(source)
+    tu.add_argument("--policy", type=Path, required=True, help="the policy to tune (YAML)")
+    tu.add_argument("--segment", help="tune this segment's pair (default: the default pair)")
+    tu.add_argument("--model", default="champion", help="version or alias (champion)")
+    tu.add_argument(
+        "--registry",
+        type=Path,
+        help="registry directory (default: $RISKMODEL_REGISTRY, else data/registry)",
+    )
+    tu.add_argument("--since", type=_date, help="period start (default: the model's until)")
+    tu.add_argument("--until", type=_date, help="period end (default: the data's end)")
+    limits = tu.add_argument_group("constraints (shares are of money asked back)")
+    limits.add_argument(
+        "--max-reviews-per-day", type=_non_negative, help="review capacity, requests a day"
+    )
+    limits.add_argument(
+        "--reviews-per-day",
+        choices=["mean", "max"],
+        default="mean",
+        help="what --max-reviews-per-day limits: the mean day (default) or the busiest",
+    )
+    limits.add_argument(
+        "--max-honest-blocked-share",
+        type=_share,
+        default=0.005,
+        help="honest amount blocked, share of all honest amount (0.005; 1 lifts it)",
+    )
+    limits.add_argument(
+        "--max-honest-held-share", type=_share, help="honest amount reviewed or blocked, share"
+    )
+    limits.add_argument(
+        "--min-abuse-caught-share", type=_share, help="abusive amount reviewed or blocked, share"
+    )
+    tu.add_argument(
+        "--honest-weight",
+        type=_non_negative,
+        default=0.1,
+        help="what holding 1.00 of honest refunds costs against 1.00 of abuse caught (0.1)",
+    )
+    tu.add_argument("--step", type=float, default=0.01, help="threshold grid step (0.01)")
+    tu.add_argument(
+        "--out",
+        type=Path,
+        default=Path("data/tune"),
+        help="directory for tradeoff.csv and tradeoff.png (data/tune)",
+    )
+    tu.add_argument("--write-policy", type=Path, help="write the policy with the proposed pair")
+    tu.add_argument("--new-version", help="version of the written policy (default: kept)")
+    tu.set_defaults(handler=_tune)
+
+
+_TUNE_ROWS = (
+    ("review_rate", "{:.2%}"),
+    ("block_rate", "{:.2%}"),
+    ("reviews_per_day_mean", "{:,.1f}"),
+    ("reviews_per_day_max", "{:,.0f}"),
+    ("abuse_caught", "{:,.0f}"),
+    ("abuse_caught_amount", "{:,.2f}"),
+    ("abuse_caught_amount_share", "{:.2%}"),
+    ("abuse_blocked", "{:,.0f}"),
+    ("paid_to_abuse", "{:,.2f}"),
+    ("honest_held", "{:,.0f}"),
+    ("honest_held_amount", "{:,.2f}"),
+    ("honest_held_amount_share", "{:.2%}"),
+    ("honest_blocked", "{:,.0f}"),
+    ("honest_blocked_amount", "{:,.2f}"),
+    ("honest_blocked_amount_share", "{:.3%}"),
+)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    if args.write_policy is None and args.new_version is not None:
+        raise DataError("--new-version names the version of --write-policy's file; give both")
+    if args.max_reviews_per_day is None and args.max_honest_held_share is None:
+        raise DataError(
+            "state --max-reviews-per-day (or --max-honest-held-share): without a limit on "
+            "what is held, reviewing everything would catch the most abuse"
+        )
+    constraints = Constraints(
+        max_reviews_per_day=args.max_reviews_per_day,
+        reviews_per_day=args.reviews_per_day,
+        max_honest_blocked_share=args.max_honest_blocked_share,
+        max_honest_held_share=args.max_honest_held_share,
+        min_abuse_caught_share=args.min_abuse_caught_share,
+    )
+    policy = load_with_catalogue(args.policy)
+    bundle = Registry(args.registry).load(args.model, expect=catalog_signature())
+    history: History = load_history(args.directory if args.directory else args.database_url)
+    truth = load_ground_truth(args.directory) if args.directory else None
+    since = args.since if args.since is not None else to_micros(bundle.training_window.until)
+    started = time.perf_counter()
+    try:
+        result = tune(
+            history,
+            policy,
+            bundle,
+            constraints,
+            since=since,
+            until=args.until,
+            ground_truth=truth,
+            maturity_days=bundle.training_window.maturity_days,
+            segment=args.segment,
+            levels=grid(args.step),
+            honest_weight=args.honest_weight,
+        )
+    except DataError as exc:
+        if args.since is not None:
+            raise
+        raise DataError(
+            f"{exc} (the period starts where model {bundle.version}'s training window "
+            "ends; give --since for another)"
+        ) from exc
+    seconds = time.perf_counter() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    result.table.to_csv(args.out / "tradeoff.csv", index=False, float_format="%.6g")
+    plot_tuning(result, args.out / "tradeoff.png")
+    _print_tuning(result, seconds)
+    print(
+        f"table: {len(result.table):,} pairs -> {args.out / 'tradeoff.csv'}; plot -> "
+        f"{args.out / 'tradeoff.png'}"
+    )
+    proposal = result.proposal
+    if not proposal.feasible:
+        if args.write_policy is not None:
+            print(f"{args.write_policy} not written: no pair meets the constraints")
+        return INFEASIBLE
+    if args.write_policy is not None:
+        written = write_policy(
+            args.policy,
+            args.write_policy,
+            proposal.review,
+            proposal.block,
+            segment=args.segment,
+            version=args.new_version,
+        )
+        print(
+            f"policy {written.version} with review {proposal.review:g}, block "
+            f"{proposal.block:g} for {result.tuned} -> {args.write_policy} (comments and "
+            "layout kept; only those values changed)"
+        )
+    return 0
+
+
+def _print_tuning(result: Tuning, seconds: float) -> None:
+    table, proposal, current = result.table, result.proposal, result.current
+    print(
+        f"tuning {result.tuned} of policy {result.policy_version} with model "
+        f"{result.model_version}: {int(current['requests']):,} requests from "
+        f"{result.start} to {result.end} ({result.days} days), outcomes from "
+        f"{result.judged_against}: {result.abusive:,} abusive, "
+        f"{result.abusive_amount:,.2f} abusive and {result.honest_amount:,.2f} honest "
+        f"amount asked ({len(table):,} pairs in {seconds:.1f} s)"
+    )
+    print(f"constraints: {result.constraints.describe()}")
+    print(
+        f"preferred: the most abusive amount held minus {result.honest_weight:g} x the honest "
+        "amount held; then the least honest amount blocked; then the fewest reviews"
+    )
+    pair = f"{proposal.review:g} / {proposal.block:g}"
+    if proposal.feasible:
+        print(
+            f"PROPOSED review {proposal.review:g}, block {proposal.block:g} "
+            f"({proposal.candidates:,} pairs meet every constraint)"
+        )
+    else:
+        print(
+            "NO threshold pair meets every constraint; the closest is "
+            f"review {proposal.review:g}, block {proposal.block:g}, which misses:"
+        )
+        for violation in proposal.violations:
+            print(f"  {violation}")
+        print("the best any pair reaches, one constraint at a time:")
+        for name, value in proposal.best.items():
+            print(f"  {name}: {value:.4g}")
+        print(
+            "  (rules, lists and money checks decide some requests whatever the thresholds: "
+            "loosen a constraint, or change the rules and backtest them)"
+        )
+    now = f"{current['review']:g} / {current['block']:g}"
+    label = "proposed" if proposal.feasible else "closest"
+    print(f"  {'':<28}{'current ' + now:>22}{label + ' ' + pair:>22}")
+    for key, fmt in _TUNE_ROWS:
+        print(f"  {key:<28}{fmt.format(current[key]):>22}{fmt.format(proposal.row[key]):>22}")
+    _print_slice(
+        f"moving the review threshold (block {proposal.block:g})",
+        table[table["block"] == proposal.block].sort_values("review"),
+        "review",
+        proposal.review,
+        current["review"],
+    )
+    _print_slice(
+        f"moving the block threshold (review {proposal.review:g})",
+        table[table["review"] == proposal.review].sort_values("block"),
+        "block",
+        proposal.block,
+        current["block"],
+    )
+
+
+def _print_slice(title: str, rows: Any, moving: str, chosen: float, current: float) -> None:
+    """Every 0.05 of the moving threshold, plus the proposed and the current value."""
+    values = rows[moving].to_numpy(dtype=float)
+    keep = (np.isclose(np.round(values / 0.05) * 0.05, values)) | np.isin(values, [chosen, current])
+    print(title)
+    print(
+        f"  {'review':>7} {'block':>6} {'rev/day':>8} {'review%':>8} {'block%':>7} "
+        f"{'abuse':>6} {'abuse amount':>13} {'share':>7} {'honest':>7} {'honest held':>12} "
+        f"{'share':>7} {'honest blocked':>15} {'share':>7}"
+    )
+    for _, row in rows[keep].iterrows():
+        mark = " <- proposed" if row[moving] == chosen else ""
+        mark += " <- current" if row[moving] == current and row["current"] else ""
+        print(
+            f"  {row['review']:>7g} {row['block']:>6g} {row['reviews_per_day_mean']:>8.1f} "
+            f"{row['review_rate']:>8.2%} {row['block_rate']:>7.2%} {row['abuse_caught']:>6,} "
+            f"{row['abuse_caught_amount']:>13,.2f} {row['abuse_caught_amount_share']:>7.1%} "
+            f"{row['honest_held']:>7,} {row['honest_held_amount']:>12,.2f} "
+            f"{row['honest_held_amount_share']:>7.1%} {row['honest_blocked_amount']:>15,.2f} "
+            f"{row['honest_blocked_amount_share']:>7.2%}{mark}"
         )
