@@ -127,12 +127,16 @@ def _rows_of(table: pd.DataFrame, key: str, values: pd.Series) -> pd.DataFrame:
     return rows
 
 
-def request_frame(requests: pd.DataFrame, history: History) -> dict[str, np.ndarray]:
+def request_frame(
+    requests: pd.DataFrame, history: History, order_rows: pd.DataFrame | None = None
+) -> dict[str, np.ndarray]:
     """Columns of each request with its order's (``order_*``) and user's (``user_*``).
 
     Numbers are float64 with NaN for null; text is an object array with None.
+    ``order_rows``, when the caller has them, are the requests' orders (``Sources.order_rows``).
     """
-    order_rows = _rows_of(history.orders, "order_id", requests["order_id"])
+    if order_rows is None:
+        order_rows = _rows_of(history.orders, "order_id", requests["order_id"])
     user_rows = _rows_of(history.users, "user_id", requests["user_id"])
     columns: dict[str, np.ndarray] = {}
     for name in ("request_id", "order_id", "user_id", "reason", "device_id", "ip", "channel"):
@@ -211,15 +215,24 @@ class Sources:
     def __init__(self, history: History) -> None:
         self.history = history
         self._refunds: pd.DataFrame | None = None
+        self._order_rows: pd.DataFrame | None = None
         self._ranks: dict[object, tuple[np.ndarray, np.ndarray]] = {}
+
+    def order_rows(self, requests: pd.DataFrame) -> pd.DataFrame:
+        """Each request's order (all null where unknown). Looked up once for the history's
+        own requests: finding 1M orders among 10M hashes all 10M, so it is worth keeping."""
+        if requests is not self.history.refund_requests:
+            return _rows_of(self.history.orders, "order_id", requests["order_id"])
+        if self._order_rows is None:
+            self._order_rows = _rows_of(self.history.orders, "order_id", requests["order_id"])
+        return self._order_rows
 
     @property
     def refunds(self) -> pd.DataFrame:
         """Refund requests with their order's payment account and seller."""
         if self._refunds is None:
             requests = self.history.refund_requests
-            orders = self.history.orders[["order_id", "payment_account", "seller_id"]]
-            theirs = _rows_of(orders, "order_id", requests["order_id"])
+            theirs = self.order_rows(requests)
             self._refunds = requests.reset_index(drop=True).assign(
                 payment_account=theirs["payment_account"], seller_id=theirs["seller_id"]
             )

@@ -57,7 +57,9 @@ def build_features(
     for name in chosen:
         feature = CATALOG[name]
         if feature.type is Type.CATEGORY and isinstance(feature, Context):
-            frame[name] = pd.Categorical(frame[name], categories=list(feature.levels))
+            # A value outside the declared levels (a new payment method, say) is unknown.
+            known = frame[name].where(frame[name].isin(feature.levels))
+            frame[name] = pd.Categorical(known, categories=list(feature.levels))
     frame.index = pd.Index(requests["request_id"].to_numpy(dtype=object), name="request_id")
     return frame
 
@@ -66,9 +68,9 @@ def compute_columns(
     history: History, requests: pd.DataFrame, names: Sequence[str]
 ) -> dict[str, np.ndarray]:
     """The request frame plus the named features (and what they need), as numpy columns."""
-    columns = request_frame(requests, history)
-    wanted = _with_inputs(names)
     sources = Sources(history)
+    columns = request_frame(requests, history, sources.order_rows(requests))
+    wanted = _with_inputs(names)
     times = columns["requested_at"].astype(np.int64)
     by_time = np.argsort(times, kind="stable")  # one order of the requests for every stream
     aggregates = [f for f in wanted if isinstance(f, Aggregate)]

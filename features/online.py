@@ -108,7 +108,10 @@ def _plan(
 
 def _scalar(feature: Aggregate | Context | Derived, value: Any) -> Any:
     if feature.type is Type.CATEGORY:
-        return value if isinstance(value, str) else None
+        # A value outside the declared levels is unknown, as offline (build_features).
+        levels = feature.levels if isinstance(feature, Context) else ()
+        known = isinstance(value, str) and (not levels or value in levels)
+        return value if known else None
     return float(value)
 
 

@@ -93,3 +93,19 @@ def test_history_written_piecemeal_and_corrected_gives_the_same_features(
                 store.upsert(conn, name, getattr(history, name))
 
     assert_features_equal(_online(engine, history), build_features(history))
+
+
+def test_a_category_outside_the_declared_levels_is_unknown_on_both_engines(
+    engine: Engine,
+) -> None:
+    tables = tiny_tables()
+    tables["orders"].loc[0, "payment_method"] = "gift_card"  # not a level the catalogue knows
+    history = History.from_tables({n: dataset.normalise(n, t) for n, t in tables.items()})
+    _load(engine, history)
+
+    offline = build_features(history)
+    online = _online(engine, history)
+
+    assert pd.isna(offline.loc["r1", "payment_method"])
+    assert pd.isna(online.loc["r1", "payment_method"])
+    assert_features_equal(online, offline)
