@@ -21,7 +21,7 @@ in one transaction; opening a newer one is refused (``SchemaVersionError``).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,7 @@ __all__ = [
     "decisions",
     "drop_everything",
     "fetch_by_key",
+    "insert_request",
     "metadata",
     "open_store",
     "read_table",
@@ -581,6 +582,52 @@ def refresh_abuse_changes(conn: Connection, requests: Iterable[str] | None) -> N
             .where(known.c.delta != 0),
         )
     )
+
+
+def insert_request(
+    conn: Connection,
+    row: Mapping[str, Any],
+    *,
+    seller_id: str | None,
+    payment_account: str | None,
+    registered_at: int,
+) -> bool:
+    """Insert one refund request (store form) unless its ``request_id`` is already stored.
+
+    The serving path's write: ``upsert`` with its derived data, for one new row, without
+    pandas (a one-row ``upsert`` costs milliseconds). The caller has read the request's
+    order (``seller_id``, ``payment_account``) and user (``registered_at``). A new request
+    has no label yet, so only the sightings change: the user is now seen on the request's
+    device and IP and the order's payment account, no later than ``requested_at``. Returns
+    False, writing nothing, when the id is stored already. Runs in the caller's transaction.
+    """
+    marker = "%s" if conn.dialect.name == "postgresql" else "?"
+    names = [*columns_of("refund_requests"), *DERIVED["refund_requests"]]
+    values = {**row, "order_seller_id": seller_id, "order_payment_account": payment_account}
+    values.setdefault(EXTRA, None)
+    inserted = conn.exec_driver_sql(
+        f"INSERT INTO refund_requests ({', '.join(names)}) "
+        f"VALUES ({', '.join([marker] * len(names))}) ON CONFLICT (request_id) DO NOTHING",
+        tuple(values[n] for n in names),
+    )
+    if inserted.rowcount != 1:
+        return False
+    seen = {"device_id": row.get("device_id"), "ip": row.get("ip")}
+    seen["payment_account"] = payment_account
+    sighting = (
+        "INSERT INTO sightings (entity_kind, entity, user_id, first_seen_at, registered_at) "
+        f"VALUES ({', '.join([marker] * 5)}) "
+        "ON CONFLICT (entity_kind, entity, user_id) DO UPDATE "
+        "SET first_seen_at = excluded.first_seen_at "
+        "WHERE excluded.first_seen_at < sightings.first_seen_at"
+    )
+    for kind in SIGHTED:
+        if seen[kind] is not None:
+            conn.exec_driver_sql(
+                sighting,
+                (kind, seen[kind], row["user_id"], row["requested_at"], registered_at),
+            )
+    return True
 
 
 def _fill_statement(target: Table, *, by: str | None = "request_id") -> Any:

@@ -1,0 +1,56 @@
+"""The application factory.
+
+    >>> from serving.app import create_app
+    >>> from serving.settings import Settings
+    >>> app = create_app(Settings(database_url="sqlite:///data/riskmodel.db"))  # doctest: +SKIP
+
+``uvicorn --factory serving.app:create_app`` serves it with settings from the
+environment. The lifespan opens the store and loads the champion (and challenger) model
+and the policy once; a reload (``POST /v1/admin/reload``) swaps them without a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from serving.errors import install_error_handlers
+from serving.limits import BodyLimit
+from serving.routes import admin, decisions, events, health, reviews, users
+from serving.runtime import Runtime
+from serving.settings import Settings
+
+__all__ = ["create_app"]
+
+_DESCRIPTION = """Decisions on refund requests (approve, review, block) with their reasons,
+the history they are made from, the review queue, and operations. Every call but
+`/healthz`, `/readyz` and `/metrics` needs an API key (`Authorization: Bearer <key>`)
+whose roles allow it; see docs/api.md."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new application; ``settings`` default to ``Settings.from_env()``."""
+    chosen = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime.start(chosen)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            runtime.close()
+
+    app = FastAPI(
+        title="Refund risk service",
+        version="1",
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for module in (decisions, events, reviews, users, admin, health):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimit, max_bytes=chosen.max_body_bytes)
+    return app

@@ -1,0 +1,404 @@
+"""One refund request in, one decision out, recorded before the answer leaves.
+
+The path, in order (each step reads what the one before produced, nothing flows back):
+
+1. the request in store units (microseconds, cents) and its SHA-256 (``request_hash``);
+2. a decision already stored under the ``request_id``: the same body gets it back
+   (``replayed``), another body is a ``Conflict`` (409);
+3. the order and the user from the store: if either is unknown, or the order is another
+   user's, or it was paid after the request, the answer is a provisional ``review`` that
+   is **not stored** (the history would break its own contract: every stored request's
+   order exists and is its user's); the caller streams the missing history and asks
+   again with the same ``request_id``;
+4. the online features, the champion's score (contributions only for review and block),
+   the policy (``riskmodel.engine.decide_with_scorer``), the challenger's score in the
+   shadow;
+5. one transaction: the refund request (keyed by ``request_id``, so it is counted once in
+   every velocity feature however often it is sent) and the decision; a concurrent twin
+   that committed first wins, and this call answers with the twin's decision.
+
+When the store cannot be read the answer is ``review`` with reason ``DEGRADED``, not
+stored (``stored: false``). Without a champion the policy decides without a score: review,
+``DEGRADED``, stored. Without a policy nothing can be decided: review, not stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+import features
+from riskmodel.domain import Decision, Order, ProductType, RefundRequest
+from riskmodel.engine import Outcome, decide_with_scorer, request_fields
+from riskmodel.policy import Policy
+from riskmodel.store import insert_request
+from serving.errors import Conflict
+from serving.runtime import Models, Runtime
+
+__all__ = [
+    "Answer",
+    "decide_one",
+    "micros",
+    "render",
+    "request_hash",
+    "store_row",
+    "stored_decision",
+]
+
+log = logging.getLogger("serving")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_DECISION_COLUMNS = (
+    "request_id",
+    "decision",
+    "score",
+    "approved_amount",
+    "reasons",
+    "review_queue",
+    "review_due_at",
+    "model_version",
+    "policy_version",
+    "policy_hash",
+    "feature_version",
+    "decided_at",
+    "request_hash",
+    "shadow",
+)
+_REQUEST_COLUMNS = (
+    "request_id",
+    "order_id",
+    "user_id",
+    "requested_at",
+    "amount",
+    "reason",
+    "days_used_claimed",
+    "device_id",
+    "ip",
+    "channel",
+)
+
+
+def micros(moment: datetime) -> int:
+    """Microseconds since the epoch, the store's time unit."""
+    return (moment - _EPOCH) // _US
+
+
+def _iso(us: int) -> str:
+    return (_EPOCH + timedelta(microseconds=us)).isoformat()
+
+
+def store_row(request: RefundRequest) -> dict[str, Any]:
+    """The request as the store keeps it: times in microseconds, money in cents."""
+    return {
+        "request_id": request.request_id,
+        "order_id": request.order_id,
+        "user_id": request.user_id,
+        "requested_at": micros(request.requested_at),
+        "amount": int(request.amount * 100),
+        "reason": request.reason.value,
+        "days_used_claimed": request.days_used_claimed,
+        "device_id": request.device_id,
+        "ip": request.ip,
+        "channel": request.channel,
+    }
+
+
+def request_hash(row: Mapping[str, Any]) -> str:
+    """SHA-256 of the request in store units: the same request written differently (another
+    time zone, ``5`` or ``5.00``) has the same hash."""
+    canonical = json.dumps({k: row[k] for k in _REQUEST_COLUMNS}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A decision as the API answers it (``body``), and what the metrics count."""
+
+    body: dict[str, Any]
+    degraded: bool
+
+    @property
+    def decision(self) -> str:
+        return str(self.body["decision"])
+
+
+def render(row: Mapping[str, Any], *, stored: bool, replayed: bool) -> dict[str, Any]:
+    """A decisions row -> the API's decision body. Fresh and replayed answers both come
+    from the row, so a replay is the same decision, byte for byte."""
+    queue, due = row["review_queue"], row["review_due_at"]
+    return {
+        "request_id": row["request_id"],
+        "decision": row["decision"],
+        "score": row["score"],
+        "approved_amount": f"{Decimal(int(row['approved_amount'])) / 100:.2f}",
+        "reasons": json.loads(row["reasons"]),
+        "review": None if queue is None else {"queue": queue, "due_at": _iso(int(due))},
+        "model_version": row["model_version"],
+        "policy_version": row["policy_version"],
+        "policy_hash": row["policy_hash"],
+        "feature_version": row["feature_version"],
+        "decided_at": _iso(int(row["decided_at"])),
+        "stored": stored,
+        "replayed": replayed,
+    }
+
+
+def _outcome_row(outcome: Outcome, digest: str, shadow: str | None) -> dict[str, Any]:
+    return {
+        "request_id": outcome.request_id,
+        "decision": outcome.decision.value,
+        "score": outcome.score,
+        "approved_amount": outcome.approved_cents,
+        "reasons": json.dumps([r.as_dict() for r in outcome.reasons], allow_nan=False),
+        "review_queue": None if outcome.review is None else outcome.review.queue,
+        "review_due_at": None if outcome.review is None else outcome.review.due_at_us,
+        "model_version": outcome.model_version,
+        "policy_version": outcome.policy_version,
+        "policy_hash": outcome.policy_hash,
+        "feature_version": str(features.FEATURE_VERSION),
+        "decided_at": micros(outcome.decided_at),
+        "request_hash": digest,
+        "shadow": shadow,
+    }
+
+
+def _provisional(
+    row: Mapping[str, Any],
+    policy: Policy | None,
+    models: Models,
+    code: str,
+    message: str,
+    now: datetime,
+) -> Answer:
+    """A review made without what a decision needs, and not stored."""
+    review = None
+    if policy is not None:
+        spec = policy.spec.review
+        hours = next(q.deadline_hours for q in spec.queues if q.name == spec.default_queue)
+        review = (spec.default_queue, micros(now + timedelta(hours=hours)))
+    reason = {"code": code, "kind": "policy", "message": message}
+    decision = {
+        "request_id": row["request_id"],
+        "decision": Decision.REVIEW.value,
+        "score": None,
+        "approved_amount": 0,
+        "reasons": json.dumps([reason]),
+        "review_queue": None if review is None else review[0],
+        "review_due_at": None if review is None else review[1],
+        "model_version": None if models.champion is None else models.champion.version,
+        "policy_version": None if policy is None else policy.version,
+        "policy_hash": None if policy is None else policy.sha256,
+        "feature_version": str(features.FEATURE_VERSION),
+        "decided_at": micros(now),
+    }
+    return Answer(render(decision, stored=False, replayed=False), degraded=code == "DEGRADED")
+
+
+_NOT_STORED = "not stored; ask again with the same request_id"
+
+
+def stored_decision(conn: Connection, request_id: str) -> dict[str, Any] | None:
+    marker = "%s" if conn.dialect.name == "postgresql" else "?"
+    found = conn.exec_driver_sql(
+        f"SELECT {', '.join(_DECISION_COLUMNS)} FROM decisions WHERE request_id = {marker}",
+        (request_id,),
+    ).fetchone()
+    return None if found is None else dict(zip(_DECISION_COLUMNS, found, strict=True))
+
+
+def _replay(stored: Mapping[str, Any], digest: str) -> Answer:
+    if stored["request_hash"] != digest:
+        raise Conflict(
+            f"request_id {stored['request_id']!r} was already decided for a different "
+            "request; use a new request_id for a new request"
+        )
+    return Answer(render(stored, stored=True, replayed=True), degraded=False)
+
+
+_PARENTS = (
+    "SELECT o.user_id, o.product_type, o.amount, o.service_days, o.payment_account, "
+    "o.seller_id, o.paid_at, u.registered_at "
+    "FROM (SELECT 1 AS one) AS x "
+    "LEFT JOIN orders AS o ON o.order_id = {m} "
+    "LEFT JOIN users AS u ON u.user_id = {m}"
+)
+
+
+@dataclass(frozen=True)
+class _Parents:
+    order: Order
+    seller_id: str | None
+    registered_at: int
+
+
+def _parents(conn: Connection, row: Mapping[str, Any]) -> _Parents | tuple[str, str]:
+    """The request's order and user, or (code, message) saying what does not fit."""
+    marker = "%s" if conn.dialect.name == "postgresql" else "?"
+    found = conn.exec_driver_sql(
+        _PARENTS.format(m=marker), (row["order_id"], row["user_id"])
+    ).fetchone()
+    assert found is not None  # the outer join always yields its one row
+    owner, product, amount, days, account, seller, paid_at, registered = found
+    order_id, user_id = row["order_id"], row["user_id"]
+    if registered is None:
+        return (
+            "UNKNOWN_USER",
+            f"the user {user_id!r} is not in the service's history; {_NOT_STORED} once it is",
+        )
+    if owner is None:
+        return (
+            "UNKNOWN_ORDER",
+            f"the order {order_id!r} is not in the service's history; {_NOT_STORED} once it is",
+        )
+    if owner != user_id:
+        return (
+            "ORDER_OF_ANOTHER_USER",
+            f"the order {order_id!r} belongs to another user, not {user_id!r}; a reviewer "
+            f"decides; {_NOT_STORED} once corrected",
+        )
+    if int(row["requested_at"]) < int(paid_at):
+        return (
+            "REQUESTED_BEFORE_PAYMENT",
+            f"the request is dated before the order {order_id!r} was paid; {_NOT_STORED} "
+            "once corrected",
+        )
+    order = Order.model_construct(
+        order_id=order_id,
+        user_id=owner,
+        product_type=ProductType(product),
+        amount=Decimal(int(amount)) / 100,
+        paid_at=_EPOCH + timedelta(microseconds=int(paid_at)),
+        service_days=days,
+        payment_account=account,
+    )
+    return _Parents(order, seller, int(registered))
+
+
+def _shadow(models: Models, values: Mapping[str, Any], runtime: Runtime) -> str | None:
+    challenger = models.challenger
+    if challenger is None:
+        return None
+    try:
+        score = float(challenger.score_one(values))
+    except Exception as exc:  # the shadow must never touch the answer
+        return json.dumps({"model_version": challenger.version, "error": str(exc)[:200]})
+    runtime.metrics.shadow_scores.observe(score)
+    return json.dumps({"model_version": challenger.version, "score": score})
+
+
+def _insert_decision(conn: Connection, decision: Mapping[str, Any]) -> bool:
+    marker = "%s" if conn.dialect.name == "postgresql" else "?"
+    result = conn.exec_driver_sql(
+        f"INSERT INTO decisions ({', '.join(_DECISION_COLUMNS)}) "
+        f"VALUES ({', '.join([marker] * len(_DECISION_COLUMNS))}) "
+        "ON CONFLICT (request_id) DO NOTHING",
+        tuple(decision[c] for c in _DECISION_COLUMNS),
+    )
+    return result.rowcount == 1
+
+
+def _same_request_stored(conn: Connection, row: Mapping[str, Any]) -> bool:
+    marker = "%s" if conn.dialect.name == "postgresql" else "?"
+    found = conn.exec_driver_sql(
+        f"SELECT {', '.join(_REQUEST_COLUMNS)} FROM refund_requests WHERE request_id = {marker}",
+        (row["request_id"],),
+    ).fetchone()
+    return found is not None and request_hash(dict(zip(_REQUEST_COLUMNS, found, strict=True))) == (
+        request_hash(row)
+    )
+
+
+def _decide_in_store(
+    conn: Connection, runtime: Runtime, request: RefundRequest, row: dict[str, Any], now: datetime
+) -> Answer:
+    models, policy = runtime.models, runtime.policy
+    digest = request_hash(row)
+    stored = stored_decision(conn, row["request_id"])
+    if stored is not None:
+        return _replay(stored, digest)
+    if policy is None:
+        why = runtime.policy_problem or "no policy loaded"
+        return _provisional(row, None, models, "DEGRADED", f"degraded: {why}; {_NOT_STORED}", now)
+    parents = _parents(conn, row)
+    if isinstance(parents, tuple):
+        return _provisional(row, policy, models, parents[0], parents[1], now)
+    values = features.online_features(conn, row)
+    outcome = decide_with_scorer(
+        models.champion, request_fields(request, parents.order), values, policy, decided_at=now
+    )
+    decision = _outcome_row(outcome, digest, _shadow(models, values, runtime))
+    inserted = insert_request(
+        conn,
+        row,
+        seller_id=parents.seller_id,
+        payment_account=parents.order.payment_account,
+        registered_at=parents.registered_at,
+    )
+    if not inserted and not _same_request_stored(conn, row):
+        conn.rollback()
+        raise Conflict(
+            f"request_id {row['request_id']!r} is already in the history with different "
+            "details; use a new request_id for a new request"
+        )
+    if not _insert_decision(conn, decision):
+        # A twin sent at the same moment committed first: its decision is the answer.
+        conn.rollback()
+        twin = stored_decision(conn, row["request_id"])
+        if twin is None:
+            raise RuntimeError("a decision conflicted but none is stored")
+        return _replay(twin, digest)
+    conn.commit()
+    if outcome.score is not None:
+        runtime.metrics.scores.observe(outcome.score)
+    degraded = "DEGRADED" in outcome.codes
+    return Answer(render(decision, stored=True, replayed=False), degraded=degraded)
+
+
+def decide_one(runtime: Runtime, request: RefundRequest) -> Answer:
+    """Decide ``request`` (see the module docstring). Raises ``Conflict`` only."""
+    started = time.perf_counter()
+    now = datetime.now(UTC)
+    row = store_row(request)
+    engine = runtime.store.available()
+    if engine is None:
+        answer = _unreachable(runtime, row, runtime.store.problem, now)
+    else:
+        try:
+            with engine.connect() as conn:
+                answer = _decide_in_store(conn, runtime, request, row, now)
+            runtime.store.found()
+        except Conflict:
+            runtime.metrics.conflicts.inc()
+            raise
+        except (OperationalError, InterfaceError) as exc:
+            runtime.store.lost(exc)
+            answer = _unreachable(runtime, row, runtime.store.problem, now)
+        except DBAPIError as exc:
+            log.exception("store error while deciding %s", row["request_id"])
+            answer = _unreachable(runtime, row, f"store error: {type(exc.orig).__name__}", now)
+    runtime.note_state()
+    runtime.metrics.decisions.labels(
+        answer.decision, str(answer.degraded).lower(), str(answer.body["replayed"]).lower()
+    ).inc()
+    runtime.metrics.decision_seconds.observe(time.perf_counter() - started)
+    return answer
+
+
+def _unreachable(
+    runtime: Runtime, row: Mapping[str, Any], why: str | None, now: datetime
+) -> Answer:
+    message = (
+        f"degraded: {why or 'the store is unavailable'}; features cannot be read; {_NOT_STORED}"
+    )
+    return _provisional(row, runtime.policy, runtime.models, "DEGRADED", message, now)

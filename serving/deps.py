@@ -1,0 +1,67 @@
+"""Dependencies the routes declare: the runtime, and the caller with a role."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from serving.auth import Caller, Role, presented_key
+from serving.errors import Forbidden, Unauthorized
+from serving.runtime import Runtime
+
+__all__ = [
+    "Admin",
+    "CurrentRuntime",
+    "Decider",
+    "Ingester",
+    "Reader",
+    "Reviewer",
+    "get_runtime",
+    "requires",
+]
+
+# Declared for the OpenAPI document; the check itself is ``requires`` (401 / 403 in the
+# service's error shape rather than FastAPI's).
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <key>")
+_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the key, alone")
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+CurrentRuntime = Annotated[Runtime, Depends(get_runtime)]
+
+
+def requires(*roles: Role) -> Callable[..., Awaitable[Caller]]:
+    """A dependency giving the caller, if its key holds one of ``roles`` (or admin)."""
+    wanted = " or ".join(r.value for r in roles)
+
+    async def caller(
+        runtime: CurrentRuntime,
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+        api_key: Annotated[str | None, Security(_header)],
+    ) -> Caller:
+        authorization = None if bearer is None else f"{bearer.scheme} {bearer.credentials}"
+        key = presented_key(authorization, api_key)
+        if key is None:
+            raise Unauthorized("an API key is required (Authorization: Bearer <key>)")
+        found = runtime.keys.authenticate(key)
+        if found is None:
+            raise Unauthorized("unknown API key")
+        if not found.may(*roles):
+            raise Forbidden(f"caller {found.name!r} lacks the role {wanted}")
+        return found
+
+    return caller
+
+
+Decider = Annotated[Caller, Depends(requires(Role.DECIDE))]
+Reader = Annotated[Caller, Depends(requires(Role.DECIDE, Role.REVIEW))]
+Ingester = Annotated[Caller, Depends(requires(Role.INGEST))]
+Reviewer = Annotated[Caller, Depends(requires(Role.REVIEW))]
+Admin = Annotated[Caller, Depends(requires(Role.ADMIN))]

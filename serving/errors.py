@@ -1,0 +1,151 @@
+"""The service's errors and the one place they become HTTP answers.
+
+::
+
+    ServingError                 code              status
+    ├── Unauthorized             unauthorized      401  no key, or a key nobody holds
+    ├── Forbidden                forbidden         403  a key whose roles do not allow it
+    ├── NotFound                 not_found         404
+    ├── Conflict                 conflict          409  e.g. a request_id reused with another body
+    ├── PayloadTooLarge          payload_too_large 413  body or batch above the limit
+    ├── Refused                  refused           422  a model or policy that cannot go live
+    └── Unavailable              unavailable       503  what the call needs is not loaded
+
+Besides these, ``riskmodel.errors.DataError`` (a row breaking the dataset contract, a
+policy that cannot go live) answers 422 ``invalid``, and a body that fails validation
+answers 422 ``invalid_request`` with one entry per field. Every error body has one shape::
+
+    {"error": {"code": "conflict", "message": "...",
+               "fields": [{"field": "...", "message": "..."}]}}
+
+Anything else is a bug: 500 ``internal``, without its details (they go to the log).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from riskmodel.errors import DataError, DatasetError
+from riskmodel.policy import PolicyError
+
+__all__ = [
+    "Conflict",
+    "Forbidden",
+    "NotFound",
+    "PayloadTooLarge",
+    "Refused",
+    "ServingError",
+    "Unauthorized",
+    "Unavailable",
+    "error_body",
+    "install_error_handlers",
+]
+
+log = logging.getLogger("serving")
+
+
+class ServingError(Exception):
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str, fields: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields or []
+
+
+class Unauthorized(ServingError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(ServingError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(ServingError):
+    status, code = 404, "not_found"
+
+
+class Conflict(ServingError):
+    status, code = 409, "conflict"
+
+
+class PayloadTooLarge(ServingError):
+    status, code = 413, "payload_too_large"
+
+
+class Refused(ServingError):
+    status, code = 422, "refused"
+
+
+class Unavailable(ServingError):
+    status, code = 503, "unavailable"
+
+
+def error_body(code: str, message: str, fields: list[dict[str, str]] | None = None) -> Any:
+    """The error shape every failing call answers with."""
+    return {"error": {"code": code, "message": message, "fields": fields or []}}
+
+
+def _field_name(location: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(part) for part in location)
+
+
+def _validation_fields(exc: RequestValidationError) -> list[dict[str, str]]:
+    return [
+        {"field": _field_name(problem.get("loc", ())), "message": str(problem.get("msg", ""))}
+        for problem in exc.errors()
+    ]
+
+
+def _data_fields(exc: DataError) -> list[dict[str, str]]:
+    if isinstance(exc, DatasetError):
+        where = [exc.table] + ([f"row {exc.row}"] if exc.row is not None else [])
+        if exc.column is not None:
+            where.append(exc.column)
+        return [{"field": ".".join(where), "message": exc.problem}]
+    if isinstance(exc, PolicyError):
+        return [{"field": exc.file, "message": str(problem)} for problem in exc.problems]
+    return []
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every error to its status and the one error shape."""
+
+    async def serving(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServingError)
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        return JSONResponse(
+            error_body(exc.code, exc.message, exc.fields), exc.status, headers=headers
+        )
+
+    async def invalid(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        fields = _validation_fields(exc)
+        message = f"{len(fields)} problem(s) with the request"
+        return JSONResponse(error_body("invalid_request", message, fields), 422)
+
+    async def data(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, DataError)
+        return JSONResponse(error_body("invalid", str(exc), _data_fields(exc)), 422)
+
+    async def http(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
+
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse(error_body("internal", "internal error; it has been logged"), 500)
+
+    app.add_exception_handler(ServingError, serving)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(DataError, data)
+    app.add_exception_handler(StarletteHTTPException, http)
+    app.add_exception_handler(Exception, bug)

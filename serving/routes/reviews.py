@@ -1,0 +1,45 @@
+"""``GET /v1/reviews`` (the queue by deadline) and ``POST /v1/reviews/{request_id}``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from serving.deps import CurrentRuntime, Reviewer
+from serving.records import record_verdict, review_queue
+from serving.routes.params import PathId
+from serving.schemas import ErrorOut, VerdictIn
+
+__all__ = ["queue", "router", "verdict"]
+
+router = APIRouter(prefix="/v1", tags=["reviews"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut},
+    403: {"model": ErrorOut},
+    404: {"model": ErrorOut, "description": "no decision for this request_id"},
+    409: {"model": ErrorOut, "description": "the request was not sent to review"},
+    422: {"model": ErrorOut},
+    503: {"model": ErrorOut},
+}
+
+
+@router.get("/reviews", responses=_ERRORS)
+async def queue(
+    runtime: CurrentRuntime,
+    _: Reviewer,
+    queue: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """Requests awaiting a verdict, the earliest deadline first (optionally one queue)."""
+    return review_queue(runtime, queue, limit)
+
+
+@router.post("/reviews/{request_id}", responses=_ERRORS)
+async def verdict(
+    request_id: PathId, body: VerdictIn, runtime: CurrentRuntime, caller: Reviewer
+) -> dict[str, Any]:
+    """A reviewer's verdict; it becomes a label (source ``review``) that features and
+    training read. A later verdict on the same request corrects the earlier one."""
+    return record_verdict(runtime, request_id, body.is_abuse, body.note, caller)

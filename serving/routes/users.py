@@ -1,0 +1,30 @@
+"""``GET /v1/users/{user_id}/history``: what support staff see of a user."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from serving.deps import CurrentRuntime, Reviewer
+from serving.records import user_history
+from serving.routes.params import PathId
+from serving.schemas import ErrorOut
+
+__all__ = ["history", "router"]
+
+router = APIRouter(prefix="/v1", tags=["history"])
+
+
+@router.get(
+    "/users/{user_id}/history",
+    responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 404: {"model": ErrorOut}},
+)
+async def history(
+    user_id: PathId,
+    runtime: CurrentRuntime,
+    _: Reviewer,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """The user and their latest orders, refund requests, decisions and labels (role review)."""
+    return user_history(runtime, user_id, limit)

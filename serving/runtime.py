@@ -1,0 +1,189 @@
+"""What a running service holds: the store link, the models, the policy, the keys.
+
+Loaded once at start-up by the application's lifespan; the models and the policy are
+swapped whole by a reload (one attribute assignment, so a decision in flight keeps the
+ones it started with). Nothing here fails the start: a missing store, model or policy is
+recorded as a problem, ``/readyz`` reports it, and decisions fall back to ``review``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
+
+import features
+from features.policy_commands import load_with_catalogue
+from riskmodel.bundle import ModelBundle
+from riskmodel.errors import RiskModelError
+from riskmodel.policy import Policy
+from riskmodel.registry import Registry
+from riskmodel.store import open_store
+from serving.auth import KeyRing
+from serving.errors import Refused
+from serving.metrics import Metrics
+from serving.settings import Settings
+
+__all__ = ["Models", "Runtime", "StoreLink", "load_models", "load_policy_file"]
+
+log = logging.getLogger("serving")
+
+
+class StoreLink:
+    """The store, which may be lost and found again.
+
+    After a failure, calls get no engine for ``retry_seconds`` (they answer degraded at
+    once instead of each waiting on a dead database); then the next call tries again, and
+    the first success makes the store available to everyone.
+    """
+
+    def __init__(self, url: str | None, retry_seconds: float) -> None:
+        self.url = url
+        self.retry_seconds = retry_seconds
+        self.problem: str | None = "not opened yet"
+        self._engine: Engine | None = None
+        self._next_try = 0.0
+
+    def open(self) -> None:
+        try:
+            self._engine = open_store(self.url)
+        except Exception as exc:  # a bad path fails in mkdir, a dead server in connect
+            self.lost(exc)
+        else:
+            self.found()
+
+    def available(self) -> Engine | None:
+        """The engine, unless the store was lost less than ``retry_seconds`` ago."""
+        if self.problem is not None and time.monotonic() < self._next_try:
+            return None
+        if self._engine is None:
+            self.open()
+        return self._engine
+
+    def lost(self, exc: BaseException) -> None:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if self.problem is None:
+            log.error("store lost: %s", first)
+        self.problem = f"database unreachable: {first}"
+        self._next_try = time.monotonic() + self.retry_seconds
+
+    def found(self) -> None:
+        if self.problem is not None and self._engine is not None:
+            log.info("store available")
+        self.problem = None
+
+    def probe(self) -> str | None:
+        """Ask the database for ``SELECT 1`` now; the problem, or None when it answers."""
+        engine = self.available()
+        if engine is None:
+            return self.problem
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except DBAPIError as exc:
+            self.lost(exc)
+            return self.problem
+        self.found()
+        return None
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+@dataclass(frozen=True)
+class Models:
+    """The champion that decides and the challenger scored in its shadow."""
+
+    champion: ModelBundle | None
+    challenger: ModelBundle | None = None
+    problem: str | None = None  # why there is no champion
+    challenger_problem: str | None = None
+
+
+def _check_inputs(bundle: ModelBundle) -> None:
+    unknown = [name for name in bundle.feature_names if name not in features.CATALOG]
+    if unknown:
+        raise Refused(
+            f"model {bundle.version} reads features this service does not compute: "
+            f"{', '.join(unknown[:5])}"
+        )
+
+
+def load_models(registry: Path) -> Models:
+    """The champion and challenger of ``registry``; problems recorded, never raised."""
+    found = Registry(registry)
+    champion = challenger = None
+    problem = challenger_problem = None
+    try:
+        champion = found.load("champion")
+        _check_inputs(champion)
+    except (RiskModelError, Refused, OSError, ValueError) as exc:
+        champion, problem = None, f"no usable champion model: {exc}"
+    try:
+        if "challenger" in found.aliases():
+            challenger = found.load("challenger")
+            _check_inputs(challenger)
+    except (RiskModelError, Refused, OSError, ValueError) as exc:
+        challenger, challenger_problem = None, f"challenger not loaded: {exc}"
+    return Models(champion, challenger, problem, challenger_problem)
+
+
+def load_policy_file(path: Path) -> Policy:
+    """The policy at ``path``, validated against the feature catalogue (``PolicyError``)."""
+    return load_with_catalogue(path)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: StoreLink
+    keys: KeyRing
+    models: Models
+    policy: Policy | None
+    policy_problem: str | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+
+    @classmethod
+    def start(cls, settings: Settings) -> Runtime:
+        store = StoreLink(settings.database_url, settings.store_retry_seconds)
+        store.open()
+        policy, problem = None, None
+        try:
+            policy = load_policy_file(settings.policy)
+        except RiskModelError as exc:
+            problem = f"no valid policy: {exc}"
+        runtime = cls(
+            settings=settings,
+            store=store,
+            keys=KeyRing(settings.api_keys),
+            models=load_models(settings.registry),
+            policy=policy,
+            policy_problem=problem,
+        )
+        runtime.note_state()
+        return runtime
+
+    def note_state(self) -> None:
+        self.metrics.model_loaded.set(1 if self.models.champion is not None else 0)
+        self.metrics.policy_loaded.set(1 if self.policy is not None else 0)
+        self.metrics.store_up.set(1 if self.store.problem is None else 0)
+
+    def problems(self) -> list[str]:
+        """Why the service is not ready; empty when it is."""
+        found = []
+        if (store := self.store.probe()) is not None:
+            found.append(store)
+        if self.models.problem is not None:
+            found.append(self.models.problem)
+        if self.policy is None:
+            found.append(self.policy_problem or "no policy loaded")
+        self.note_state()
+        return found
+
+    def close(self) -> None:
+        self.store.dispose()

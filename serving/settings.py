@@ -1,0 +1,72 @@
+"""What the service is configured with, read once from the environment.
+
+    >>> from serving.settings import Settings
+    >>> Settings().max_batch
+    100
+    >>> Settings.from_env().registry            # doctest: +SKIP
+    PosixPath('data/registry')
+
+Every setting has a default that works on a fresh checkout; the environment overrides it
+(``RISKMODEL_DATABASE_URL``, ``RISKMODEL_REGISTRY``, ``RISKMODEL_POLICY``,
+``RISKMODEL_API_KEYS``, ``RISKMODEL_MAX_BODY_BYTES``, ``RISKMODEL_MAX_BATCH``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Settings"]
+
+_ENV = {
+    "database_url": "RISKMODEL_DATABASE_URL",
+    "registry": "RISKMODEL_REGISTRY",
+    "policy": "RISKMODEL_POLICY",
+    "api_keys": "RISKMODEL_API_KEYS",
+    "max_body_bytes": "RISKMODEL_MAX_BODY_BYTES",
+    "max_batch": "RISKMODEL_MAX_BATCH",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration.
+
+    ``database_url`` None means the store's own default (``RISKMODEL_DATABASE_URL``, else
+    the SQLite file ``data/riskmodel.db``). ``store_retry_seconds``: how often, at most, a
+    service that lost its database tries to reconnect.
+    """
+
+    database_url: str | None = None
+    registry: Path = Path("data/registry")
+    policy: Path = Path("data/policy.yaml")
+    api_keys: Path = Path("data/api_keys.json")
+    max_body_bytes: int = 1_048_576
+    max_batch: int = 100
+    store_retry_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"max_body_bytes {self.max_body_bytes} is below 1024")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch {self.max_batch} is below 1")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Defaults overridden by the environment (``os.environ`` unless given)."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            return env.get(_ENV[name]) or None
+
+        defaults = cls()
+        return cls(
+            database_url=get("database_url"),
+            registry=Path(get("registry") or defaults.registry),
+            policy=Path(get("policy") or defaults.policy),
+            api_keys=Path(get("api_keys") or defaults.api_keys),
+            max_body_bytes=int(get("max_body_bytes") or defaults.max_body_bytes),
+            max_batch=int(get("max_batch") or defaults.max_batch),
+        )
