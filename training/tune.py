@@ -788,15 +788,15 @@ def write_policy(
     if out.resolve() == source.resolve():
         raise DataError(f"{out}: write the tuned policy to a new file, not over {source}")
     before = load_with_catalogue(source)
+    expected = with_thresholds(before, review, block, segment).spec  # refuses a bad pair
+    if version is not None:
+        expected = expected.model_copy(update={"version": version})
     text = patch_policy_text(source.read_text(encoding="utf-8"), review, block, segment, version)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     partial.write_text(text, encoding="utf-8")
     try:
         after = load_with_catalogue(partial)
-        expected = with_thresholds(before, review, block, segment).spec
-        if version is not None:
-            expected = expected.model_copy(update={"version": version})
         if after.spec.thresholds != expected.thresholds or after.version != expected.version:
             raise DataError(f"{out}: the patched policy does not read back as intended")
     except Exception:
