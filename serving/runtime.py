@@ -12,8 +12,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import DBAPIError
 
 import features
@@ -41,20 +42,32 @@ class StoreLink:
     the first success makes the store available to everyone.
     """
 
-    def __init__(self, url: str | None, retry_seconds: float) -> None:
+    def __init__(self, url: str | None, retry_seconds: float, synchronous: str = "FULL") -> None:
         self.url = url
         self.retry_seconds = retry_seconds
+        self.synchronous = synchronous
         self.problem: str | None = "not opened yet"
         self._engine: Engine | None = None
         self._next_try = 0.0
 
     def open(self) -> None:
         try:
-            self._engine = open_store(self.url)
+            engine = open_store(self.url)
         except Exception as exc:  # a bad path fails in mkdir, a dead server in connect
             self.lost(exc)
-        else:
-            self.found()
+            return
+        if engine.dialect.name == "sqlite" and self.synchronous != "FULL":
+            level = self.synchronous
+
+            def relax(dbapi_connection: Any, _record: Any) -> None:
+                dbapi_connection.execute(f"PRAGMA synchronous={level}")
+
+            # After the store's own pragmas; the pool is emptied so that every
+            # connection gets it.
+            event.listen(engine, "connect", relax)
+            engine.dispose()
+        self._engine = engine
+        self.found()
 
     def available(self) -> Engine | None:
         """The engine, unless the store was lost less than ``retry_seconds`` ago."""
@@ -150,7 +163,9 @@ class Runtime:
 
     @classmethod
     def start(cls, settings: Settings) -> Runtime:
-        store = StoreLink(settings.database_url, settings.store_retry_seconds)
+        store = StoreLink(
+            settings.database_url, settings.store_retry_seconds, settings.sqlite_synchronous
+        )
         store.open()
         policy, problem = None, None
         try:

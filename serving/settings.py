@@ -8,7 +8,8 @@
 
 Every setting has a default that works on a fresh checkout; the environment overrides it
 (``RISKMODEL_DATABASE_URL``, ``RISKMODEL_REGISTRY``, ``RISKMODEL_POLICY``,
-``RISKMODEL_API_KEYS``, ``RISKMODEL_MAX_BODY_BYTES``, ``RISKMODEL_MAX_BATCH``).
+``RISKMODEL_API_KEYS``, ``RISKMODEL_MAX_BODY_BYTES``, ``RISKMODEL_MAX_BATCH``,
+``RISKMODEL_SQLITE_SYNCHRONOUS``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ _ENV = {
     "api_keys": "RISKMODEL_API_KEYS",
     "max_body_bytes": "RISKMODEL_MAX_BODY_BYTES",
     "max_batch": "RISKMODEL_MAX_BATCH",
+    "sqlite_synchronous": "RISKMODEL_SQLITE_SYNCHRONOUS",
 }
 
 
@@ -46,12 +48,15 @@ class Settings:
     max_body_bytes: int = 1_048_576
     max_batch: int = 100
     store_retry_seconds: float = 1.0
+    sqlite_synchronous: str = "FULL"
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes {self.max_body_bytes} is below 1024")
         if self.max_batch < 1:
             raise ValueError(f"max_batch {self.max_batch} is below 1")
+        if self.sqlite_synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"sqlite_synchronous {self.sqlite_synchronous!r}: FULL or NORMAL")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -69,4 +74,5 @@ class Settings:
             api_keys=Path(get("api_keys") or defaults.api_keys),
             max_body_bytes=int(get("max_body_bytes") or defaults.max_body_bytes),
             max_batch=int(get("max_batch") or defaults.max_batch),
+            sqlite_synchronous=(get("sqlite_synchronous") or defaults.sqlite_synchronous).upper(),
         )
