@@ -816,7 +816,7 @@ def plot_tuning(tuning: Tuning, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     table, proposal, current = tuning.table, tuning.proposal.row, tuning.current
     load = f"reviews_per_day_{tuning.constraints.reviews_per_day}"
-    figure = Figure(figsize=(16, 4.8))
+    figure = Figure(figsize=(17, 5), layout="constrained")
     frontier, by_review, by_block = figure.subplots(1, 3)
 
     excess = np.zeros(len(table))
@@ -869,13 +869,20 @@ def plot_tuning(tuning: Tuning, path: str | Path) -> Path:
     load_axis.plot(
         row["review"], row[load], color="tab:purple", linestyle="--", label="reviews per day"
     )
-    load_axis.set_ylabel("reviews per day")
+    load_axis.set_ylabel("reviews per day (dashed)")
     by_review.axvline(proposal["review"], color="tab:red", linestyle=":")
     by_review.legend(fontsize="small", loc="center right")
     by_review.set_title("Moving the review threshold")
 
     col = table[table["review"] == proposal["review"]].sort_values("block")
-    by_block.plot(col["block"], col["honest_blocked_amount_share"], label="honest amount blocked")
+    # One point when the review threshold sits at the top of the grid: show it.
+    by_block.plot(
+        col["block"],
+        col["honest_blocked_amount_share"],
+        marker=".",
+        markersize=4,
+        label="honest amount blocked",
+    )
     by_block.plot(
         col["block"],
         col["abuse_blocked"] / max(tuning.abusive, 1),
@@ -889,7 +896,7 @@ def plot_tuning(tuning: Tuning, path: str | Path) -> Path:
     by_block.set_ylabel("share")
     block_load = by_block.twinx()
     block_load.plot(col["block"], col[load], color="tab:purple", linestyle="--")
-    block_load.set_ylabel("reviews per day")
+    block_load.set_ylabel("reviews per day (dashed)")
     by_block.axvline(proposal["block"], color="tab:red", linestyle=":")
     by_block.legend(fontsize="small", loc="center right")
     by_block.set_title("Moving the block threshold")
@@ -897,5 +904,5 @@ def plot_tuning(tuning: Tuning, path: str | Path) -> Path:
         f"Policy {tuning.policy_version}, {tuning.tuned}; model {tuning.model_version}; "
         f"{tuning.start[:10]} to {tuning.end[:10]}, outcomes from {tuning.judged_against}"
     )
-    figure.savefig(path, dpi=100, bbox_inches="tight")
+    figure.savefig(path, dpi=100)
     return path
