@@ -240,7 +240,9 @@ def test_outcomes_from_labels_leave_out_immature_requests(history: features.Hist
         tuning_period(history, StandIn(), since="2026-04-20", maturity_days=30)
 
 
-def test_bad_constraints_and_arguments_say_what_is_wrong(period: Period, starter: Policy) -> None:
+def test_bad_constraints_and_arguments_say_what_is_wrong(
+    period: Period, starter: Policy, tmp_path: Path
+) -> None:
     with pytest.raises(DataError, match="max_reviews_per_day"):
         Constraints(max_honest_blocked_share=0.01)
     with pytest.raises(DataError, match="must be >= 0"):
@@ -253,6 +255,13 @@ def test_bad_constraints_and_arguments_say_what_is_wrong(period: Period, starter
         DataError, match=r"no segment 'vip' \(segments: new_accounts, large_amounts\)"
     ):
         tradeoff(period, starter, segment="vip")
+    nobody = STARTER_POLICY.read_text().replace("amount_from: 300.00", "amount_from: 90000.00")
+    path = tmp_path / "nobody.yaml"
+    path.write_text(nobody)
+    with pytest.raises(
+        DataError, match=r"segment 'large_amounts' of policy starter-2 decides none of the"
+    ):
+        tradeoff(period, load_with_catalogue(path), segment="large_amounts")
     with pytest.raises(DataError, match="grid step"):
         grid(0.0)
     with pytest.raises(DataError, match="review < block"):

@@ -450,6 +450,13 @@ def tradeoff(
             raise DataError(f"threshold levels must be in [0, 1], got {outside[0]}")
         levels = np.array(sorted({float(x) for x in levels} | set(now)), dtype=float)
     rows = _decompose(period, policy, segment)
+    if rows.fixed.all():
+        which = "the default pair" if segment is None else f"segment {segment!r}"
+        raise DataError(
+            f"{which} of policy {policy.version} decides none of the {len(period):,} "
+            "requests of the period (each matches an earlier segment, or has no score): "
+            "nothing to tune"
+        )
     count = len(levels)
     with np.errstate(invalid="ignore"):
         bucket = np.searchsorted(levels, np.nan_to_num(period.scores, nan=-1.0), side="right")
