@@ -23,6 +23,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -348,6 +349,8 @@ def _serve(
     step_started = time.perf_counter()
     # A child process, so that this one can wait for readiness and then print the call.
     server = subprocess.Popen([sys.executable, "-m", "riskmodel.cli", *argv])
+    # Stopped by SIGTERM (a supervisor, `timeout`), still stop the server, not orphan it.
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         _wait_ready(server, base)
         plan.timings.append(("6. start the API", time.perf_counter() - step_started))
@@ -360,12 +363,17 @@ def _serve(
     except KeyboardInterrupt:
         return 0
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if server.poll() is None:
             server.terminate()
             try:
                 server.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 server.kill()
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _check_port_free(host: str, port: int) -> None:
