@@ -216,6 +216,7 @@ class Sources:
         self.history = history
         self._refunds: pd.DataFrame | None = None
         self._order_rows: pd.DataFrame | None = None
+        self._users_of: dict[str, np.ndarray] = {}
         self._ranks: dict[object, tuple[np.ndarray, np.ndarray]] = {}
 
     def order_rows(self, requests: pd.DataFrame) -> pd.DataFrame:
@@ -251,23 +252,50 @@ class Sources:
         ]
         return changes.merge(requests, on="request_id", how="inner")
 
-    def sightings(self, entity: Entity, wanted: pa.Array) -> pd.DataFrame:
-        """First time each user was seen on each of the ``wanted`` values of ``entity``,
-        with their registration."""
-        orders = self.history.orders[["user_id", entity.value, "paid_at"]].rename(
-            columns={"paid_at": "time"}
+    def _user_codes(self, frame: pd.DataFrame) -> np.ndarray:
+        """Each row's user as a row number of ``history.users`` (-1: unknown user)."""
+        return _positions(frame["user_id"], self.history.users["user_id"])
+
+    def sightings(self, entity: Entity, wanted: pa.Array) -> Events:
+        """The first time each user was seen on each of the ``wanted`` values of
+        ``entity`` (an order paid or a refund requested from it), valued at the user's
+        registration; users the history does not know are left out.
+
+        Everything after the one lookup of each row's entity and user is integer work:
+        grouping (entity, user) string pairs of a long history cost more than all else.
+        """
+        users = len(self.history.users)
+        codes, people, times = [], [], []
+        tables = (
+            ("orders", self.history.orders, "paid_at"),
+            ("refunds", self.refunds, "requested_at"),
         )
-        refunds = self.refunds[["user_id", entity.value, "requested_at"]].rename(
-            columns={"requested_at": "time"}
+        for name, frame, time in tables:
+            if name not in self._users_of:
+                self._users_of[name] = self._user_codes(frame)
+            user = self._users_of[name]
+            found = pc.index_in(
+                pa.array(frame[entity.value], type=pa.string(), from_pandas=True),
+                value_set=wanted,
+            ).to_numpy(zero_copy_only=False)
+            keep = ~np.isnan(found) & (user >= 0)
+            codes.append(found[keep].astype(np.int64))
+            people.append(user[keep])
+            times.append(pd.to_numeric(frame[time]).to_numpy(dtype=np.int64)[keep])
+        pair = np.concatenate(codes) * max(users, 1) + np.concatenate(people)
+        first = pd.Series(np.concatenate(times)).groupby(pair, sort=False).min()
+        pairs = first.index.to_numpy(dtype=np.int64)
+        seen_at = first.to_numpy(dtype=np.int64)
+        registered = pd.to_numeric(self.history.users["registered_at"]).to_numpy(dtype=np.int64)
+        distinct, rank = dense_rank(seen_at)
+        return Events(
+            code=pairs // max(users, 1),
+            time=seen_at,
+            value=registered[pairs % max(users, 1)],
+            attributes={},
+            distinct_times=distinct,
+            time_rank=rank,
         )
-        seen = pd.concat(
-            [_only(orders, entity.value, wanted), _only(refunds, entity.value, wanted)],
-            ignore_index=True,
-        )
-        first = seen.groupby([entity.value, "user_id"], sort=False)["time"].min().reset_index()
-        registered = self.history.users.set_index("user_id")["registered_at"]
-        first["registered_at"] = pd.to_numeric(first["user_id"].map(registered), errors="coerce")
-        return first[first["registered_at"].notna()]
 
     def events(
         self,
@@ -298,15 +326,14 @@ class Sources:
         elif source is Source.USAGE:
             frame, time, value = history.usage, "used_at", None
         else:
-            frame, time, value = self.sightings(entity, wanted), "time", "registered_at"
+            return self.sightings(entity, wanted)
         if entity.value not in frame.columns:
             raise ValueError(f"source {source.value} has no {entity.value}")
         times = pd.to_numeric(frame[time]).to_numpy(dtype=np.int64)
-        # Every entity of a source shares one ranking of its times (sightings differ).
-        cache_key = (source, entity) if source is Source.SIGHTINGS else source
-        if cache_key not in self._ranks:
-            self._ranks[cache_key] = dense_rank(times)
-        distinct, rank = self._ranks[cache_key]
+        # Every entity of a source shares one ranking of its times.
+        if source not in self._ranks:
+            self._ranks[source] = dense_rank(times)
+        distinct, rank = self._ranks[source]
         found = pc.index_in(
             pa.array(frame[entity.value], type=pa.string(), from_pandas=True), value_set=wanted
         ).to_numpy(zero_copy_only=False)
@@ -328,15 +355,3 @@ class Sources:
             distinct_times=distinct,
             time_rank=rank[keep],
         )
-
-
-def _kept(keys: pd.Series, wanted: pa.Array) -> np.ndarray:
-    """Rows whose key is one of ``wanted``."""
-    found = pc.is_in(pa.array(keys, type=pa.string(), from_pandas=True), value_set=wanted)
-    kept: np.ndarray = found.to_numpy(zero_copy_only=False)
-    return kept
-
-
-def _only(frame: pd.DataFrame, column: str, wanted: pa.Array) -> pd.DataFrame:
-    keep = _kept(frame[column], wanted)
-    return frame if keep.all() else frame[keep]
