@@ -14,7 +14,7 @@ scores, against the starter policy itself. Printed, in seconds:
   policies, the figures and the changed requests (``backtest`` with its feature step
   served from the table already built);
 - ``backtest`` end to end, features included, as ``riskmodel backtest`` runs it;
-- ``riskmodel tune`` on the same requests without features: five engine runs and the
+- ``riskmodel tune`` on the same requests without features: four engine runs and the
   trade-off table over 4,950 threshold pairs.
 """
 
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=10_000_000)
     parser.add_argument("--requests", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=500)
-    parser.add_argument("--train-rows", type=int, default=200_000)
+    parser.add_argument("--train-rows", type=int, default=50_000)
     args = parser.parse_args()
 
     started = time.perf_counter()

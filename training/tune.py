@@ -8,7 +8,7 @@ decisions come from ``riskmodel.engine.decide_frame``.
 
 How, without deciding every request once per pair: only step 3 of the engine's precedence
 reads the thresholds, and a request's final decision is a fixed, monotone function of the
-model's verdict there (approve, review or block). Five ``decide_frame`` runs with chosen
+model's verdict there (approve, review or block). Four ``decide_frame`` runs with chosen
 scores and probe thresholds give, per request, that function (``g[verdict]``), whether the
 tuned pair applies to it (no earlier segment matched) and whether it is in the green
 channel. A pair then only decides which verdict each request's score earns, which is a
@@ -73,7 +73,6 @@ __all__ = [
 ]
 
 _MOMENT = datetime(1970, 1, 1, tzinfo=UTC)  # due times are not reported
-_SEVERITY = {"approve": 0, "review": 1, "block": 2}
 # Probe pairs: scores 0.25 / 0.6 / 0.9 earn approve / review / block under (0.5, 0.75);
 # (0.8, 0.9) keeps 0.6 an approve, which tells the tuned requests from the others.
 _PROBE = (0.5, 0.75)
@@ -353,7 +352,8 @@ def grid(step: float = 0.01, include: Sequence[float] = ()) -> np.ndarray:
 
 
 def _severity(decided: pd.DataFrame) -> np.ndarray:
-    return np.array([_SEVERITY[d] for d in decided["decision"].to_numpy(dtype=object)], np.int8)
+    decision = decided["decision"].to_numpy(dtype=object)
+    return np.where(decision == "block", 2, np.where(decision == "review", 1, 0)).astype(np.int8)
 
 
 def _has(decided: pd.DataFrame, code: str) -> np.ndarray:
@@ -379,13 +379,16 @@ def _decompose(period: Period, policy: Policy, segment: str | None) -> _Rows:
         return decide_frame(frame, values, probe, decided_at=_MOMENT)
 
     as_is = decided(policy, scores)
-    which = _pairs(policy, lambda name: _PROBE if name == segment else _ELSEWHERE, 0.0)
-    tuned = _has(decided(which, np.full(n, _PROBE_SCORES[1])), "MODEL_SCORE_REVIEW")
+    # One probe policy: the tuned pair at _PROBE, every other pair at _ELSEWHERE and no
+    # green-channel lift. Score 0.6 then reviews exactly the requests the tuned pair
+    # decides, which tells them apart; on those, 0.25 / 0.6 / 0.9 earn approve / review /
+    # block from the model, whatever else holds.
+    probe = _pairs(policy, lambda name: _PROBE if name == segment else _ELSEWHERE, 0.0)
+    runs = [decided(probe, np.full(n, s)) for s in _PROBE_SCORES]
+    tuned = _has(runs[1], "MODEL_SCORE_REVIEW")
     with np.errstate(invalid="ignore"):
         valid = (scores >= 0.0) & (scores <= 1.0)
     tuned &= valid  # no score: a degraded review whatever the pair
-    probe = _pairs(policy, lambda _: _PROBE, _PROBE[0])
-    runs = [decided(probe, np.full(n, s)) for s in _PROBE_SCORES]
     green = _has(as_is, "GREEN_CHANNEL")
     lift = policy.spec.green_channel.review_threshold if policy.spec.green_channel else 0.0
     with np.errstate(invalid="ignore"):
