@@ -485,6 +485,9 @@ def tradeoff(
     capped = ~fixed & rows.capped
     per_verdict = [_weights(s, abuse, cents, rows.payable_cents) for s in rows.by_verdict]
     base = _weights(rows.fixed_severity, abuse, cents, rows.payable_cents)
+    # A free request in bucket k earns verdict 0 when k <= i, 1 when i < k <= j and 2 when
+    # k > j; a capped one (green channel, below the lift) 0 when k <= j, else 2. So each
+    # pair's sum splits at i and j into differences of cumulative sums per verdict.
     totals: dict[str, np.ndarray] = {}
     for name in base:
         total = np.full(len(i), base[name][fixed].sum())
