@@ -32,12 +32,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import pandas as pd
 
+from riskmodel.dataset import find_table_file, read_table
 from riskmodel.errors import RiskModelError
 from riskmodel.policy import STARTER_POLICY
 from riskmodel.registry import Registry, resolve_registry_path
@@ -168,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _simulate(plan: _Plan, args: argparse.Namespace) -> None:
-    if (plan.sim / "refund_requests.parquet").is_file():
+    if find_table_file(plan.sim, "refund_requests") is not None:
         print(f"  {plan.sim} already holds a simulation: reused (delete it to simulate anew)")
         return
     _cli(
@@ -271,11 +272,12 @@ def pending_request(sim: Path) -> dict[str, Any]:
     kind of request that gets a graduated answer (approved up to the unused days).
     Failing that, the latest order never asked back, reason ``other``.
     """
-    orders = pd.read_parquet(sim / "orders.parquet")
-    asked = pd.read_parquet(sim / "refund_requests.parquet", columns=["order_id", "requested_at"])
-    usage = pd.read_parquet(sim / "usage.parquet")
-    at = max(orders["paid_at"].max(), asked["requested_at"].max(), usage["used_at"].max())
-    at = (at + timedelta(minutes=5)).floor("s")
+    orders = _table(sim, "orders")
+    asked = _table(sim, "refund_requests")
+    usage = _table(sim, "usage")
+    day = 86_400_000_000  # the store's timestamps are microseconds since the epoch
+    latest = max(orders["paid_at"].max(), asked["requested_at"].max(), usage["used_at"].max())
+    at = (int(latest) // 1_000_000 + 300) * 1_000_000  # five minutes on, whole seconds
     fresh = orders[~orders["order_id"].isin(asked["order_id"])].sort_values(
         "paid_at", ascending=False
     )
@@ -285,7 +287,7 @@ def pending_request(sim: Path) -> dict[str, Any]:
     memberships = fresh[
         (fresh["product_type"] == "membership")
         & fresh["order_id"].isin(used.index)
-        & (fresh["paid_at"] + pd.to_timedelta(fresh["service_days"].fillna(0), unit="D") > at)
+        & (fresh["paid_at"] + fresh["service_days"].fillna(0) * day > at)
     ]
     order = (memberships if not memberships.empty else fresh).iloc[0]
     is_membership = not memberships.empty
@@ -294,14 +296,21 @@ def pending_request(sim: Path) -> dict[str, Any]:
         "request_id": f"qs-{os.urandom(4).hex()}",
         "order_id": str(order["order_id"]),
         "user_id": str(order["user_id"]),
-        "requested_at": at.isoformat().replace("+00:00", "Z"),
-        "amount": round(float(order["amount"]), 2),
+        "requested_at": datetime.fromtimestamp(at / 1e6, UTC).isoformat().replace("+00:00", "Z"),
+        "amount": int(order["amount"]) / 100,  # the store's amounts are in cents
         "reason": "partial_use" if is_membership else "other",
         "days_used_claimed": days_used,
         "device_id": _text(order["device_id"]),
         "ip": _text(order["ip"]),
         "channel": "app",
     }
+
+
+def _table(sim: Path, name: str) -> pd.DataFrame:
+    path = find_table_file(sim, name)
+    if path is None:
+        raise QuickstartError(f"{sim}: no {name}.parquet or {name}.csv; delete {sim} and rerun")
+    return read_table(path, name)
 
 
 def _text(value: Any) -> str | None:

@@ -175,6 +175,16 @@ def test_quickstart_request_is_new_and_consistent_with_the_simulation(
     assert 0 < request["amount"] <= float(order["amount"])
 
 
+def test_quickstart_request_from_a_csv_simulation(tmp_path: Path) -> None:
+    sim = tmp_path / "sim"
+    argv = ["simulate", "--out", str(sim), "--users", "400", "--days", "60", "--format", "csv"]
+    assert main(argv) == 0
+    request = quickstart.pending_request(sim)
+    orders = pd.read_csv(sim / "orders.csv", dtype=str).set_index("order_id")
+    assert request["user_id"] == orders.loc[request["order_id"], "user_id"]
+    assert request["amount"] == float(orders.loc[request["order_id"], "amount"])
+
+
 def test_the_printed_call_gets_a_decision_and_the_same_one_again(started: Quickstarted) -> None:
     with TestClient(create_app(started.settings())) as client:
         headers = {"Authorization": f"Bearer {started.key}"}
