@@ -62,8 +62,8 @@ API_KEYS_ENV = "RISKMODEL_API_KEYS"
 
 DEFAULT_SIMULATION = Path("data/sim")
 CALLER = "quickstart"
-# Sized so the whole run stays well under two minutes on two busy cores (about 25 s
-# measured) while the model learns from a few thousand labelled requests.
+# Sized so the whole run stays well under two minutes on two cores (20 s measured when
+# quiet, 52 s with both cores busy) while the model learns from thousands of labels.
 DEFAULT_USERS = 50_000
 DEFAULT_DAYS = 180
 DEFAULT_SEED = 1
