@@ -195,7 +195,7 @@ class Events:
 
 def dense_rank(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted distinct values and each value's index among them (sort-based: no hashing)."""
-    order = np.argsort(values, kind="stable")
+    order = np.argsort(values)  # ties share a rank whatever their order
     ordered = values[order]
     new = np.ones(len(values), dtype=bool)
     new[1:] = ordered[1:] != ordered[:-1]
