@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 from riskmodel.domain import (
     Decision,
@@ -84,12 +84,41 @@ def _two_decimals(value: Decimal) -> Decimal:
 Id = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(storable)]
 OptionalId = Annotated[str, Field(max_length=128), AfterValidator(storable)] | None
 Text = Annotated[str, Field(max_length=255), AfterValidator(storable)] | None
-When = Annotated[datetime, AfterValidator(_in_range)]
+# The documented forms say what is accepted, bounds included, so that clients (and the
+# schema-driven tests) know it without trying.
+_WHEN_SCHEMA = {
+    "type": "string",
+    # A whole ISO 8601 date-time in the accepted years, as a pattern rather than a format
+    # plus a year pattern: a schema-driven generator then writes valid times directly.
+    "pattern": r"^(19[7-9][0-9]|20[0-9]{2}|21[0-9]{2})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"[T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?"
+    r"(Z|[+-]([01][0-9]|2[0-3]):?[0-5][0-9])?$",
+    "description": "ISO 8601 date-time between 1970 and 2200; UTC when no offset is given",
+}
+
+
+def _money_schema(minimum: str) -> dict[str, Any]:
+    return {
+        "anyOf": [
+            {"type": "string", "pattern": r"^[0-9]{1,10}(\.[0-9]{1,2})?$"},
+            {"type": "integer", minimum: 0, "maximum": 1_000_000_000},
+        ],
+        "description": "currency units, at most two decimals; a string keeps them exact",
+    }
+
+
+When = Annotated[datetime, AfterValidator(_in_range), WithJsonSchema(_WHEN_SCHEMA)]
 Amount = Annotated[
-    Decimal, Field(gt=0, le=_MAX_AMOUNT, allow_inf_nan=False), AfterValidator(_two_decimals)
+    Decimal,
+    Field(gt=0, le=_MAX_AMOUNT, allow_inf_nan=False),
+    AfterValidator(_two_decimals),
+    WithJsonSchema(_money_schema("exclusiveMinimum")),
 ]
 Price = Annotated[
-    Decimal, Field(ge=0, le=_MAX_AMOUNT, allow_inf_nan=False), AfterValidator(_two_decimals)
+    Decimal,
+    Field(ge=0, le=_MAX_AMOUNT, allow_inf_nan=False),
+    AfterValidator(_two_decimals),
+    WithJsonSchema(_money_schema("minimum")),
 ]
 
 

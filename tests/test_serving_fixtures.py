@@ -6,8 +6,10 @@ No tests here; ``tests/test_serving*.py`` import it.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,6 +55,17 @@ def challenger_of(bundle: ModelBundle) -> ModelBundle:
 
 
 def make_registry(path: Path, *, champion: bool = True, challenger: bool = False) -> Path:
+    """A registry at ``path`` (a copy of one built once per session: saving bundles is slow)."""
+    shutil.copytree(_registry_template(champion, challenger), path)
+    return path
+
+
+@cache
+def _registry_template(champion: bool, challenger: bool) -> Path:
+    parent = tempfile.mkdtemp(prefix="serving-registry-")
+    atexit.register(shutil.rmtree, parent, True)
+    path = Path(parent) / "registry"
+    path.mkdir()
     registry = Registry(path)
     bundle = sample_bundle()
     if champion:
