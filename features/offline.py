@@ -251,5 +251,7 @@ class _Stream:
         span = int(value.max(initial=0)) + 1
         # Sort-based distinct: numpy's hash-based unique was ten times slower here.
         pairs = np.sort(query[keep] * span + value[keep])
-        pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])]
+        first = np.ones(len(pairs), dtype=bool)
+        first[1:] = pairs[1:] != pairs[:-1]
+        pairs = pairs[first]
         return np.bincount(pairs // span, minlength=len(lo)).astype(float)
