@@ -366,7 +366,8 @@ def _decide_in_store(
 
 
 def decide_one(runtime: Runtime, request: RefundRequest) -> Answer:
-    """Decide ``request`` (see the module docstring). Raises ``Conflict`` only."""
+    """Decide ``request`` (see the module docstring). Raises ``Conflict`` only: any other
+    failure is answered as a degraded review that is not stored."""
     started = time.perf_counter()
     now = datetime.now(UTC)
     row = store_row(request)
@@ -387,6 +388,10 @@ def decide_one(runtime: Runtime, request: RefundRequest) -> Answer:
         except DBAPIError as exc:
             log.exception("store error while deciding %s", row["request_id"])
             answer = _unreachable(runtime, row, f"store error: {type(exc.orig).__name__}", now)
+        except Exception:
+            # A bug must not take the gate down, nor approve: review, loudly logged.
+            log.exception("unexpected error while deciding %s", row["request_id"])
+            answer = _unreachable(runtime, row, "internal error", now)
     runtime.note_state()
     runtime.metrics.decisions.labels(
         answer.decision, str(answer.degraded).lower(), str(answer.body["replayed"]).lower()
@@ -398,7 +403,5 @@ def decide_one(runtime: Runtime, request: RefundRequest) -> Answer:
 def _unreachable(
     runtime: Runtime, row: Mapping[str, Any], why: str | None, now: datetime
 ) -> Answer:
-    message = (
-        f"degraded: {why or 'the store is unavailable'}; features cannot be read; {_NOT_STORED}"
-    )
+    message = f"degraded: {why or 'the store is unavailable'}; no decision made; {_NOT_STORED}"
     return _provisional(row, runtime.policy, runtime.models, "DEGRADED", message, now)
