@@ -31,6 +31,7 @@ import multiprocessing
 import os
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -50,6 +51,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 RISKMODEL = [sys.executable, "-m", "riskmodel.cli"]
 P99_BUDGET_MS = 50.0
+DRAIN_SECONDS = 15.0
 
 
 # -- set-up -------------------------------------------------------------------------------------
@@ -334,6 +336,7 @@ async def open_loop(
 
     async def one(i: int, due: float) -> None:
         lag[i] = (loop.time() - due) * 1000
+        latencies[i] = np.inf  # stays so if cancelled unanswered
         try:
             answer = await client.post(url, content=body(i))
         except httpx.HTTPError as exc:
@@ -360,7 +363,13 @@ async def open_loop(
         elif i % 32 == 0:
             await asyncio.sleep(0)  # behind schedule: still let answers in
         tasks.append(asyncio.create_task(one(i, due)))
-    await asyncio.gather(*tasks)
+    # A server far behind would take minutes to drain; what is still out by then failed.
+    _, late = await asyncio.wait(tasks, timeout=DRAIN_SECONDS)
+    for task in late:
+        task.cancel()
+    if late:
+        await asyncio.wait(late)
+        errors[f"unanswered {DRAIN_SECONDS:g} s after the last send"] += len(late)
     elapsed = loop.time() - start
     return Result(label, rate, n, elapsed, latencies, lag, errors,
                   (_cpu_seconds() - cpu_before) / elapsed, decisions)  # fmt: skip
@@ -568,6 +577,8 @@ def main() -> None:
         "--sections", default="fixed,ramp,repeat", help="which of fixed, ramp, repeat to run"
     )
     args = parser.parse_args()
+    # Stopped from outside, still stop the server it started (Server.__exit__).
+    signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
 
     bench = Bench(args.dir)
     key = prepare(bench, args.users, args.days, args.seed, args.holdout_days)
