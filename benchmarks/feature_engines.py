@@ -19,8 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from features import History, build_features, online_features
 from riskmodel import store
@@ -147,22 +145,6 @@ def offline(args: argparse.Namespace) -> None:
     )
 
 
-def _create_database(url: str) -> None:
-    """A fresh machine has the server but not the benchmark's database."""
-    parsed = make_url(url)
-    admin = create_engine(
-        parsed.set(drivername="postgresql+psycopg", database="postgres"),
-        isolation_level="AUTOCOMMIT",
-    )
-    with admin.connect() as conn:
-        found = conn.execute(
-            text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": parsed.database}
-        ).first()
-        if not found:
-            conn.execute(text(f'CREATE DATABASE "{parsed.database}"'))
-    admin.dispose()
-
-
 def _latencies(url: str, requests: pd.DataFrame) -> np.ndarray:
     engine = store.open_store(url)
     timings = []
@@ -194,7 +176,7 @@ def online(args: argparse.Namespace) -> None:
         sample = normalise("refund_requests", sample.reset_index(drop=True))[store_form.columns]
         for name, url in targets:
             if name == "PostgreSQL":
-                _create_database(url)
+                store.create_database(url)
                 engine = store.open_store(url)
                 store.drop_everything(engine)
                 engine.dispose()

@@ -15,24 +15,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-
 from riskmodel import store
 from riskmodel.ingest import IngestReport, ingest
 from riskmodel.simulator import SimulationConfig, simulate, write_simulation
 
 
 def _fresh_postgres(url: str) -> str:
-    parsed = make_url(url)
-    admin = create_engine(
-        parsed.set(drivername="postgresql+psycopg", database="postgres"),
-        isolation_level="AUTOCOMMIT",
-    )
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{parsed.database}"'))
-        conn.execute(text(f'CREATE DATABASE "{parsed.database}"'))
-    admin.dispose()
+    store.create_database(url, replace=True)
     return url
 
 

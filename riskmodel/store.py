@@ -46,8 +46,10 @@ from sqlalchemy import (
     event,
     func,
     literal,
+    literal_column,
     or_,
     select,
+    text,
     union_all,
     update,
 )
@@ -72,6 +74,7 @@ __all__ = [
     "abuse_changes",
     "analyze",
     "columns_of",
+    "create_database",
     "decisions",
     "drop_everything",
     "fetch_by_key",
@@ -785,6 +788,31 @@ def table_counts(engine: Engine) -> dict[str, int]:
             name: int(conn.execute(select(func.count()).select_from(t)).scalar_one())
             for name, t in [*EVENT_TABLES.items(), ("decisions", decisions)]
         }
+
+
+def create_database(url: str, *, replace: bool = False) -> None:
+    """Create the PostgreSQL database a URL names, if it does not exist (``replace``:
+    drop it first). A fresh server has none of ours; SQLite files need nothing of this."""
+    parsed = make_url(resolve_database_url(url))
+    if parsed.get_backend_name() != "postgresql":
+        return
+    admin = create_engine(
+        parsed.set(drivername="postgresql+psycopg", database="postgres"),
+        isolation_level="AUTOCOMMIT",
+    )
+    try:
+        with admin.connect() as conn:
+            if replace:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{parsed.database}"')
+            found = conn.execute(
+                select(literal(1))
+                .where(literal_column("datname") == parsed.database)
+                .select_from(text("pg_database"))
+            ).first()
+            if found is None:
+                conn.exec_driver_sql(f'CREATE DATABASE "{parsed.database}"')
+    finally:
+        admin.dispose()
 
 
 def drop_everything(engine: Engine) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
@@ -21,19 +21,11 @@ POSTGRES_URL = os.environ.get(
 
 def _postgres_ready() -> str | None:
     """Create the test database if needed; the reason it cannot be used, or None."""
-    url = make_url(POSTGRES_URL)
-    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
-        with admin.connect() as conn:
-            exists = conn.execute(
-                text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": url.database}
-            ).first()
-            if not exists:
-                conn.execute(text(f'CREATE DATABASE "{url.database}"'))
+        store.create_database(POSTGRES_URL)
     except OperationalError as exc:
-        return f"PostgreSQL at {url.render_as_string(hide_password=True)} unreachable: {exc}"
-    finally:
-        admin.dispose()
+        url = make_url(POSTGRES_URL).render_as_string(hide_password=True)
+        return f"PostgreSQL at {url} unreachable: {exc}"
     return None
 
 
