@@ -12,7 +12,7 @@ scores, against the starter policy itself. Printed, in seconds:
 - the point-in-time features of every request (the part the feature engine owns);
 - the replay alone, on those features: model scores, ``decide_frame`` under both
   policies, the figures and the changed requests (``backtest`` with its feature step
-  served from the table already built);
+  served from the table already built), and the model's scores alone;
 - ``backtest`` end to end, features included, as ``riskmodel backtest`` runs it;
 - ``riskmodel tune`` on the same requests without features: four engine runs and the
   trade-off table over 4,950 threshold pairs.
@@ -34,6 +34,7 @@ from feature_engines import synthetic_history
 
 import features
 import training.backtest as backtest_module
+import training.tune as tune_module
 from features.policy_commands import load_with_catalogue
 from riskmodel.bundle import ModelBundle
 from riskmodel.policy import STARTER_POLICY
@@ -76,9 +77,18 @@ def main() -> None:
     # Random labels give low scores: review the top tenth, so that decisions do change.
     top = float(np.quantile(bundle.score(frame.head(50_000)), 0.9))
     stricter = with_thresholds(starter, round(min(top, 0.29), 4), 0.85)
+    print(
+        f"policies: the starter (review 0.3) and the same with review "
+        f"{stricter.spec.thresholds.review:g}"
+    )
 
-    # The replay alone: backtest's feature step answers with the table built above.
-    backtest_module.engine_frame = lambda history, requests=None: frame
+    # The replay alone: the feature step of backtest (and of tune) answers with the table
+    # built above.
+    def built(history: features.History, requests: pd.DataFrame | None = None) -> pd.DataFrame:
+        return frame
+
+    backtest_module.engine_frame = built
+    vars(tune_module)["engine_frame"] = built  # tune imported the name itself
     try:
         started = time.perf_counter()
         result = backtest_module.backtest(history, stricter, bundle, against=starter)
@@ -89,11 +99,16 @@ def main() -> None:
         tuned = time.perf_counter() - started
     finally:
         backtest_module.engine_frame = engine_frame
+        vars(tune_module)["engine_frame"] = engine_frame
+    started = time.perf_counter()
+    bundle.score(frame)
+    scoring = time.perf_counter() - started
     summary = result.summary["new"]
     print(
         f"replay only: {summary['requests']:,.0f} requests, 2 policies, "
         f"{len(result.changes):,} decisions change: {replay:.1f} s "
-        f"({summary['requests'] / replay:,.0f} requests/s; target 30 s)"
+        f"({summary['requests'] / replay:,.0f} requests/s; target 30 s); the model's "
+        f"scores alone take {scoring:.1f} s ({bundle.booster.num_trees()} trees)"
     )
     print(
         f"tune without features: {len(period):,} requests, {len(tuning.table):,} pairs, "
