@@ -18,6 +18,8 @@ answers 422 ``invalid_request`` with one entry per field. Every error body has o
     {"error": {"code": "conflict", "message": "...",
                "fields": [{"field": "...", "message": "..."}]}}
 
+A store that cannot be reached (a connection refused or lost) answers 503 ``unavailable``
+and tells the service's store link, which then answers degraded until it is back.
 Anything else is a bug: 500 ``internal``, without its details (they go to the log).
 """
 
@@ -29,6 +31,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from riskmodel.errors import DataError, DatasetError
@@ -140,6 +143,13 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
 
+    async def store_lost(request: Request, exc: Exception) -> JSONResponse:
+        runtime = getattr(request.app.state, "runtime", None)
+        if runtime is not None:
+            runtime.store.lost(exc)
+            runtime.note_state()
+        return JSONResponse(error_body("unavailable", "the store is unavailable; retry"), 503)
+
     async def bug(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return JSONResponse(error_body("internal", "internal error; it has been logged"), 500)
@@ -148,4 +158,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(DataError, data)
     app.add_exception_handler(StarletteHTTPException, http)
+    app.add_exception_handler(OperationalError, store_lost)
+    app.add_exception_handler(InterfaceError, store_lost)
     app.add_exception_handler(Exception, bug)

@@ -168,6 +168,16 @@ def test_a_lost_database_degrades_to_review_and_recovers_by_itself(
         assert "database unreachable" in " ".join(ready.json()["problems"])
         metrics = svc.client.get("/metrics").text
         assert "riskmodel_store_up 0.0" in metrics
+        for method, path, role, payload in (
+            ("GET", "/v1/decisions/before", "decide", None),
+            ("GET", "/v1/reviews", "review", None),
+            ("GET", "/v1/users/u2/history", "review", None),
+            ("POST", "/v1/labels", "ingest", {"rows": [{"request_id": "before",
+              "is_abuse": False, "labeled_at": "2026-02-01T00:00:00Z"}]}),
+        ):  # fmt: skip
+            answered = svc.client.request(method, path, json=payload, headers=svc.headers(role))
+            assert answered.status_code == 503, (path, answered.text)
+            assert answered.json()["error"]["code"] == "unavailable"
 
         relay.start()  # the same port again
         assert svc.client.get("/readyz").status_code == 200

@@ -200,3 +200,20 @@ def test_a_users_history_for_support_staff(service: Service) -> None:
     assert unknown.status_code == 404
     denied = service.client.get("/v1/users/u2/history", headers=service.headers("decide"))
     assert denied.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/v1/reviews", {"queue": "ordinary\x00"}),
+        ("/v1/reviews", {"limit": 0}),
+        ("/v1/users/u%00/history", {}),
+        ("/v1/users/u2/history", {"limit": 100_000}),
+    ],
+)
+def test_bad_parameters_are_422_on_every_store(
+    service: Service, path: str, params: dict[str, Any]
+) -> None:
+    response = service.client.get(path, params=params, headers=service.headers("review"))
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_request"

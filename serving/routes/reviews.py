@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from pydantic import AfterValidator
 
 from serving.deps import CurrentRuntime, Reviewer
 from serving.records import record_verdict, review_queue
 from serving.routes.params import PathId
-from serving.schemas import ErrorOut, VerdictIn
+from serving.schemas import ErrorOut, VerdictIn, storable
 
 __all__ = ["queue", "router", "verdict"]
 
@@ -29,7 +30,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 async def queue(
     runtime: CurrentRuntime,
     _: Reviewer,
-    queue: Annotated[str | None, Query(max_length=64)] = None,
+    queue: Annotated[Annotated[str, AfterValidator(storable)] | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """Requests awaiting a verdict, the earliest deadline first (optionally one queue)."""
