@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("serving")
 
 __all__ = ["Caller", "KeyRing", "Role", "create_key", "hash_key", "presented_key"]
 
@@ -120,11 +123,15 @@ class KeyRing:
         if stamp == self._stamp:
             return
         entries = []
-        for entry in _read(self.path).get("keys", []):
-            roles = frozenset(
-                Role(r) for r in entry.get("roles", []) if r in Role.__members__.values()
-            )
-            entries.append((bytes.fromhex(entry["sha256"]), Caller(entry["caller"], roles)))
+        known = {r.value for r in Role}
+        try:
+            for entry in _read(self.path).get("keys", []):
+                roles = frozenset(Role(r) for r in entry.get("roles", []) if r in known)
+                entries.append((bytes.fromhex(entry["sha256"]), Caller(entry["caller"], roles)))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # Fail closed: a damaged keys file lets nobody in, and says so in the log.
+            log.error("API keys file %s unreadable, every key refused: %s", self.path, exc)
+            entries = []
         self._entries, self._stamp = entries, stamp
 
     def authenticate(self, key: str) -> Caller | None:

@@ -16,6 +16,7 @@ import features
 from riskmodel import store
 from riskmodel.store import EVENT_TABLES, decisions
 from serving.app import create_app
+from serving.auth import KeyRing, Role, create_key, hash_key
 from serving.decide import micros
 from tests.test_serving_fixtures import (
     Service,
@@ -364,3 +365,42 @@ def test_derived_data_written_by_decisions_equals_a_rebuild(service: Service) ->
         engine.dispose()
     assert written == rebuilt
     assert tuple(copies) == (None, "pa3")  # o4 has no seller, pays from pa3
+
+
+def test_a_key_is_returned_once_and_only_its_hash_is_kept(tmp_path: Any) -> None:
+    path = tmp_path / "keys" / "api_keys.json"
+    first = create_key(path, "refund-pipeline", [Role.DECIDE])
+    second = create_key(path, "support", [Role.REVIEW, Role.REVIEW])
+    text = path.read_text()
+    entries = json.loads(text)["keys"]
+
+    assert first != second
+    assert first not in text
+    assert second not in text
+    assert [(e["caller"], e["roles"]) for e in entries] == [
+        ("refund-pipeline", ["decide"]),
+        ("support", ["review"]),
+    ]
+    assert entries[0]["sha256"] == hash_key(first)
+    assert path.stat().st_mode & 0o777 == 0o600
+    ring = KeyRing(path)
+    caller = ring.authenticate(first)
+    assert caller is not None
+    assert caller.may(Role.DECIDE)
+    assert not caller.may(Role.REVIEW)
+    assert ring.authenticate(first + "x") is None
+    with pytest.raises(ValueError, match="role"):
+        create_key(path, "nobody", [])
+
+
+def test_keys_take_effect_without_a_restart_and_a_damaged_file_lets_nobody_in(
+    service: Service,
+) -> None:
+    late = create_key(service.settings.api_keys, "late-caller", [Role.DECIDE])
+    assert service.decide(body(), role="decide").status_code == 200
+    headers = {"Authorization": f"Bearer {late}"}
+    assert service.client.get("/v1/decisions/api-1", headers=headers).status_code == 200
+
+    service.settings.api_keys.write_text("{not json")
+    refused = service.client.get("/v1/decisions/api-1", headers=headers)
+    assert refused.status_code == 401
