@@ -39,6 +39,13 @@ class Settings:
     ``database_url`` None means the store's own default (``RISKMODEL_DATABASE_URL``, else
     the SQLite file ``data/riskmodel.db``). ``store_retry_seconds``: how often, at most, a
     service that lost its database tries to reconnect.
+
+    ``sqlite_synchronous``: ``FULL`` (the store's own setting, the default) fsyncs the
+    write-ahead log on every commit, so an answered decision survives a power loss, at one
+    fsync per decision (2 to 5 ms on this project's shared machine). ``NORMAL`` skips it:
+    a decision survives the process crashing, but an operating-system crash or a power
+    loss may lose the last decisions already answered. A deliberate choice, never a
+    silent default; ``docs/api.md`` has the figures.
     """
 
     database_url: str | None = None
