@@ -153,6 +153,7 @@ def _run(conn: Connection, statement: Select[Any], parameters: dict[str, Any]) -
 
     SQLAlchemy's per-execution work (cache key, parameter processing) cost as much as the
     query itself on this path; compiled once per database, the statement skips it.
+    Numbers come back as the driver gives them (a PostgreSQL sum is a Decimal).
     """
     key = (statement, conn.dialect.name)
     if key not in _COMPILED:
@@ -162,7 +163,14 @@ def _run(conn: Connection, statement: Select[Any], parameters: dict[str, Any]) -
         _COMPILED[key] = (str(compiled), tuple(compiled.positiontup), dict(compiled.params))
     sql, names, fixed = _COMPILED[key]
     values = tuple(parameters[name] if name in parameters else fixed[name] for name in names)
-    row = conn.exec_driver_sql(sql, values).fetchone()
+    # The driver's own cursor: SQLAlchemy's result object cost a tenth of a millisecond a
+    # statement to build, for one row whose columns we already know.
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, values)
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
     if row is None:
         raise LookupError("the statement returned no row")
     return tuple(row)
