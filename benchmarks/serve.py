@@ -292,7 +292,10 @@ class Result:
 
     def percentile(self, q: float) -> float:
         return (
-            float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else float("nan")
+            # "higher": an order statistic, so unanswered requests (inf) read as inf, not nan.
+            float(np.percentile(self.latencies_ms, q, method="higher"))
+            if len(self.latencies_ms)
+            else float("nan")
         )
 
     def held(self) -> bool:
@@ -322,6 +325,7 @@ async def open_loop(
     label: str,
     check: Callable[[int, bytes], str | None] | None = None,
     start_wall: float | None = None,
+    max_in_flight: int = 256,
 ) -> Result:
     """Send ``rate * seconds`` requests, each due at its own time; latency from when due.
 
@@ -334,9 +338,13 @@ async def open_loop(
     decisions: Counter[str] = Counter()
     loop = asyncio.get_running_loop()
 
+    in_flight = 0
+
     async def one(i: int, due: float) -> None:
+        nonlocal in_flight
         lag[i] = (loop.time() - due) * 1000
         latencies[i] = np.inf  # stays so if cancelled unanswered
+        in_flight += 1
         try:
             answer = await client.post(url, content=body(i))
         except httpx.HTTPError as exc:
@@ -350,6 +358,8 @@ async def open_loop(
                     errors[problem] += 1
                 else:
                     decisions[_decision(answer.content)] += 1
+        finally:
+            in_flight -= 1
         latencies[i] = (loop.time() - due) * 1000
 
     cpu_before = _cpu_seconds()
@@ -362,9 +372,15 @@ async def open_loop(
             await asyncio.sleep(delay)
         elif i % 32 == 0:
             await asyncio.sleep(0)  # behind schedule: still let answers in
+        if in_flight >= max_in_flight:
+            # The server holds this many already: a request more would only queue in the
+            # client, whose growing backlog then slows the clock of every later request.
+            errors[f"not sent: {max_in_flight} in flight"] += 1
+            latencies[i] = np.inf
+            continue
         tasks.append(asyncio.create_task(one(i, due)))
     # A server far behind would take minutes to drain; what is still out by then failed.
-    _, late = await asyncio.wait(tasks, timeout=DRAIN_SECONDS)
+    _, late = await asyncio.wait(tasks, timeout=DRAIN_SECONDS) if tasks else (set(), set())
     for task in late:
         task.cancel()
     if late:
@@ -418,8 +434,9 @@ async def fixed_rate(
     async with _client(server.key, args.connections) as client:
         await open_loop(client, url, Bodies(traffic, "warm"), 100, args.warmup_seconds, "warm-up")
         result = await open_loop(
-            client, url, Bodies(traffic, "fixed"), args.rate, args.rate_seconds, "fixed"
-        )
+            client, url, Bodies(traffic, "fixed"), args.rate, args.rate_seconds, "fixed",
+            max_in_flight=args.connections,
+        )  # fmt: skip
     print(result.line())
     print(f"               decisions: {dict(result.decisions.most_common())}")
 
@@ -441,8 +458,9 @@ async def ramp(server: Server, traffic: list[dict[str, Any]], args: argparse.Nam
             for step, rate in enumerate(args.ramp):
                 if pool is None:
                     result = await open_loop(
-                        client, url, Bodies(traffic, f"ramp{step}"), rate, args.step_seconds, "ramp"
-                    )
+                        client, url, Bodies(traffic, f"ramp{step}"), rate, args.step_seconds,
+                        "ramp", max_in_flight=args.connections,
+                    )  # fmt: skip
                 else:
                     start = time.time() + 0.5
                     shares = [
@@ -487,7 +505,8 @@ def _drive_share(share: _Share) -> Result:
         async with _client(share.key, share.connections) as client:
             bodies = Bodies(share.traffic, share.prefix)
             return await open_loop(client, share.url, bodies, share.rate, share.seconds,
-                                   "ramp", start_wall=share.start_wall)  # fmt: skip
+                                   "ramp", start_wall=share.start_wall,
+                                   max_in_flight=share.connections)  # fmt: skip
 
     return asyncio.run(drive())
 
@@ -524,8 +543,9 @@ async def repeated(server: Server, traffic: list[dict[str, Any]], args: argparse
             return None if _comparable(content) == stored else "a different answer"
 
         result = await open_loop(
-            client, url, lambda _: first_body, args.rate, args.repeat_seconds, "same id", same
-        )
+            client, url, lambda _: first_body, args.rate, args.repeat_seconds, "same id", same,
+            max_in_flight=args.connections,
+        )  # fmt: skip
         print(result.line())
         # Simultaneous duplicates of one new request: one decision, the same for all.
         burst_body = Bodies(traffic, "burst")(1)
@@ -562,7 +582,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--holdout-days", type=float, default=14.0)
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
-    parser.add_argument("--connections", type=int, default=256, help="client connection pool")
+    parser.add_argument(
+        "--connections", type=int, default=256, help="client connections, the most in flight"
+    )
     parser.add_argument(
         "--clients", type=int, default=1, help="client processes for the ramp (default 1)"
     )
