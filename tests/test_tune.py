@@ -384,6 +384,17 @@ def test_the_tune_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "max_reviews_per_day:" in printed
     assert not missed.exists()
 
+    # From the store there is no ground truth: labels, and only requests mature by its end.
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    assert main(["ingest", str(SAMPLE), "--database-url", url]) == 0
+    capsys.readouterr()
+    stored = ["--database-url", url, "--registry", str(registry), "--policy", str(STARTER_POLICY)]
+    code = main(["tune", *stored, "--max-reviews-per-day", "3", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code in (0, 3)
+    assert "outcomes from labels (unlabelled as honest)" in printed
+    assert "to 2026-04-20" in printed  # 10 days of label maturity before the data's end
+
     assert main(["tune", *source, "--out", str(out)]) == 1
     assert "--max-reviews-per-day" in capsys.readouterr().err
     with pytest.raises(SystemExit):
