@@ -197,7 +197,9 @@ def load_traffic(bench: Bench) -> list[dict[str, Any]]:
 class Server:
     """``riskmodel serve`` on a fresh copy of the base store, as a child process."""
 
-    def __init__(self, bench: Bench, workers: int, key: str, extra_env: dict[str, str]) -> None:
+    def __init__(
+        self, bench: Bench, workers: int | None, key: str, extra_env: dict[str, str]
+    ) -> None:
         self.bench = bench
         self.workers = workers
         self.key = key
@@ -211,11 +213,13 @@ class Server:
             Path(f"{self.bench.run_db}{suffix}").unlink(missing_ok=True)
         shutil.copyfile(self.bench.base_db, self.bench.run_db)
         argv = [
-            *RISKMODEL, "serve", "--port", str(self.port), "--workers", str(self.workers),
+            *RISKMODEL, "serve", "--port", str(self.port),
             "--database-url", f"sqlite:///{self.bench.run_db}",
             "--registry", str(self.bench.registry), "--policy", str(self.bench.policy),
             "--api-keys", str(self.bench.api_keys), "--log-level", "warning",
         ]  # fmt: skip
+        if self.workers is not None:
+            argv += ["--workers", str(self.workers)]
         self.process = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **self.extra_env})
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -581,7 +585,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=180)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--holdout-days", type=float, default=14.0)
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--workers", type=int, help="server workers (default: serve's)")
     parser.add_argument(
         "--connections", type=int, default=256, help="client connections, the most in flight"
     )
@@ -607,7 +611,8 @@ def main() -> None:
     traffic = load_traffic(bench)
     print(
         f"store: {args.users:,} users x {args.days} days (seed {args.seed}) in SQLite, "
-        f"{len(traffic):,} held-out refund requests as traffic; {args.workers} worker(s); "
+        f"{len(traffic):,} held-out refund requests as traffic; "
+        f"{args.workers or 'the default number of'} worker(s); "
         f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}"
     )
     sections = {"fixed": fixed_rate, "ramp": ramp, "repeat": repeated}

@@ -22,6 +22,7 @@ from riskmodel.registry import Registry
 from riskmodel.store import open_store, table_counts
 from serving.app import create_app
 from serving.auth import KeyRing, Role
+from serving.commands import default_workers
 from serving.settings import Settings
 
 with warnings.catch_warnings():
@@ -351,3 +352,16 @@ def test_serve_hands_its_choices_to_the_workers(
     out = capsys.readouterr().out
     assert "http://127.0.0.1:8123/docs" in out
     assert Registry(started.registry).aliases()["champion"] in out
+
+
+def test_serve_workers_default_to_one_on_sqlite_and_one_per_cpu_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    assert default_workers("sqlite:///data/riskmodel.db") == 1
+    cpus = len(os.sched_getaffinity(0))
+    assert default_workers("postgresql://postgres@127.0.0.1:5432/riskmodel") == cpus
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    assert default_workers("sqlite:///data/riskmodel.db") == 3
