@@ -141,6 +141,8 @@ def _plan(args: argparse.Namespace) -> _Plan:
 
 def run(args: argparse.Namespace) -> int:
     plan = _plan(args)
+    if not args.no_serve:
+        _check_port_free(args.host, args.port)  # before the minute of work, not after
     started = time.perf_counter()
     steps: list[tuple[str, Callable[[], None]]] = [
         ("simulate a marketplace", lambda: _simulate(plan, args)),
@@ -351,7 +353,6 @@ def _serve(
     base: str,
     started: float,
 ) -> int:
-    _check_port_free(args.host, args.port)
     argv = ["serve", *_serve_options(plan), "--host", args.host, "--port", str(args.port)]
     argv += ["--workers", "1"]
     print(f"\n==> 6. start the API: {_command(argv)}")

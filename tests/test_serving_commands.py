@@ -234,7 +234,9 @@ def test_quickstart_refuses_a_port_in_use(
         port = taken.getsockname()[1]
         argv = [a for a in _quickstart_argv(started.root) if a != "--no-serve"]
         assert main([*argv, "--port", str(port)]) == 1
-    assert f"cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert f"cannot serve on 127.0.0.1:{port}" in captured.err
+    assert "==>" not in captured.out  # refused before any step ran
 
 
 # -- keys --------------------------------------------------------------------------------------
