@@ -443,6 +443,8 @@ def _requests_touched(conn: Connection, target: Table, frame: pd.DataFrame) -> s
     """Requests whose abuse changes a write may change. None means every request."""
     if target.name not in _LABEL_SOURCES or frame.empty:
         return set()
+    if len(frame) >= _REBUILD_FROM:
+        return None  # a rebuild, if anything is written: no need to look anything up
     if target.name == "orders":
         requests = fetch_by_key(
             conn, "refund_requests", "order_id", frame["order_id"].tolist(), ["request_id"]
@@ -461,6 +463,8 @@ def _users_touched(conn: Connection, target: Table, frame: pd.DataFrame) -> set[
     already exist the users they belonged to before. None means everyone."""
     if target.name not in _SIGHTING_SOURCES or frame.empty:
         return set()
+    if len(frame) >= _REBUILD_FROM:
+        return None  # a rebuild, if anything is written: no need to look anything up
     users = set(frame["user_id"].dropna().tolist())
     if target.name != "users":
         key = target.primary_key.columns.values()[0].name
