@@ -11,6 +11,7 @@ the few rows the store returns for one request, so both see identical events.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -215,6 +216,7 @@ class Sources:
     def __init__(self, history: History) -> None:
         self.history = history
         self._refunds: pd.DataFrame | None = None
+        self._lock = threading.Lock()
         self._order_rows: pd.DataFrame | None = None
         self._users_of: dict[str, np.ndarray] = {}
         self._ranks: dict[object, tuple[np.ndarray, np.ndarray]] = {}
@@ -231,6 +233,10 @@ class Sources:
     @property
     def refunds(self) -> pd.DataFrame:
         """Refund requests with their order's payment account and seller."""
+        with self._lock:  # several sources read it, possibly from several threads
+            return self._joined_refunds()
+
+    def _joined_refunds(self) -> pd.DataFrame:
         if self._refunds is None:
             requests = self.history.refund_requests
             theirs = self.order_rows(requests)

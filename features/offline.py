@@ -17,7 +17,9 @@ the same order; "hours since last" reads the latest matching event before the re
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -74,21 +76,46 @@ def compute_columns(
     times = columns["requested_at"].astype(np.int64)
     by_time = np.argsort(times)  # one order of the requests for every stream
     aggregates = [f for f in wanted if isinstance(f, Aggregate)]
-    keys: dict[Entity, _Keys] = {}
-    for (source, entity), group in _groups(aggregates).items():
-        needs = sorted(
-            {a.where[0] for a in group if a.where} | {a.of for a in group if a.of is not None}
-        )
-        if entity not in keys:
-            keys[entity] = _Keys(request_entity(columns, entity), times)
-        events = sources.events(source, entity, needs, keys[entity].values)
-        stream = _Stream(events, keys[entity], times, by_time)
-        for aggregate in group:
-            columns[aggregate.name] = stream.aggregate(aggregate)
+    groups = _groups(aggregates)
+    keys = {e: _Keys(request_entity(columns, e), times) for e in {e for _, e in groups}}
+
+    def fold(source: Source) -> dict[str, np.ndarray]:
+        """Every aggregate of one source (its time ranking is its own: no shared state)."""
+        out: dict[str, np.ndarray] = {}
+        for (of, entity), group in groups.items():
+            if of is not source:
+                continue
+            needs = {a.where[0] for a in group if a.where} | {a.of for a in group if a.of}
+            events = sources.events(source, entity, sorted(needs), keys[entity].values)
+            stream = _Stream(events, keys[entity], times, by_time)
+            for aggregate in group:
+                out[aggregate.name] = stream.aggregate(aggregate)
+        return out
+
+    # Sources in parallel threads: sorting, hashing and searching release the GIL, so
+    # two cores make it about half again as fast. Largest sources first.
+    order = sorted({s for s, _ in groups}, key=lambda s: _WEIGHT.get(s, 0), reverse=True)
+    with ThreadPoolExecutor(max_workers=min(_THREADS, len(order) or 1)) as pool:
+        for result in pool.map(fold, order):
+            columns.update(result)
     for feature in wanted:
         if isinstance(feature, Context | Derived):
             columns[feature.name] = feature.compute(columns)
     return columns
+
+
+# Two: each thread holds a source's sorted streams, and two kept 1M requests over 10M orders
+# under 7 GB; more would trade memory for little on the machines this is sized for.
+_THREADS = min(2, os.cpu_count() or 1)
+# Rough work per source on a marketplace's history, to start the largest first.
+_WEIGHT = {
+    Source.SIGHTINGS: 6,
+    Source.ORDERS: 5,
+    Source.USAGE: 4,
+    Source.REFUNDS: 3,
+    Source.ABUSE: 2,
+    Source.DECISIONS: 1,
+}
 
 
 def _with_inputs(names: Sequence[str]) -> list[Feature]:
