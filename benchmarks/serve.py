@@ -606,7 +606,7 @@ def main() -> None:
     parser.add_argument("--step-seconds", type=float, default=15.0)
     parser.add_argument("--repeat-seconds", type=float, default=20.0)
     parser.add_argument("--burst", type=int, default=20)
-    parser.add_argument("--warmup-seconds", type=float, default=3.0)
+    parser.add_argument("--warmup-seconds", type=float, default=10.0)
     parser.add_argument(
         "--sections", default="fixed,ramp,repeat", help="which of fixed, ramp, repeat to run"
     )
