@@ -44,18 +44,26 @@ def build_features(
     history: History,
     requests: pd.DataFrame | None = None,
     names: Sequence[str] | None = None,
+    *,
+    context: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Features of ``requests`` (default: every refund request of ``history``).
 
     Returns one row per request, indexed by ``request_id`` in the requests' order, with
     one column per feature (catalogue order): float64 for numbers (NaN is null), and
-    pandas categoricals with the declared levels for categories.
+    pandas categoricals with the declared levels for categories. ``context`` adds columns
+    of the request frame as they are, after the features (``order_service_days``,
+    ``order_payment_account``, ``user_registered_at``...): the engine's inputs that are
+    not features, without a second join of the requests to their orders.
     """
     if requests is None:
         requests = history.refund_requests
     chosen = list(CATALOG) if names is None else list(names)
     columns = compute_columns(history, requests, chosen)
-    frame = pd.DataFrame({n: columns[n] for n in chosen})
+    unknown = [name for name in context if name not in columns]
+    if unknown:
+        raise KeyError(f"not a column of the request frame: {', '.join(unknown)}")
+    frame = pd.DataFrame({n: columns[n] for n in [*chosen, *context]})
     for name in chosen:
         feature = CATALOG[name]
         if feature.type is Type.CATEGORY and isinstance(feature, Context):

@@ -50,15 +50,17 @@ def engine_frame(history: History, requests: pd.DataFrame | None = None) -> pd.D
     """Point-in-time features of ``requests`` (default: all) plus the engine's request
     fields, in the engine's units (amounts in currency units), indexed by request id."""
     requests = history.refund_requests if requests is None else requests
-    table = features.build_features(history, requests)
-    orders = history.orders.set_index("order_id")
-    order = orders.reindex(requests["order_id"].to_numpy(dtype=object))
-    frame = table.copy()
+    # The order's columns come with the features: joining 1M requests to 10M orders again
+    # cost a third of the backtest.
+    frame = features.build_features(
+        history, requests, context=("order_service_days", "order_payment_account")
+    )
+    frame = frame.rename(
+        columns={"order_service_days": "service_days", "order_payment_account": "payment_account"}
+    )
     for name in ("request_id", "order_id", "user_id", "device_id", "ip", "channel"):
         frame[name] = requests[name].to_numpy(dtype=object)
     frame["amount"] = pd.to_numeric(requests["amount"]).to_numpy(dtype=float) / 100
-    frame["service_days"] = pd.to_numeric(order["service_days"]).to_numpy(dtype=float)
-    frame["payment_account"] = order["payment_account"].to_numpy(dtype=object)
     return frame
 
 
