@@ -478,10 +478,9 @@ def refresh_sightings(conn: Connection, users: Iterable[str] | None) -> None:
     orders, requests = EVENT_TABLES["orders"], EVENT_TABLES["refund_requests"]
     seen = []
     for kind in SIGHTED:
-        on_request = requests.c["order_payment_account" if kind == "payment_account" else kind]
         for table, entity, time in (
             (orders, orders.c[kind], orders.c.paid_at),
-            (requests, on_request, requests.c.requested_at),
+            (requests, _on_request(kind), requests.c.requested_at),
         ):
             seen.append(
                 select(
@@ -491,17 +490,13 @@ def refresh_sightings(conn: Connection, users: Iterable[str] | None) -> None:
                     time.label("time"),
                 ).where(entity.is_not(None))
             )
-    if users is None:
-        conn.execute(sightings.delete())
-        events = union_all(*seen).subquery()
-    else:
-        wanted = sorted(set(users))
-        if not wanted:
-            return
-        staged = _stage(conn, wanted)
-        conn.execute(sightings.delete().where(sightings.c.user_id.in_(staged)))
-        mine = [q.where(q.selected_columns.user_id.in_(staged)) for q in seen]
-        events = union_all(*mine).subquery()
+    wanted = None if users is None else sorted(set(users))
+    if wanted == []:
+        return
+    staged = _clear(conn, sightings, "user_id", wanted)
+    if staged is not None:
+        seen = [q.where(q.selected_columns.user_id.in_(staged)) for q in seen]
+    events = union_all(*seen).subquery()
     users_table = EVENT_TABLES["users"]
     first = (
         select(
@@ -531,6 +526,24 @@ _touched = Table(
 )
 
 
+def _on_request(kind: str) -> Any:
+    """The refund-request column holding an entity: the request's own device and IP, its
+    order's payment account (the store's copy)."""
+    requests = EVENT_TABLES["refund_requests"]
+    return requests.c["order_payment_account" if kind == "payment_account" else kind]
+
+
+def _clear(conn: Connection, derived: Table, column: str, keys: list[str] | None) -> Any:
+    """Delete the derived rows of ``keys`` (every row when None) before their recompute;
+    a select of the staged keys to restrict the recompute to, or None for everything."""
+    if keys is None:
+        conn.execute(derived.delete())
+        return None
+    staged = _stage(conn, keys)
+    conn.execute(derived.delete().where(derived.c[column].in_(staged)))
+    return staged
+
+
 def _stage(conn: Connection, keys: list[str]) -> Any:
     """Put ``keys`` in the connection's temporary table; a select of them."""
     suffix = " ON COMMIT DROP" if conn.dialect.name == "postgresql" else ""
@@ -555,7 +568,7 @@ def refresh_abuse_changes(conn: Connection, requests: Iterable[str] | None) -> N
     changes = select(labels.c.request_id, labels.c.labeled_at, (state - previous).label("delta"))
     keys = []
     for kind in ABUSE_KEYS:
-        column = stored.c["order_payment_account" if kind == "payment_account" else kind]
+        column = _on_request(kind)
         keys.append(
             select(
                 literal(kind, String(32)).label("kind"),
@@ -563,17 +576,14 @@ def refresh_abuse_changes(conn: Connection, requests: Iterable[str] | None) -> N
                 stored.c.request_id.label("request_id"),
             ).where(column.is_not(None))
         )
-    if requests is None:
-        conn.execute(abuse_changes.delete())
-        entities = union_all(*keys).subquery()
-    else:
-        wanted = sorted(set(requests))
-        if not wanted:
-            return
-        staged = _stage(conn, wanted)
-        conn.execute(abuse_changes.delete().where(abuse_changes.c.request_id.in_(staged)))
+    wanted = None if requests is None else sorted(set(requests))
+    if wanted == []:
+        return
+    staged = _clear(conn, abuse_changes, "request_id", wanted)
+    if staged is not None:
         changes = changes.where(labels.c.request_id.in_(staged))
-        entities = union_all(*[q.where(stored.c.request_id.in_(staged)) for q in keys]).subquery()
+        keys = [q.where(stored.c.request_id.in_(staged)) for q in keys]
+    entities = union_all(*keys).subquery()
     known = changes.subquery()
     conn.execute(
         abuse_changes.insert().from_select(
