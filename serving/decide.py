@@ -13,9 +13,12 @@ The path, in order (each step reads what the one before produced, nothing flows 
 4. the online features, the champion's score (contributions only for review and block),
    the policy (``riskmodel.engine.decide_with_scorer``), the challenger's score in the
    shadow;
-5. one transaction: the refund request (keyed by ``request_id``, so it is counted once in
-   every velocity feature however often it is sent) and the decision; a concurrent twin
-   that committed first wins, and this call answers with the twin's decision.
+5. the write, by the ``DecisionWriter`` (group commit): the refund request (keyed by
+   ``request_id``, so it is counted once in every velocity feature however often it is
+   sent) and the decision, committed before the answer leaves; a concurrent twin that
+   committed first wins, and this call answers with the twin's decision. A request that
+   shares its id or an entity with a decision still being written is decided after that
+   write commits, so that it counts it (``serving.writer``).
 
 When the store cannot be read the answer is ``review`` with reason ``DEGRADED``, not
 stored (``stored: false``). Without a champion the policy decides without a score: review,
@@ -24,69 +27,40 @@ stored (``stored: false``). Without a champion the policy decides without a scor
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 import features
 from riskmodel.domain import Decision, Order, ProductType, RefundRequest
 from riskmodel.engine import Outcome, decide_with_scorer, request_fields
 from riskmodel.policy import Policy
-from riskmodel.store import insert_request
 from serving.errors import Conflict
 from serving.runtime import Models, Runtime
+from serving.stored import fetch_one, request_hash, stored_decision
+from serving.writer import Write, counted_keys
 
 __all__ = [
     "Answer",
     "decide_one",
     "micros",
     "render",
-    "request_hash",
     "store_row",
-    "stored_decision",
 ]
 
 log = logging.getLogger("serving")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
-_DECISION_COLUMNS = (
-    "request_id",
-    "decision",
-    "score",
-    "approved_amount",
-    "reasons",
-    "review_queue",
-    "review_due_at",
-    "model_version",
-    "policy_version",
-    "policy_hash",
-    "feature_version",
-    "decided_at",
-    "request_hash",
-    "shadow",
-)
-_REQUEST_COLUMNS = (
-    "request_id",
-    "order_id",
-    "user_id",
-    "requested_at",
-    "amount",
-    "reason",
-    "days_used_claimed",
-    "device_id",
-    "ip",
-    "channel",
-)
 
 
 def micros(moment: datetime) -> int:
@@ -112,13 +86,6 @@ def store_row(request: RefundRequest) -> dict[str, Any]:
         "ip": request.ip,
         "channel": request.channel,
     }
-
-
-def request_hash(row: Mapping[str, Any]) -> str:
-    """SHA-256 of the request in store units: the same request written differently (another
-    time zone, ``5`` or ``5.00``) has the same hash."""
-    canonical = json.dumps({k: row[k] for k in _REQUEST_COLUMNS}, sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -208,32 +175,6 @@ def _provisional(
 _NOT_STORED = "not stored; ask again with the same request_id"
 
 
-def _fetch_one(conn: Connection, sql: str, parameters: tuple[Any, ...]) -> Any:
-    """One row of a read, straight from the driver's cursor.
-
-    SQLAlchemy's result set-up (column metadata per execution) cost about 0.15 ms a
-    statement here, as much as the indexed read itself. Reads only: writes go through
-    ``conn`` so that its transaction knows of them and commits them.
-    """
-    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(sql, parameters)
-        return cursor.fetchone()
-    finally:
-        cursor.close()
-
-
-def stored_decision(conn: Connection, request_id: str) -> dict[str, Any] | None:
-    """The decision stored for ``request_id`` as a row dict, or None."""
-    marker = "%s" if conn.dialect.name == "postgresql" else "?"
-    found = _fetch_one(
-        conn,
-        f"SELECT {', '.join(_DECISION_COLUMNS)} FROM decisions WHERE request_id = {marker}",
-        (request_id,),
-    )
-    return None if found is None else dict(zip(_DECISION_COLUMNS, found, strict=True))
-
-
 def _replay(stored: Mapping[str, Any], digest: str) -> Answer:
     if stored["request_hash"] != digest:
         raise Conflict(
@@ -262,7 +203,7 @@ class _Parents:
 def _parents(conn: Connection, row: Mapping[str, Any]) -> _Parents | tuple[str, str]:
     """The request's order and user, or (code, message) saying what does not fit."""
     marker = "%s" if conn.dialect.name == "postgresql" else "?"
-    found = _fetch_one(conn, _PARENTS.format(m=marker), (row["order_id"], row["user_id"]))
+    found = fetch_one(conn, _PARENTS.format(m=marker), (row["order_id"], row["user_id"]))
     assert found is not None  # the outer join always yields its one row
     owner, product, amount, days, account, seller, paid_at, registered = found
     order_id, user_id = row["order_id"], row["user_id"]
@@ -312,101 +253,119 @@ def _shadow(models: Models, values: Mapping[str, Any], runtime: Runtime) -> str 
     return json.dumps({"model_version": challenger.version, "score": score})
 
 
-def _insert_decision(conn: Connection, decision: Mapping[str, Any]) -> bool:
-    marker = "%s" if conn.dialect.name == "postgresql" else "?"
-    result = conn.exec_driver_sql(
-        f"INSERT INTO decisions ({', '.join(_DECISION_COLUMNS)}) "
-        f"VALUES ({', '.join([marker] * len(_DECISION_COLUMNS))}) "
-        "ON CONFLICT (request_id) DO NOTHING",
-        tuple(decision[c] for c in _DECISION_COLUMNS),
-    )
-    return result.rowcount == 1
-
-
-def _same_request_stored(conn: Connection, row: Mapping[str, Any]) -> bool:
-    marker = "%s" if conn.dialect.name == "postgresql" else "?"
-    found = conn.exec_driver_sql(
-        f"SELECT {', '.join(_REQUEST_COLUMNS)} FROM refund_requests WHERE request_id = {marker}",
-        (row["request_id"],),
-    ).fetchone()
-    return found is not None and request_hash(dict(zip(_REQUEST_COLUMNS, found, strict=True))) == (
-        request_hash(row)
-    )
-
-
-def _decide_in_store(
-    conn: Connection, runtime: Runtime, request: RefundRequest, row: dict[str, Any], now: datetime
-) -> Answer:
-    models, policy = runtime.models, runtime.policy
-    digest = request_hash(row)
+def _look_up(
+    conn: Connection, runtime: Runtime, row: dict[str, Any], now: datetime
+) -> Answer | _Parents:
+    """Steps 2 and 3: an answer already (a replay, a provisional review), or the request's
+    order and user."""
     stored = stored_decision(conn, row["request_id"])
     if stored is not None:
-        return _replay(stored, digest)
-    if policy is None:
+        return _replay(stored, request_hash(row))
+    if runtime.policy is None:
         why = runtime.policy_problem or "no policy loaded"
-        return _provisional(row, None, models, "DEGRADED", f"degraded: {why}; {_NOT_STORED}", now)
+        message = f"degraded: {why}; {_NOT_STORED}"
+        return _provisional(row, None, runtime.models, "DEGRADED", message, now)
     parents = _parents(conn, row)
     if isinstance(parents, tuple):
-        return _provisional(row, policy, models, parents[0], parents[1], now)
+        return _provisional(row, runtime.policy, runtime.models, *parents, now)
+    return parents
+
+
+def _decide(
+    conn: Connection,
+    runtime: Runtime,
+    request: RefundRequest,
+    row: dict[str, Any],
+    parents: _Parents,
+    policy: Policy,
+    now: datetime,
+) -> Write:
+    """Step 4: features, score and policy; the decision to write."""
+    models = runtime.models
     values = features.online_features(conn, row)
     outcome = decide_with_scorer(
         models.champion, request_fields(request, parents.order), values, policy, decided_at=now
     )
-    decision = _outcome_row(outcome, digest, _shadow(models, values, runtime))
-    inserted = insert_request(
-        conn,
-        row,
+    return Write(
+        request=row,
+        decision=_outcome_row(outcome, request_hash(row), _shadow(models, values, runtime)),
         seller_id=parents.seller_id,
         payment_account=parents.order.payment_account,
         registered_at=parents.registered_at,
     )
-    if not inserted and not _same_request_stored(conn, row):
-        conn.rollback()
+
+
+async def _decide_in_store(
+    engine: Engine, runtime: Runtime, request: RefundRequest, row: dict[str, Any]
+) -> Answer:
+    writer = runtime.writer
+    while True:
+        # A decision on the same id, user, order, device, IP or payment account still
+        # being written: decide once it is, so that this one counts it.
+        if (related := writer.pending(counted_keys(row, None))) is not None:
+            await _settled(related)
+            continue
+        policy, now = runtime.policy, datetime.now(UTC)
+        with engine.connect() as conn:
+            found = _look_up(conn, runtime, row, now)
+            if isinstance(found, Answer):
+                return found
+            assert policy is not None  # _look_up answers when there is none
+            # The account is the order's, known only now.
+            related = writer.pending(counted_keys(row, found.order.payment_account))
+            if related is None:
+                # No await from here to ``submit``: nothing else is decided in between.
+                step = _decide(conn, runtime, request, row, found, policy, now)
+                break
+        await _settled(related)
+    written = await runtime.writer.submit(step)
+    if written.conflict:
         raise Conflict(
             f"request_id {row['request_id']!r} is already in the history with different "
             "details; use a new request_id for a new request"
         )
-    if not _insert_decision(conn, decision):
-        # A twin sent at the same moment committed first: its decision is the answer.
-        conn.rollback()
-        twin = stored_decision(conn, row["request_id"])
-        if twin is None:
-            raise RuntimeError("a decision conflicted but none is stored")
-        return _replay(twin, digest)
-    conn.commit()
-    if outcome.score is not None:
-        runtime.metrics.scores.observe(outcome.score)
-    degraded = "DEGRADED" in outcome.codes
-    return Answer(render(decision, stored=True, replayed=False), degraded=degraded)
+    if written.decision is None:
+        raise RuntimeError("a decision conflicted but none is stored")
+    if written.decision is not step.decision:
+        return _replay(written.decision, request_hash(row))
+    score = step.decision["score"]
+    if score is not None:
+        runtime.metrics.scores.observe(score)
+    degraded = "DEGRADED" in {r["code"] for r in json.loads(step.decision["reasons"])}
+    return Answer(render(step.decision, stored=True, replayed=False), degraded=degraded)
 
 
-def decide_one(runtime: Runtime, request: RefundRequest) -> Answer:
+async def _settled(related: Awaitable[Any]) -> None:
+    """Wait for a related write; its failure is its own caller's to report."""
+    with contextlib.suppress(Exception):
+        await related
+
+
+async def decide_one(runtime: Runtime, request: RefundRequest) -> Answer:
     """Decide ``request`` (see the module docstring). Raises ``Conflict`` only: any other
     failure is answered as a degraded review that is not stored."""
     started = time.perf_counter()
-    now = datetime.now(UTC)
     row = store_row(request)
     engine = runtime.store.available()
     if engine is None:
-        answer = _unreachable(runtime, row, runtime.store.problem, now)
+        answer = _unreachable(runtime, row, runtime.store.problem)
     else:
         try:
-            with engine.connect() as conn:
-                answer = _decide_in_store(conn, runtime, request, row, now)
+            answer = await _decide_in_store(engine, runtime, request, row)
             runtime.store.found()
         except Conflict:
             runtime.metrics.conflicts.inc()
             raise
         except (OperationalError, InterfaceError) as exc:
             runtime.store.lost(exc)
-            answer = _unreachable(runtime, row, runtime.store.problem, now)
+            answer = _unreachable(runtime, row, runtime.store.problem)
         except DBAPIError as exc:
             log.exception("store error while deciding %s", row["request_id"])
-            answer = _unreachable(runtime, row, f"store error: {type(exc.orig).__name__}", now)
+            answer = _unreachable(runtime, row, f"store error: {type(exc.orig).__name__}")
         except Exception:
             # A bug must not take the gate down, nor approve: review, loudly logged.
             log.exception("unexpected error while deciding %s", row["request_id"])
-            answer = _unreachable(runtime, row, "internal error", now)
+            answer = _unreachable(runtime, row, "internal error")
     runtime.note_state()
     runtime.metrics.decisions.labels(
         answer.decision, str(answer.degraded).lower(), str(answer.body["replayed"]).lower()
@@ -415,8 +374,6 @@ def decide_one(runtime: Runtime, request: RefundRequest) -> Answer:
     return answer
 
 
-def _unreachable(
-    runtime: Runtime, row: Mapping[str, Any], why: str | None, now: datetime
-) -> Answer:
+def _unreachable(runtime: Runtime, row: Mapping[str, Any], why: str | None) -> Answer:
     message = f"degraded: {why or 'the store is unavailable'}; no decision made; {_NOT_STORED}"
-    return _provisional(row, runtime.policy, runtime.models, "DEGRADED", message, now)
+    return _provisional(row, runtime.policy, runtime.models, "DEGRADED", message, datetime.now(UTC))

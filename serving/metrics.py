@@ -43,6 +43,13 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.85, 0.95, 1.0),
             registry=r,
         )
+        self.commit_groups = Histogram(
+            "riskmodel_commit_group_size",
+            "Decisions written per transaction (group commit): near 1 when traffic is light, "
+            "larger as it grows",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        )
         self.conflicts = Counter(
             "riskmodel_request_id_conflicts",
             "Requests refused because their request_id was used for another body",

@@ -28,6 +28,7 @@ from serving.auth import KeyRing
 from serving.errors import Refused
 from serving.metrics import Metrics
 from serving.settings import Settings
+from serving.writer import DecisionWriter
 
 __all__ = ["Models", "Runtime", "StoreLink", "load_models", "load_policy_file"]
 
@@ -160,6 +161,10 @@ class Runtime:
     policy: Policy | None
     policy_problem: str | None = None
     metrics: Metrics = field(default_factory=Metrics)
+    writer: DecisionWriter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.writer = DecisionWriter(self.store.available, self.metrics.commit_groups.observe)
 
     @classmethod
     def start(cls, settings: Settings) -> Runtime:
@@ -201,4 +206,5 @@ class Runtime:
         return found
 
     def close(self) -> None:
+        self.writer.close()
         self.store.dispose()

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from serving.decide import decide_one, render, stored_decision
+from serving.decide import decide_one, render
 from serving.deps import CurrentRuntime, Decider, Reader
 from serving.errors import Conflict, NotFound, PayloadTooLarge, Unavailable, error_body
 from serving.routes.params import PathId
 from serving.schemas import BatchIn, BatchOut, DecisionIn, DecisionOut, ErrorOut
+from serving.stored import stored_decision
 
 __all__ = ["decide", "decide_batch", "lookup", "router"]
 
@@ -32,9 +34,10 @@ async def decide(body: DecisionIn, runtime: CurrentRuntime, _: Decider) -> JSONR
 
     The same request_id sent again returns the stored decision (``replayed``).
     """
-    # Inline, not in a thread: the work is a millisecond of CPU and SQLite I/O, and a
-    # thread hop per request costs more than it frees.
-    return JSONResponse(decide_one(runtime, body).body)
+    # The reads and the model run inline, not in a thread: a millisecond of CPU and
+    # SQLite I/O, where a thread hop costs more than it frees. The write waits for its
+    # group's commit on the writer's thread (serving.writer), so the loop goes on.
+    return JSONResponse((await decide_one(runtime, body)).body)
 
 
 @router.post("/decisions:batch", response_model=BatchOut, responses=_ERRORS)
@@ -43,28 +46,33 @@ async def decide_batch(body: BatchIn, runtime: CurrentRuntime, _: Decider) -> JS
     limit = runtime.settings.max_batch
     if len(body.requests) > limit:
         raise PayloadTooLarge(f"{len(body.requests)} requests in one batch; at most {limit}")
+    # Side by side, in order: requests that share nothing are written in one group, and a
+    # request sharing a user (or another counted entity) with an earlier one waits for it.
+    answers = await asyncio.gather(
+        *(decide_one(runtime, request) for request in body.requests), return_exceptions=True
+    )
     results = []
-    for request in body.requests:
-        try:
-            answer = decide_one(runtime, request)
-        except Conflict as exc:
+    for request, answer in zip(body.requests, answers, strict=True):
+        if isinstance(answer, Conflict):
             results.append(
                 {
                     "request_id": request.request_id,
-                    "status": exc.status,
+                    "status": answer.status,
                     "decision": None,
-                    "error": error_body(exc.code, exc.message)["error"],
+                    "error": error_body(answer.code, answer.message)["error"],
                 }
             )
-            continue
-        results.append(
-            {
-                "request_id": request.request_id,
-                "status": 200,
-                "decision": answer.body,
-                "error": None,
-            }
-        )
+        elif isinstance(answer, BaseException):
+            raise answer
+        else:
+            results.append(
+                {
+                    "request_id": request.request_id,
+                    "status": 200,
+                    "decision": answer.body,
+                    "error": None,
+                }
+            )
     return JSONResponse({"results": results})
 
 

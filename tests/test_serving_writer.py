@@ -1,0 +1,145 @@
+"""Group commit: decisions made side by side share one transaction, yet each counts every
+decision before it, and a write that fails on its own takes no other write down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+
+from sqlalchemy import func, select
+
+from riskmodel import store
+from riskmodel.store import EVENT_TABLES, decisions
+from serving.decide import store_row
+from serving.schemas import DecisionIn
+from serving.stored import request_hash
+from serving.writer import DecisionWriter, Write, Written
+from tests.test_serving_fixtures import Service, body, load_tiny, service
+
+__all__ = ["service"]
+
+_REPEAT = {"RULE_REPEAT_REFUND", "RULE_DUPLICATE_REFUND"}
+
+
+def _batch(service: Service, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    response = service.client.post(
+        "/v1/decisions:batch", json={"requests": requests}, headers=service.headers("decide")
+    )
+    assert response.status_code == 200, response.text
+    return [r["decision"] for r in response.json()["results"]]
+
+
+def _codes(decision: dict[str, Any]) -> set[str]:
+    return {r["code"] for r in decision["reasons"]}
+
+
+def _groups(service: Service) -> tuple[float, float]:
+    """How many groups were committed, and how many decisions they held."""
+    text = service.client.get("/metrics").text
+
+    def value(name: str) -> float:
+        found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+        assert found is not None, name
+        return float(found.group(1))
+
+    return (
+        value("riskmodel_commit_group_size_count"),
+        value("riskmodel_commit_group_size_sum"),
+    )
+
+
+def test_a_request_counts_an_earlier_one_still_being_written(service: Service) -> None:
+    # Two refunds of one order, decided side by side in one batch: the second must see the
+    # first (the repeat-refund rule), although the first is not committed when it starts.
+    first, second = _batch(
+        service,
+        [
+            body(request_id="same-order-1", amount="10.00"),
+            body(request_id="same-order-2", amount="10.00", requested_at="2026-01-20T10:05:00Z"),
+        ],
+    )
+
+    assert not _codes(first) & _REPEAT
+    assert _codes(second) & _REPEAT, second["reasons"]
+
+
+def test_requests_that_share_nothing_are_committed_in_one_group(service: Service) -> None:
+    before = _groups(service)
+    answers = _batch(
+        service,
+        [
+            body(request_id="g-u2"),  # u2, order o4, device d2, IP 10.0.0.2
+            body(
+                request_id="g-u1",
+                user_id="u1",
+                order_id="o2",
+                amount="50.00",
+                reason="invalid_code",
+                device_id="d1",
+                ip="10.0.0.1",
+            ),
+        ],
+    )
+    after = _groups(service)
+
+    assert all(a["stored"] and not a["replayed"] for a in answers)
+    assert (after[0] - before[0], after[1] - before[1]) == (1.0, 2.0)
+
+
+def test_a_write_that_fails_alone_leaves_the_rest_of_its_group_written(
+    database_url: str,
+) -> None:
+    load_tiny(database_url)
+    engine = store.open_store(database_url)
+
+    def write(request_id: str, decision: str | None) -> Write:
+        request = DecisionIn.model_validate(body(request_id=request_id))
+        row = store_row(request)
+        digest = request_hash(row)
+        decided = {
+            "request_id": request_id,
+            "decision": decision,  # None breaks the store's NOT NULL: this write fails
+            "score": 0.1,
+            "approved_amount": 2000,
+            "reasons": json.dumps([]),
+            "review_queue": None,
+            "review_due_at": None,
+            "model_version": None,
+            "policy_version": None,
+            "policy_hash": None,
+            "feature_version": "1",
+            "decided_at": row["requested_at"],
+            "request_hash": digest,
+            "shadow": None,
+        }
+        return Write(row, decided, seller_id=None, payment_account="pa3", registered_at=0)
+
+    async def submit_all() -> list[Written | BaseException]:
+        writer = DecisionWriter(lambda: engine)
+        try:
+            # Submitted in one turn of the loop: one group.
+            pending = [writer.submit(write(f"w-{i}", "approve")) for i in range(3)]
+            pending.insert(1, writer.submit(write("w-bad", None)))
+            return await asyncio.gather(*pending, return_exceptions=True)
+        finally:
+            writer.close()
+
+    try:
+        results = asyncio.run(submit_all())
+        with engine.connect() as conn:
+            stored = set(conn.execute(select(decisions.c.request_id)).scalars())
+            requests = EVENT_TABLES["refund_requests"]
+            bad_request = conn.execute(
+                select(func.count()).where(requests.c.request_id == "w-bad")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+
+    assert isinstance(results[1], Exception)
+    assert all(
+        isinstance(r, Written) and r.decision is not None for r in [results[0], *results[2:]]
+    )
+    assert stored == {"w-0", "w-1", "w-2"}
+    assert bad_request == 0  # its request went with its decision: nothing half-written
