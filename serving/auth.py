@@ -8,7 +8,8 @@
 ``create_key`` prints nothing and returns the key once; the keys file keeps the caller, its
 roles and the key's hash. A caller presents the key as ``Authorization: Bearer <key>`` (or
 ``X-API-Key: <key>``). The service re-reads the file when it changes, so a new or removed
-key takes effect without a restart. Roles: ``decide`` (ask for decisions, read them),
+key takes effect without a restart; ``list_keys`` and ``revoke_keys`` show and remove
+keys. Roles: ``decide`` (ask for decisions, read them),
 ``ingest`` (stream history and labels), ``review`` (the review queue, verdicts, a user's
 history, read decisions), ``admin`` (everything, and reloads).
 """
@@ -22,7 +23,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -31,9 +32,20 @@ from typing import Any
 
 log = logging.getLogger("serving")
 
-__all__ = ["Caller", "KeyRing", "Role", "create_key", "hash_key", "presented_key"]
+__all__ = [
+    "Caller",
+    "KeyEntry",
+    "KeyRing",
+    "Role",
+    "create_key",
+    "hash_key",
+    "list_keys",
+    "presented_key",
+    "revoke_keys",
+]
 
 _PREFIX = "rk_"
+_ID_LENGTH = 12
 
 
 class Role(StrEnum):
@@ -64,35 +76,84 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
-def create_key(path: Path, caller: str, roles: Sequence[Role]) -> str:
-    """A new random key for ``caller`` with ``roles``, returned once; the file keeps its hash.
+@dataclass(frozen=True)
+class KeyEntry:
+    """A stored key as ``keys list`` shows it: never the key, and only the start of its
+    hash (``key_id``, enough to name it in ``keys revoke``)."""
 
-    The file is rewritten whole (a temporary file, then an atomic replace) under an
-    exclusive lock, so two creations never lose one another's key.
-    """
+    key_id: str
+    caller: str
+    roles: tuple[str, ...]
+    created_at: str
+
+
+def _rewrite(path: Path, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> None:
+    """Apply ``change`` to the stored keys: the file is rewritten whole (a temporary file,
+    then an atomic replace) under an exclusive lock, so two changes never lose one another."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with (path.parent / f".{path.name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = _read(path)
+        data["keys"] = change(list(data.get("keys", [])))
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(json.dumps(data, indent=2) + "\n")
+        os.chmod(partial, 0o600)
+        os.replace(partial, path)
+
+
+def create_key(path: Path, caller: str, roles: Sequence[Role]) -> str:
+    """A new random key for ``caller`` with ``roles``, returned once; the file keeps its hash."""
     if not caller.strip():
         raise ValueError("a key needs the caller's name")
     if not roles:
         raise ValueError("a key needs at least one role")
     chosen = sorted({Role(r).value for r in roles})
     key = _PREFIX + secrets.token_urlsafe(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with (path.parent / f".{path.name}.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        data = _read(path)
-        data.setdefault("keys", []).append(
-            {
-                "caller": caller.strip(),
-                "roles": chosen,
-                "sha256": hash_key(key),
-                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            }
-        )
-        partial = path.with_name(f".{path.name}.partial")
-        partial.write_text(json.dumps(data, indent=2) + "\n")
-        os.chmod(partial, 0o600)
-        os.replace(partial, path)
+    entry = {
+        "caller": caller.strip(),
+        "roles": chosen,
+        "sha256": hash_key(key),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    _rewrite(path, lambda keys: [*keys, entry])
     return key
+
+
+def list_keys(path: Path) -> list[KeyEntry]:
+    """The keys stored in ``path`` (none when there is no file)."""
+    return [
+        KeyEntry(
+            key_id=str(entry["sha256"])[:_ID_LENGTH],
+            caller=str(entry.get("caller", "?")),
+            roles=tuple(entry.get("roles", [])),
+            created_at=str(entry.get("created_at", "?")),
+        )
+        for entry in _read(path).get("keys", [])
+    ]
+
+
+def revoke_keys(path: Path, *, caller: str | None = None, key_id: str | None = None) -> int:
+    """Remove the keys of ``caller``, or the one key whose ``key_id`` is given; returns how
+    many were removed. A running service refuses them from its next request."""
+    if (caller is None) == (key_id is None):
+        raise ValueError("name either a caller or a key id")
+    if key_id is not None and len(key_id) < _ID_LENGTH:
+        raise ValueError(f"a key id has {_ID_LENGTH} characters (see keys list)")
+    removed = 0
+
+    def keep(entry: dict[str, Any]) -> bool:
+        if caller is not None:
+            return bool(entry.get("caller") != caller)
+        return not str(entry.get("sha256", "")).startswith(str(key_id))
+
+    def change(keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        nonlocal removed
+        kept = [entry for entry in keys if keep(entry)]
+        removed = len(keys) - len(kept)
+        return kept
+
+    _rewrite(path, change)
+    return removed
 
 
 def presented_key(authorization: str | None, api_key: str | None) -> str | None:

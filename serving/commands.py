@@ -26,7 +26,7 @@ from riskmodel.errors import RiskModelError
 from riskmodel.policy import STARTER_POLICY
 from riskmodel.registry import Registry, RegistryError
 from riskmodel.store import DATABASE_URL_ENV, resolve_database_url
-from serving.auth import Role, create_key
+from serving.auth import Role, create_key, list_keys, revoke_keys
 from serving.settings import Settings
 
 __all__ = ["ServeError", "default_workers", "register", "settings_from"]
@@ -127,9 +127,23 @@ def register(commands: Any) -> None:
         "--json", action="store_true", help="print caller, roles, key and file as JSON"
     )
     create.set_defaults(handler=_keys_create)
-    listing = actions.add_parser("list", help="callers, roles and creation times (never keys)")
+    listing = actions.add_parser(
+        "list", help="key ids, callers, roles and creation times (never the keys)"
+    )
     _keys_option(listing)
     listing.set_defaults(handler=_keys_list)
+    revoke = actions.add_parser(
+        "revoke",
+        help="remove a caller's keys, or one key by its id",
+        description="Remove keys from the keys file. The running service refuses them from "
+        "its next request. To rotate a key: create the new one, hand it over, then revoke "
+        "the old one by its id (keys list).",
+    )
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("--caller", help="remove every key of this caller")
+    which.add_argument("--id", dest="key_id", help="remove the key with this id (keys list)")
+    _keys_option(revoke)
+    revoke.set_defaults(handler=_keys_revoke)
 
 
 def _keys_option(parser: argparse.ArgumentParser) -> None:
@@ -276,17 +290,29 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 def _keys_list(args: argparse.Namespace) -> int:
     path = _keys_path(args)
-    if not path.is_file():
-        print(f"no API keys in {path}")
-        return 0
     try:
-        entries = json.loads(path.read_text()).get("keys", [])
-    except (OSError, ValueError, AttributeError) as exc:
+        entries = list_keys(path)
+    except (OSError, ValueError, AttributeError, KeyError) as exc:
         raise ServeError(f"cannot read the API keys file {path}: {exc}") from exc
     print(f"{len(entries)} key(s) in {path}")
     for entry in entries:
-        roles = ",".join(entry.get("roles", [])) or "-"
-        print(
-            f"  {entry.get('caller', '?'):<24} {roles:<28} created {entry.get('created_at', '?')}"
-        )
+        roles = ",".join(entry.roles) or "-"
+        print(f"  {entry.key_id}  {entry.caller:<24} {roles:<28} created {entry.created_at}")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    path = _keys_path(args)
+    if not path.is_file():
+        raise ServeError(f"no API keys file {path}")
+    try:
+        removed = revoke_keys(path, caller=args.caller, key_id=args.key_id)
+    except ValueError as exc:
+        raise ServeError(f"keys revoke: {exc}") from exc
+    except OSError as exc:
+        raise ServeError(f"cannot write the API keys file {path}: {exc}") from exc
+    which = f"caller {args.caller!r}" if args.caller else f"id {args.key_id}"
+    if removed == 0:
+        raise ServeError(f"keys revoke: no key of {which} in {path}")
+    print(f"revoked {removed} key(s) of {which}; the service refuses them from its next request")
     return 0

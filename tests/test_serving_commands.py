@@ -294,6 +294,41 @@ def test_a_created_key_authenticates_through_the_api(
     assert outside.status_code == 403
 
 
+def test_a_revoked_key_is_refused_by_the_running_service(
+    started: Quickstarted, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = tmp_path / "keys.json"
+
+    def create(caller: str) -> str:
+        argv = ["keys", "create", "--caller", caller, "--role", "review", "--json",
+                "--api-keys", str(keys)]  # fmt: skip
+        assert main(argv) == 0
+        return str(json.loads(capsys.readouterr().out)["key"])
+
+    old, new, other = create("support"), create("support"), create("audit")
+    assert main(["keys", "list", "--api-keys", str(keys)]) == 0
+    listing = capsys.readouterr().out
+    old_id = hashlib.sha256(old.encode()).hexdigest()[:12]
+    assert old_id in listing
+    settings = Settings(database_url=started.url, registry=started.registry,
+                        policy=started.policy, api_keys=keys)  # fmt: skip
+
+    def status(client: TestClient, key: str) -> int:
+        answer = client.get("/v1/decisions/nothing", headers={"Authorization": f"Bearer {key}"})
+        return answer.status_code
+
+    with TestClient(create_app(settings)) as client:
+        assert [status(client, k) for k in (old, new, other)] == [404, 404, 404]
+        # Rotation: the old key of a caller goes by its id, the new one stays.
+        assert main(["keys", "revoke", "--id", old_id, "--api-keys", str(keys)]) == 0
+        assert [status(client, k) for k in (old, new, other)] == [401, 404, 404]
+        assert main(["keys", "revoke", "--caller", "support", "--api-keys", str(keys)]) == 0
+        assert [status(client, k) for k in (old, new, other)] == [401, 401, 404]
+    capsys.readouterr()
+    assert main(["keys", "revoke", "--caller", "support", "--api-keys", str(keys)]) != 0
+    assert "no key of caller 'support'" in capsys.readouterr().err
+
+
 # -- serve -------------------------------------------------------------------------------------
 
 
