@@ -2,12 +2,18 @@
 
     python benchmarks/serve.py                        # the full run (about 5 minutes after set-up)
     python benchmarks/serve.py --rate-seconds 10 --step-seconds 5 --repeat-seconds 5   # quick
+    python benchmarks/serve.py --backends sqlite,postgresql   # each section on both stores
+    python benchmarks/serve.py --sections memory      # 200/s for 10 minutes: RSS every minute
 
 Set-up, once, under ``data/bench-serve/`` (reused afterwards): ``riskmodel simulate
 --users 100000 --days 180 --seed 7``; the last ``--holdout-days`` of refund requests are
 kept apart as the traffic, the rest is ingested into SQLite; a model is trained on it and
-promoted; the starter policy; an API key. Each section then starts from a fresh copy of that
-store and a new ``riskmodel serve`` process, so sections do not see each other's decisions.
+promoted; the starter policy; an API key. With ``postgresql`` among ``--backends``, the same
+history is also ingested once into the database ``riskmodel_bench_base`` on
+``--postgresql-url`` (a PostgreSQL server that lets us create databases). Each section then
+starts from a fresh copy of that store (a file copy for SQLite, ``CREATE DATABASE ...
+TEMPLATE`` for PostgreSQL) and a new ``riskmodel serve`` process, so sections do not see
+each other's decisions. ``--workers`` defaults to serve's own default for each store.
 
 The client is open-loop: request ``i`` is due at ``start + i / rate`` whatever happened to
 the ones before, and its latency is measured from when it was *due*, so a server that falls
@@ -15,11 +21,17 @@ behind shows its queue instead of slowing the client down (which a closed loop w
 Every request is a held-out refund request with a fresh ``request_id``, so each one is a
 new decision: features from the store, the model, the policy, and a durable write.
 ``lag`` is how late the client itself sent (its own CPU share on a busy machine); when it is
-high, the figures measure the client as much as the server.
+high, the figures measure the client as much as the server. The client is a few lines of
+HTTP/1.1 over asyncio (uvloop when installed) with keep-alive connections, at most
+``--connections`` of them, so that it costs little CPU per request (printed as ``client
+cpu``): on a small machine an HTTP library's own cost would take the server's CPU.
 
 Sections: a fixed rate (200/s for 60 s); a rate ramp, reporting the highest step held with
 p99 under 50 ms and no error; the same ``request_id`` sent again (the idempotent path), plus
-a burst of simultaneous duplicates of one new request that must all get one decision.
+a burst of simultaneous duplicates of one new request that must all get one decision; and,
+only when asked for, ``memory``: the fixed rate for ``--memory-seconds`` with the server's
+resident memory and the latency of every minute, to see whether memory levels off. A table
+at the end has one row per store and section.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import multiprocessing
 import os
 import resource
@@ -37,21 +50,27 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import httpx
 import numpy as np
 import pandas as pd
+from sqlalchemy import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
 RISKMODEL = [sys.executable, "-m", "riskmodel.cli"]
 P99_BUDGET_MS = 50.0
+LABEL = 20  # width of the first column: the store and what was measured
 DRAIN_SECONDS = 15.0
+REQUEST_TIMEOUT_SECONDS = 10.0
+POSTGRESQL_BASE = "riskmodel_bench_base"
+POSTGRESQL_RUN = "riskmodel_bench_run"
 
 
 # -- set-up -------------------------------------------------------------------------------------
@@ -134,9 +153,17 @@ def prepare(bench: Bench, users: int, days: int, seed: int, holdout_days: float)
         from riskmodel.policy import STARTER_POLICY
 
         shutil.copyfile(STARTER_POLICY, bench.policy)
+    # The key is kept beside the store (a benchmark's own), so that runs reuse one key
+    # rather than add one to the keys file each time.
+    saved = bench.root / "benchmark.key"
+    if saved.is_file() and bench.api_keys.is_file():
+        return saved.read_text().strip()
     created = _riskmodel("keys", "create", "--caller", "benchmark", "--role", "decide",
                          "--api-keys", str(bench.api_keys), "--json", capture=True)  # fmt: skip
-    return str(json.loads(created)["key"])
+    key = str(json.loads(created)["key"])
+    saved.write_text(key + "\n")
+    saved.chmod(0o600)
+    return key
 
 
 def _hold_out(bench: Bench, days: float) -> None:
@@ -191,36 +218,120 @@ def load_traffic(bench: Bench) -> list[dict[str, Any]]:
     return rows
 
 
+# -- the stores ---------------------------------------------------------------------------------
+
+
+class Store(Protocol):
+    name: str
+
+    def prepare(self) -> None:
+        """Build the base store if missing (the history ingested once)."""
+
+    def fresh(self) -> str:
+        """A new copy of the base store; returns its database URL."""
+
+
+@dataclass(frozen=True)
+class SqliteStore:
+    bench: Bench
+    name: str = "sqlite"
+
+    def prepare(self) -> None:
+        """Nothing: ``prepare`` builds the SQLite base, which training needs anyway."""
+
+    def fresh(self) -> str:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.bench.run_db}{suffix}").unlink(missing_ok=True)
+        shutil.copyfile(self.bench.base_db, self.bench.run_db)
+        return f"sqlite:///{self.bench.run_db}"
+
+
+@dataclass(frozen=True)
+class PostgresqlStore:
+    bench: Bench
+    server_url: str  # postgresql+psycopg://user@host:port, without a database
+    name: str = "postgresql"
+
+    def url(self, database: str) -> str:
+        return make_url(self.server_url).set(database=database).render_as_string(False)
+
+    def prepare(self) -> None:
+        if self._exists(POSTGRESQL_BASE):
+            return
+        partial = f"{POSTGRESQL_BASE}_partial"
+        with _step(f"ingest the history into PostgreSQL ({POSTGRESQL_BASE})"):
+            from riskmodel.store import create_database
+
+            create_database(self.url(partial), replace=True)
+            _riskmodel("ingest", str(self.bench.history), "--database-url", self.url(partial))
+            # Renamed only once complete, so an interrupted ingest is not taken for a base.
+            self._admin(
+                "ALTER DATABASE {old} RENAME TO {new}", partial, old=partial, new=POSTGRESQL_BASE
+            )
+
+    def fresh(self) -> str:
+        self._admin("DROP DATABASE IF EXISTS {run}", POSTGRESQL_RUN, run=POSTGRESQL_RUN)
+        self._admin(
+            "CREATE DATABASE {run} TEMPLATE {base}", POSTGRESQL_BASE,
+            run=POSTGRESQL_RUN, base=POSTGRESQL_BASE,
+        )  # fmt: skip
+        return self.url(POSTGRESQL_RUN)
+
+    def _exists(self, database: str) -> bool:
+        with self._connect() as conn:
+            found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+            return found.fetchone() is not None
+
+    def _admin(self, statement: str, idle: str, **databases: str) -> None:
+        """Run ``statement`` (``{name}`` for each database) once ``idle`` has no session.
+
+        Dropping, renaming or copying a database needs it to have none, and a server
+        stopped a moment ago may still hold some.
+        """
+        from psycopg import sql
+
+        names = {key: sql.Identifier(name) for key, name in databases.items()}
+        with self._connect() as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (idle,),
+            )
+            conn.execute(sql.SQL(statement).format(**names))
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        admin = make_url(self.server_url).set(drivername="postgresql", database="postgres")
+        return psycopg.connect(admin.render_as_string(False), autocommit=True)
+
+
 # -- the server ---------------------------------------------------------------------------------
 
 
 class Server:
     """``riskmodel serve`` on a fresh copy of the base store, as a child process."""
 
-    def __init__(
-        self, bench: Bench, workers: int | None, key: str, extra_env: dict[str, str]
-    ) -> None:
+    def __init__(self, bench: Bench, store: Store, workers: int | None, key: str) -> None:
         self.bench = bench
+        self.store = store
         self.workers = workers
         self.key = key
-        self.extra_env = extra_env
         self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.host = "127.0.0.1"
+        self.base = f"http://{self.host}:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Server:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{self.bench.run_db}{suffix}").unlink(missing_ok=True)
-        shutil.copyfile(self.bench.base_db, self.bench.run_db)
         argv = [
             *RISKMODEL, "serve", "--port", str(self.port),
-            "--database-url", f"sqlite:///{self.bench.run_db}",
+            "--database-url", self.store.fresh(),
             "--registry", str(self.bench.registry), "--policy", str(self.bench.policy),
             "--api-keys", str(self.bench.api_keys), "--log-level", "warning",
         ]  # fmt: skip
         if self.workers is not None:
             argv += ["--workers", str(self.workers)]
-        self.process = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **self.extra_env})
+        self.process = subprocess.Popen(argv, cwd=ROOT)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -275,6 +386,231 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
+# -- a minimal HTTP/1.1 client --------------------------------------------------------------------
+
+
+class ProtocolError(Exception):
+    """An answer this client does not read (chunked, no Content-Length): the run stops."""
+
+
+# Called once per request with the status and body, or with the error (and status 0).
+Reply = Callable[[int, bytes, Exception | None], None]
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; one request at a time, its answer read by Content-Length.
+
+    Answers go to a callback rather than to a task awaiting them: a task per request cost
+    about a fifth more CPU per request.
+    """
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.head_end = -1  # where the body starts, once the head is in
+        self.length = -1  # the answer's full size (head and body), once the head is in
+        self.status = 0
+        self.reusable = True
+        self.reply: Reply | None = None
+        self.sent_at = 0.0  # time.monotonic() of the request out, for Pool's watchdog
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A TCP transport (uvloop's does not subclass asyncio's, hence no isinstance).
+        self.transport = cast(asyncio.Transport, transport)
+
+    def send(self, request: bytes, reply: Reply) -> None:
+        assert self.transport is not None
+        assert self.reply is None, "one request at a time"
+        self.reply = reply
+        self.sent_at = time.monotonic()
+        self.transport.write(request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        try:
+            if self.head_end < 0 and not self._read_head():
+                return
+        except (ProtocolError, ValueError) as exc:
+            self._fail(ProtocolError(f"{exc}: {bytes(self.buffer[:300])!r}"))
+            return
+        if len(self.buffer) < self.length:
+            return
+        body = bytes(self.buffer[self.head_end : self.length])
+        del self.buffer[: self.length]
+        self.head_end = self.length = -1
+        reply, self.reply = self.reply, None
+        self.pool.answered(self)
+        if reply is not None:
+            reply(self.status, body, None)
+
+    def _read_head(self) -> bool:
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        # Lower-cased and with the last field's CRLF, so each field reads "\r\nname: value\r\n".
+        head = bytes(self.buffer[: end + 2]).lower()
+        if b"\r\ntransfer-encoding:" in head:
+            raise ProtocolError("a chunked answer")  # the one transfer-coding seen in practice
+        at = head.find(b"\r\ncontent-length:")
+        if at < 0:
+            raise ProtocolError("an answer without Content-Length")
+        value = at + len(b"\r\ncontent-length:")
+        self.status = int(head[9:12])  # "HTTP/1.1 200 OK"
+        self.head_end = end + 4
+        self.length = self.head_end + int(head[value : head.index(b"\r\n", value)])
+        self.reusable = b"\r\nconnection: close\r\n" not in head
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionResetError("closed by the server"))
+        self.pool.lost(self)
+
+    def expire(self) -> None:
+        self._fail(TimeoutError(f"no answer in {REQUEST_TIMEOUT_SECONDS:g} s"))
+
+    def _fail(self, exc: Exception) -> None:
+        self.close()
+        reply, self.reply = self.reply, None
+        if reply is not None:
+            reply(0, b"", exc)
+
+    def close(self) -> None:
+        self.reusable = False
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Pool:
+    """Up to ``size`` keep-alive connections; an idle one is reused, else one more opened."""
+
+    def __init__(self, host: str, port: int, size: int) -> None:
+        self.host = host
+        self.port = port
+        self.size = size
+        self.idle: list[_Connection] = []
+        self.busy: set[_Connection] = set()
+        self.connecting: set[asyncio.Task[None]] = set()
+        self.watchdog: asyncio.TimerHandle | None = None
+
+    def full(self) -> bool:
+        return not self.idle and len(self.busy) + len(self.connecting) >= self.size
+
+    def send(self, request: bytes, reply: Reply) -> bool:
+        """Send ``request`` (a whole HTTP request); False if every connection is busy."""
+        if self.watchdog is None:
+            self._watch()
+        if self.idle:
+            connection = self.idle.pop()
+            self.busy.add(connection)
+            connection.send(request, reply)
+        elif self.full():
+            return False
+        else:
+            task = asyncio.get_running_loop().create_task(self._connect(request, reply))
+            self.connecting.add(task)
+            task.add_done_callback(self.connecting.discard)
+        return True
+
+    async def post(self, request: bytes) -> tuple[int, bytes]:
+        """Status and body of the answer to ``request``, for the requests not timed."""
+        answer: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+
+        def reply(status: int, body: bytes, error: Exception | None) -> None:
+            if error is not None:
+                answer.set_exception(error)
+            else:
+                answer.set_result((status, body))
+
+        if not self.send(request, reply):
+            raise ConnectionError(f"all {self.size} connections busy")
+        return await answer
+
+    async def _connect(self, request: bytes, reply: Reply) -> None:
+        try:
+            _, connection = await asyncio.get_running_loop().create_connection(
+                lambda: _Connection(self), self.host, self.port
+            )
+        except OSError as exc:
+            reply(0, b"", exc)
+            return
+        self.busy.add(connection)
+        connection.send(request, reply)
+
+    def _watch(self) -> None:
+        # One timer for the pool, once a second, rather than one set and cancelled for every
+        # request: the client's work per request is kept to the sending and the reading.
+        now = time.monotonic()
+        for connection in [c for c in self.busy if now - c.sent_at > REQUEST_TIMEOUT_SECONDS]:
+            connection.expire()
+        self.watchdog = asyncio.get_running_loop().call_later(1.0, self._watch)
+
+    def answered(self, connection: _Connection) -> None:
+        self.busy.discard(connection)
+        if connection.reusable:
+            # Last in, first out: the busy connections stay warm, the spare ones go idle
+            # and the server closes them (its keep-alive timeout) rather than this client
+            # sending on one it is closing.
+            self.idle.append(connection)
+        else:
+            connection.close()
+
+    def lost(self, connection: _Connection) -> None:
+        self.busy.discard(connection)
+        if connection in self.idle:
+            self.idle.remove(connection)
+
+    def close(self) -> None:
+        """Close every connection; requests still out get no reply."""
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
+        for task in list(self.connecting):
+            task.cancel()
+        for connection in [*self.idle, *self.busy]:
+            connection.reply = None
+            connection.close()
+
+
+class Requests:
+    """Held-out refund requests as whole HTTP requests, each under a fresh ``request_id``.
+
+    Each row's JSON is encoded once; a request is then its head and the row joined to a new
+    ``request_id``, a few bytes' work, so the client's cost is the sending, not JSON.
+    """
+
+    def __init__(self, traffic: list[dict[str, Any]], host: str, port: int, key: str) -> None:
+        self.head = (
+            f"POST /v1/decisions HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+        ).encode()
+        self.rows = [
+            json.dumps({k: v for k, v in row.items() if k != "request_id"})[1:].encode()
+            for row in traffic
+        ]
+
+    def named(self, prefix: str) -> Callable[[int], bytes]:
+        """Request ``i`` with the id ``{prefix}-{i}``."""
+        opening = f'{{"request_id": "{prefix}-'.encode()
+
+        def request(i: int) -> bytes:
+            row = self.rows[i % len(self.rows)]
+            body = b'%s%d", %s' % (opening, i, row) if row != b"}" else b'%s%d"}' % (opening, i)
+            return b"%sContent-Length: %d\r\n\r\n%s" % (self.head, len(body), body)
+
+        return request
+
+
+def run_async(main: Coroutine[Any, Any, Any]) -> Any:
+    """``asyncio.run`` on uvloop when installed: its loop costs the client less per request."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
 # -- the open-loop client -------------------------------------------------------------------------
 
 
@@ -287,12 +623,17 @@ class Result:
     latencies_ms: np.ndarray
     lag_ms: np.ndarray
     errors: Counter[str]
-    client_cpu: float
+    cpu_seconds: float
     decisions: Counter[str]
 
     @property
     def ok(self) -> int:
         return self.sent - sum(self.errors.values())
+
+    @property
+    def client_cpu(self) -> float:
+        """The client's share of one core."""
+        return self.cpu_seconds / self.seconds
 
     def percentile(self, q: float) -> float:
         return (
@@ -312,94 +653,100 @@ class Result:
         )
         worst = float(np.max(self.latencies_ms, initial=0))
         lag = float(np.percentile(self.lag_ms, 99))
+        per_request_us = self.cpu_seconds / self.sent * 1e6
         return (
-            f"{self.label:<14} {self.rate:>7,.0f}/s  sent {self.sent:>7,}  "
+            f"{self.label:<{LABEL}} {self.rate:>7,.0f}/s  sent {self.sent:>7,}  "
             f"done {self.sent / self.seconds:>7,.0f}/s  p50 {self.percentile(50):>7.2f} ms  "
             f"p99 {self.percentile(99):>7.2f} ms  max {worst:>8.2f} ms  errors {errors}{detail}  "
-            f"client lag p99 {lag:.1f} ms, client cpu {self.client_cpu:.0%}"
+            f"client lag p99 {lag:.1f} ms, client cpu {self.client_cpu:.0%} "
+            f"({per_request_us:.0f} µs/request)"
         )
 
 
 async def open_loop(
-    client: httpx.AsyncClient,
-    url: str,
-    body: Callable[[int], bytes],
+    pool: Pool,
+    request: Callable[[int], bytes],
     rate: float,
     seconds: float,
     label: str,
     check: Callable[[int, bytes], str | None] | None = None,
     start_wall: float | None = None,
-    max_in_flight: int = 256,
 ) -> Result:
     """Send ``rate * seconds`` requests, each due at its own time; latency from when due.
 
-    ``start_wall`` (a ``time.time()``) lines up several client processes on one schedule.
+    ``start_wall`` (a ``time.time()``) lines up several client processes, or several
+    consecutive runs, on one schedule. ``pool`` is this run's alone while it runs: what is
+    still unanswered at the end is dropped by closing its connections.
     """
     n = max(1, int(rate * seconds))
-    latencies = np.zeros(n)
+    latencies = np.full(n, np.inf)  # stays so for what is not sent or never answered
     lag = np.zeros(n)
     errors: Counter[str] = Counter()
     decisions: Counter[str] = Counter()
-    loop = asyncio.get_running_loop()
+    fatal: list[ProtocolError] = []
+    out = 0  # sent and not answered yet
+    drained: asyncio.Future[None] | None = None
+    clock = time.perf_counter  # not loop.time(): uvloop's clock moves in whole milliseconds
 
-    in_flight = 0
-
-    async def one(i: int, due: float) -> None:
-        nonlocal in_flight
-        lag[i] = (loop.time() - due) * 1000
-        latencies[i] = np.inf  # stays so if cancelled unanswered
-        in_flight += 1
-        try:
-            answer = await client.post(url, content=body(i))
-        except httpx.HTTPError as exc:
-            errors[type(exc).__name__] += 1
+    def answered(i: int, due: float, status: int, content: bytes, error: Exception | None) -> None:
+        nonlocal out
+        latencies[i] = (clock() - due) * 1000
+        out -= 1
+        if error is not None:
+            if isinstance(error, ProtocolError):
+                fatal.append(error)
+            errors[type(error).__name__] += 1  # refused, reset, timed out
+        elif status != 200:
+            errors[f"HTTP {status}"] += 1
         else:
-            if answer.status_code != 200:
-                errors[f"HTTP {answer.status_code}"] += 1
+            problem = check(i, content) if check else None
+            if problem:
+                errors[problem] += 1
             else:
-                problem = check(i, answer.content) if check else None
-                if problem:
-                    errors[problem] += 1
-                else:
-                    decisions[_decision(answer.content)] += 1
-        finally:
-            in_flight -= 1
-        latencies[i] = (loop.time() - due) * 1000
+                decisions[_decision(content)] += 1
+        if out == 0 and drained is not None and not drained.done():
+            drained.set_result(None)
 
+    start = clock() + (0.05 if start_wall is None else max(0.0, start_wall - time.time()))
+    await asyncio.sleep(start - clock())
     cpu_before = _cpu_seconds()
-    start = loop.time() + (0.05 if start_wall is None else max(0.0, start_wall - time.time()))
-    tasks = []
     for i in range(n):
         due = start + i / rate
-        delay = due - loop.time()
+        delay = due - clock()
         if delay > 0:
             await asyncio.sleep(delay)
         elif i % 32 == 0:
             await asyncio.sleep(0)  # behind schedule: still let answers in
-        if in_flight >= max_in_flight:
+        if fatal:
+            raise fatal[0]  # an answer this client cannot read: the figures would be wrong
+        lag[i] = (clock() - due) * 1000
+        if not pool.send(request(i), partial(answered, i, due)):
             # The server holds this many already: a request more would only queue in the
             # client, whose growing backlog then slows the clock of every later request.
-            errors[f"not sent: {max_in_flight} in flight"] += 1
-            latencies[i] = np.inf
+            errors[f"not sent: {pool.size} in flight"] += 1
             continue
-        tasks.append(asyncio.create_task(one(i, due)))
-    # A server far behind would take minutes to drain; what is still out by then failed.
-    _, late = await asyncio.wait(tasks, timeout=DRAIN_SECONDS) if tasks else (set(), set())
-    for task in late:
-        task.cancel()
-    if late:
-        await asyncio.wait(late)
-        errors[f"unanswered {DRAIN_SECONDS:g} s after the last send"] += len(late)
-    elapsed = loop.time() - start
+        out += 1
+    if out:
+        # A server far behind would take minutes to drain; what is still out by then failed.
+        drained = asyncio.get_running_loop().create_future()
+        await asyncio.wait([drained], timeout=DRAIN_SECONDS)
+    if out:
+        errors[f"unanswered {DRAIN_SECONDS:g} s after the last send"] += out
+        pool.close()
+    if fatal:
+        raise fatal[0]
+    elapsed = clock() - start
     return Result(label, rate, n, elapsed, latencies, lag, errors,
-                  (_cpu_seconds() - cpu_before) / elapsed, decisions)  # fmt: skip
+                  _cpu_seconds() - cpu_before, decisions)  # fmt: skip
 
 
 def _decision(content: bytes) -> str:
-    try:
-        return str(json.loads(content).get("decision"))
-    except ValueError:
+    # The server writes compact JSON; finding the one field costs less than parsing it all.
+    at = content.find(b'"decision":"')
+    if at < 0:
         return "?"
+    start = at + len(b'"decision":"')
+    return content[start : content.find(b'"', start)].decode()
 
 
 def _cpu_seconds() -> float:
@@ -407,96 +754,108 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _client(key: str, connections: int) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-        timeout=httpx.Timeout(10.0),
-    )
-
-
-class Bodies:
-    """Held-out refund requests, each sent under a fresh ``request_id``."""
-
-    def __init__(self, traffic: list[dict[str, Any]], prefix: str) -> None:
-        self.traffic = traffic
-        self.prefix = prefix
-
-    def __call__(self, i: int) -> bytes:
-        row = dict(self.traffic[i % len(self.traffic)])
-        row["request_id"] = f"{self.prefix}-{i}"
-        return json.dumps(row).encode()
-
-
 # -- sections -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a section gives the summary table: its main figures and a word about them."""
+
+    result: Result
+    note: str = ""
+
+
+def _label(server: Server, what: str) -> str:
+    return f"{server.store.name} {what}"
+
+
+def _pool(server: Server, args: argparse.Namespace) -> Pool:
+    return Pool(server.host, server.port, args.connections)
+
+
+def _requests(server: Server, traffic: list[dict[str, Any]]) -> Requests:
+    return Requests(traffic, server.host, server.port, server.key)
+
+
+async def _warm_up(pool: Pool, requests: Requests, args: argparse.Namespace) -> None:
+    await open_loop(pool, requests.named("warm"), 100, args.warmup_seconds, "warm-up")
 
 
 async def fixed_rate(
     server: Server, traffic: list[dict[str, Any]], args: argparse.Namespace
-) -> None:
-    url = f"{server.base}/v1/decisions"
-    async with _client(server.key, args.connections) as client:
-        await open_loop(client, url, Bodies(traffic, "warm"), 100, args.warmup_seconds, "warm-up")
-        result = await open_loop(
-            client, url, Bodies(traffic, "fixed"), args.rate, args.rate_seconds, "fixed",
-            max_in_flight=args.connections,
-        )  # fmt: skip
+) -> Outcome:
+    pool, requests = _pool(server, args), _requests(server, traffic)
+    await _warm_up(pool, requests, args)
+    result = await open_loop(
+        pool, requests.named("fixed"), args.rate, args.rate_seconds, _label(server, "fixed")
+    )
+    pool.close()
     print(result.line())
-    print(f"               decisions: {dict(result.decisions.most_common())}")
+    print(f"{'':<{LABEL}} decisions: {dict(result.decisions.most_common())}")
+    return Outcome(result)
 
 
-async def ramp(server: Server, traffic: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    url = f"{server.base}/v1/decisions"
-    held = 0.0
+async def ramp(server: Server, traffic: list[dict[str, Any]], args: argparse.Namespace) -> Outcome:
+    held: Result | None = None
+    first: Result | None = None
     failed = 0
-    pool = None
+    process_pool = None
     if args.clients > 1:
-        # One Python client process tops out near a core's worth of httpx; past that the
-        # schedule slips and the figures measure the client. Spread it, and say so.
-        pool = ProcessPoolExecutor(args.clients, mp_context=multiprocessing.get_context("spawn"))
-        list(pool.map(_ready, range(args.clients)))
+        # One client process can still fall behind past some rate on a busy machine (see
+        # its lag); several spread the sending over the cores, and the figures say so.
+        process_pool = ProcessPoolExecutor(
+            args.clients, mp_context=multiprocessing.get_context("spawn")
+        )
+        list(process_pool.map(_ready, range(args.clients)))
+    pool, requests = _pool(server, args), _requests(server, traffic)
     try:
-        async with _client(server.key, args.connections) as client:
-            await open_loop(
-                client, url, Bodies(traffic, "warm"), 100, args.warmup_seconds, "warm-up"
-            )
-            for step, rate in enumerate(args.ramp):
-                if pool is None:
-                    result = await open_loop(
-                        client, url, Bodies(traffic, f"ramp{step}"), rate, args.step_seconds,
-                        "ramp", max_in_flight=args.connections,
-                    )  # fmt: skip
-                else:
-                    start = time.time() + 0.5
-                    shares = [
-                        _Share(url, server.key, args.connections, traffic, f"ramp{step}c{k}",
-                               rate / args.clients, args.step_seconds, start)
-                        for k in range(args.clients)
-                    ]  # fmt: skip
-                    result = _merge(list(pool.map(_drive_share, shares)), rate)
-                print(result.line(), flush=True)
-                if result.held():
-                    held, failed = rate, 0
-                else:
-                    # One step can fail on a single stall (a checkpoint, a neighbour's
-                    # burst of work); two in a row is the server's limit.
-                    failed += 1
-                    if failed == 2:
-                        break
-                await asyncio.sleep(1.0)  # let the last answers drain before the next step
+        await _warm_up(pool, requests, args)
+        for step, rate in enumerate(args.ramp):
+            if process_pool is None:
+                result = await open_loop(
+                    pool,
+                    requests.named(f"ramp{step}"),
+                    rate,
+                    args.step_seconds,
+                    _label(server, "ramp"),
+                )
+            else:
+                start = time.time() + 0.5
+                shares = [
+                    _Share(server.host, server.port, server.key, args.connections, traffic,
+                           f"ramp{step}c{k}", rate / args.clients, args.step_seconds, start)
+                    for k in range(args.clients)
+                ]  # fmt: skip
+                parts = list(process_pool.map(_drive_share, shares))
+                result = _merge(parts, rate, _label(server, "ramp"))
+            print(result.line(), flush=True)
+            first = first or result
+            if result.held():
+                held, failed = result, 0
+            else:
+                # One step can fail on a single stall (a checkpoint, a neighbour's
+                # burst of work); two in a row is the server's limit.
+                failed += 1
+                if failed == 2:
+                    break
+            await asyncio.sleep(1.0)  # let the last answers drain before the next step
     finally:
-        if pool is not None:
-            pool.shutdown()
-    verdict = f"{held:,.0f} decisions/s" if held else "none of the steps"
+        pool.close()
+        if process_pool is not None:
+            process_pool.shutdown()
+    verdict = f"{held.rate:,.0f} decisions/s" if held else "none of the steps"
     clients = f" ({args.clients} client processes)" if args.clients > 1 else ""
     print(f"highest rate held with p99 < {P99_BUDGET_MS:g} ms and no error{clients}: {verdict}")
+    assert first is not None
+    return Outcome(held or first, f"held {verdict}")
 
 
 @dataclass(frozen=True)
 class _Share:
     """One client process's part of a step."""
 
-    url: str
+    host: str
+    port: int
     key: str
     connections: int
     traffic: list[dict[str, Any]]
@@ -512,62 +871,74 @@ def _ready(_: int) -> None:
 
 def _drive_share(share: _Share) -> Result:
     async def drive() -> Result:
-        async with _client(share.key, share.connections) as client:
-            bodies = Bodies(share.traffic, share.prefix)
-            return await open_loop(client, share.url, bodies, share.rate, share.seconds,
-                                   "ramp", start_wall=share.start_wall,
-                                   max_in_flight=share.connections)  # fmt: skip
+        pool = Pool(share.host, share.port, share.connections)
+        requests = Requests(share.traffic, share.host, share.port, share.key)
+        try:
+            return await open_loop(pool, requests.named(share.prefix), share.rate,
+                                   share.seconds, "ramp", start_wall=share.start_wall)  # fmt: skip
+        finally:
+            pool.close()
 
-    return asyncio.run(drive())
+    result: Result = run_async(drive())
+    return result
 
 
-def _merge(parts: list[Result], rate: float) -> Result:
+def _merge(
+    parts: list[Result], rate: float, label: str | None = None, one_after_another: bool = False
+) -> Result:
+    """One result of several: client processes side by side, or runs one after another."""
     errors: Counter[str] = Counter()
     decisions: Counter[str] = Counter()
     for part in parts:
         errors.update(part.errors)
         decisions.update(part.decisions)
     return Result(
-        parts[0].label,
+        label or parts[0].label,
         rate,
         sum(p.sent for p in parts),
-        max(p.seconds for p in parts),
+        (sum if one_after_another else max)(p.seconds for p in parts),
         np.concatenate([p.latencies_ms for p in parts]),
         np.concatenate([p.lag_ms for p in parts]),
         errors,
-        sum(p.client_cpu for p in parts),
+        sum(p.cpu_seconds for p in parts),
         decisions,
     )
 
 
-async def repeated(server: Server, traffic: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    url = f"{server.base}/v1/decisions"
-    async with _client(server.key, args.connections) as client:
-        first_body = Bodies(traffic, "again")(0)
-        first = await client.post(url, content=first_body)
-        if first.status_code != 200:
-            raise SystemExit(f"POST {url}: {first.status_code} {first.text[:500]}")
-        stored = _comparable(first.content)
+async def repeated(
+    server: Server, traffic: list[dict[str, Any]], args: argparse.Namespace
+) -> Outcome:
+    pool, requests = _pool(server, args), _requests(server, traffic)
+    first_request = requests.named("again")(0)
+    status, content = await pool.post(first_request)
+    if status != 200:
+        raise SystemExit(f"POST /v1/decisions: {status} {content[:500]!r}")
+    stored = _comparable(content)
 
-        def same(_: int, content: bytes) -> str | None:
-            return None if _comparable(content) == stored else "a different answer"
+    def same(_: int, content: bytes) -> str | None:
+        return None if _comparable(content) == stored else "a different answer"
 
-        result = await open_loop(
-            client, url, lambda _: first_body, args.rate, args.repeat_seconds, "same id", same,
-            max_in_flight=args.connections,
-        )  # fmt: skip
-        print(result.line())
-        # Simultaneous duplicates of one new request: one decision, the same for all.
-        burst_body = Bodies(traffic, "burst")(1)
-        answers = await asyncio.gather(
-            *(client.post(url, content=burst_body) for _ in range(args.burst))
-        )
-    statuses = Counter(a.status_code for a in answers)
-    distinct = {_comparable(a.content) for a in answers if a.status_code == 200}
+    result = await open_loop(
+        pool,
+        lambda _: first_request,
+        args.rate,
+        args.repeat_seconds,
+        _label(server, "same id"),
+        same,
+    )
+    print(result.line())
+    # Simultaneous duplicates of one new request: one decision, the same for all.
+    burst_request = requests.named("burst")(1)
+    answers = await asyncio.gather(*(pool.post(burst_request) for _ in range(args.burst)))
+    pool.close()
+    statuses = Counter(status for status, _ in answers)
+    distinct = {_comparable(content) for status, content in answers if status == 200}
     print(
-        f"{'burst':<14} {args.burst} simultaneous copies of one new request: statuses "
+        f"{_label(server, 'burst'):<{LABEL}} {args.burst} simultaneous copies of one new "
+        f"request: statuses "
         f"{dict(statuses)}, {len(distinct)} distinct decision(s)"
     )
+    return Outcome(result, f"burst: {len(distinct)} distinct decision(s)")
 
 
 def _comparable(content: bytes) -> str:
@@ -577,20 +948,88 @@ def _comparable(content: bytes) -> str:
     return json.dumps(answer, sort_keys=True)
 
 
+async def memory(
+    server: Server, traffic: list[dict[str, Any]], args: argparse.Namespace
+) -> Outcome:
+    """The fixed rate for a long while: resident memory and latency minute by minute."""
+    requests = _requests(server, traffic)
+    minutes = math.ceil(args.memory_seconds / 60)
+    start = time.time() + 0.5
+    # One schedule cut into minutes: each minute is its own open loop (with its own
+    # connections), started at its time while the one before may still be waiting for its
+    # last answers, so the rate never pauses between them.
+    runs = []
+    pools = [_pool(server, args) for _ in range(minutes)]
+    for m, pool in enumerate(pools):
+        seconds = min(60.0, args.memory_seconds - 60 * m)
+        label = _label(server, f"minute {m + 1}")
+        minute = open_loop(pool, requests.named(f"mem{m}"), args.rate, seconds, label,
+                           start_wall=start + 60 * m)  # fmt: skip
+        runs.append(asyncio.create_task(minute))
+    rss = [server.rss_mb()]
+    print(f"{_label(server, 'memory'):<{LABEL}} server RSS {rss[0]:.0f} MB at start")
+    results = []
+    for run, pool in zip(runs, pools, strict=True):
+        results.append(await run)
+        pool.close()
+        rss.append(server.rss_mb())
+        print(f"{results[-1].line()}  server RSS {rss[-1]:.0f} MB", flush=True)
+    whole = _merge(results, args.rate, _label(server, "memory"), one_after_another=True)
+    print(whole.line())
+    print(f"{'':<{LABEL}} server RSS by minute (MB): {', '.join(f'{mb:.0f}' for mb in rss)}")
+    last = f"{rss[-1] - rss[-2]:+.0f} MB in the last {results[-1].seconds:.0f} s"
+    return Outcome(whole, f"RSS by minute {', '.join(f'{mb:.0f}' for mb in rss)} MB ({last})")
+
+
 # -- main -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the summary table."""
+
+    store: str
+    section: str
+    workers: int
+    outcome: Outcome
+    rss_mb: tuple[float, float]
+
+
+def _summary(rows: list[Row]) -> None:
+    print()
+    print(
+        f"{'store':<11} {'section':<7} {'workers':>7} {'rate':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'errors':>6} {'RSS MB':>11}  note"
+    )
+    for row in rows:
+        result = row.outcome.result
+        print(
+            f"{row.store:<11} {row.section:<7} {row.workers:>7} {result.rate:>6,.0f}/s "
+            f"{result.percentile(50):>8.2f} {result.percentile(99):>8.2f} "
+            f"{sum(result.errors.values()):>6} "
+            f"{f'{row.rss_mb[0]:.0f} -> {row.rss_mb[1]:.0f}':>11}  {row.outcome.note}"
+        )
 
 
 def _rates(text: str) -> list[float]:
     return [float(part) for part in text.split(",") if part.strip()]
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--dir", type=Path, default=ROOT / "data" / "bench-serve")
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--days", type=int, default=180)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--holdout-days", type=float, default=14.0)
+    parser.add_argument(
+        "--backends", default="sqlite", help="stores to serve from: sqlite, postgresql or both"
+    )
+    parser.add_argument(
+        "--postgresql-url",
+        default="postgresql+psycopg://postgres@127.0.0.1:5432",
+        help="a PostgreSQL server, without a database (the benchmark creates its own)",
+    )
     parser.add_argument("--workers", type=int, help="server workers (default: serve's)")
     parser.add_argument(
         "--connections", type=int, default=256, help="client connections, the most in flight"
@@ -607,30 +1046,70 @@ def main() -> None:
     parser.add_argument("--repeat-seconds", type=float, default=20.0)
     parser.add_argument("--burst", type=int, default=20)
     parser.add_argument("--warmup-seconds", type=float, default=10.0)
+    parser.add_argument("--memory-seconds", type=float, default=600.0)
     parser.add_argument(
-        "--sections", default="fixed,ramp,repeat", help="which of fixed, ramp, repeat to run"
+        "--sections",
+        default="fixed,ramp,repeat",
+        help="which of fixed, ramp, repeat, memory to run (default: all but memory)",
     )
-    args = parser.parse_args()
+    return parser
+
+
+SECTIONS = {"fixed": fixed_rate, "ramp": ramp, "repeat": repeated, "memory": memory}
+
+
+def main() -> None:
+    args = _parser().parse_args()
     # Stopped from outside, still stop the server it started (Server.__exit__).
     signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
+    sections = args.sections.split(",")
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise SystemExit(f"--sections: no section {', '.join(sorted(unknown))}")
 
     bench = Bench(args.dir)
+    stores: list[Store] = []
+    for name in args.backends.split(","):
+        if name == "sqlite":
+            stores.append(SqliteStore(bench))
+        elif name == "postgresql":
+            stores.append(PostgresqlStore(bench, args.postgresql_url))
+        else:
+            raise SystemExit(f"--backends: {name} is neither sqlite nor postgresql")
     key = prepare(bench, args.users, args.days, args.seed, args.holdout_days)
+    for store in stores:
+        store.prepare()
     traffic = load_traffic(bench)
     print(
-        f"store: {args.users:,} users x {args.days} days (seed {args.seed}) in SQLite, "
+        f"store: {args.users:,} users x {args.days} days (seed {args.seed}), "
         f"{len(traffic):,} held-out refund requests as traffic; "
-        f"{args.workers or 'the default number of'} worker(s); "
         f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}"
     )
-    sections = {"fixed": fixed_rate, "ramp": ramp, "repeat": repeated}
-    for name in args.sections.split(","):
-        with Server(bench, args.workers, key, {}) as server:
-            rss = server.rss_mb()
-            asyncio.run(sections[name](server, traffic, args))
-            print(
-                f"               server RSS {rss:.0f} MB at start, {server.rss_mb():.0f} MB at end"
-            )
+    rows = []
+    for store in stores:
+        for name in sections:
+            rows.append(_section(bench, store, name, key, traffic, args))
+    _summary(rows)
+
+
+def _section(
+    bench: Bench,
+    store: Store,
+    name: str,
+    key: str,
+    traffic: list[dict[str, Any]],
+    args: argparse.Namespace,
+) -> Row:
+    from serving.commands import default_workers
+
+    with Server(bench, store, args.workers, key) as server:
+        workers = args.workers or default_workers(f"{store.name}://")
+        print(f"-- {store.name}, {name}, {workers} worker(s)", flush=True)
+        rss = server.rss_mb()
+        outcome: Outcome = run_async(SECTIONS[name](server, traffic, args))
+        end = server.rss_mb()
+        print(f"{'':<{LABEL}} server RSS {rss:.0f} MB at start, {end:.0f} MB at end")
+    return Row(store.name, name, workers, outcome, (rss, end))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -13,6 +18,7 @@ from sqlalchemy import func, select
 from riskmodel import store
 from riskmodel.store import EVENT_TABLES, decisions
 from serving.decide import store_row
+from serving.runtime import StoreLink
 from serving.schemas import DecisionIn
 from serving.stored import request_hash
 from serving.writer import DecisionWriter, Write, Written
@@ -143,3 +149,32 @@ def test_a_write_that_fails_alone_leaves_the_rest_of_its_group_written(
     )
     assert stored == {"w-0", "w-1", "w-2"}
     assert bad_request == 0  # its request went with its decision: nothing half-written
+
+
+def test_the_service_copies_its_sqlite_log_into_the_database_file(tmp_path: Path) -> None:
+    # The service turns SQLite's own checkpoint off (it stalled the commit that ran it) and
+    # checkpoints on a thread instead; without that thread the log would only grow.
+    path = tmp_path / "store.db"
+    load_tiny(f"sqlite:///{path}")
+    link = StoreLink(f"sqlite:///{path}", retry_seconds=1.0)
+    link.open()
+    engine = link.available()
+    assert engine is not None
+    try:
+        with engine.begin() as conn:
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+            conn.exec_driver_sql("DELETE FROM labels")
+
+        def labels_in_the_file_alone() -> int:
+            # The database file without its log: what a checkpoint has copied so far.
+            copy = tmp_path / "file-only.db"
+            shutil.copyfile(path, copy)
+            with closing(sqlite3.connect(copy)) as alone:
+                return int(alone.execute("SELECT count(*) FROM labels").fetchone()[0])
+
+        deadline = time.monotonic() + 10
+        while labels_in_the_file_alone() != 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert labels_in_the_file_alone() == 0
+    finally:
+        link.dispose()
