@@ -9,7 +9,6 @@ recorded as a problem, ``/readyz`` reports it, and decisions fall back to ``revi
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,40 +30,12 @@ from serving.metrics import Metrics
 from serving.settings import Settings
 from serving.writer import DecisionWriter
 
-__all__ = ["Checkpointer", "Models", "Runtime", "StoreLink", "load_models", "load_policy_file"]
+__all__ = ["Models", "Runtime", "StoreLink", "load_models", "load_policy_file"]
 
 log = logging.getLogger("serving")
 
 _SERVING_CACHE_KIB = 32 * 1024
-
-
-class Checkpointer:
-    """Copies SQLite's write-ahead log into the database file on its own thread.
-
-    By default the commit that fills the log past 1,000 pages does the copy, and with
-    ``synchronous=FULL`` an fsync of the file too: tens of milliseconds during which every
-    decision waiting on that commit waits as well (the serve benchmark's worst answers).
-    A passive checkpoint here runs beside the writer, never blocking it.
-    """
-
-    def __init__(self, engine: Engine, every_seconds: float = 0.5) -> None:
-        self._engine = engine
-        self._every = every_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._every):
-            try:
-                with self._engine.connect() as conn:
-                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-            except DBAPIError as exc:  # the store's trouble is reported by the decisions
-                log.debug("checkpoint skipped: %s", exc)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
+_CHECKPOINT_PAGES = 100
 
 
 class StoreLink:
@@ -81,7 +52,6 @@ class StoreLink:
         self.synchronous = synchronous
         self.problem: str | None = "not opened yet"
         self._engine: Engine | None = None
-        self._checkpointer: Checkpointer | None = None
         self._next_try = 0.0
 
     def open(self) -> None:
@@ -100,16 +70,20 @@ class StoreLink:
                 # operating system caches the file for all of them. 32 MB gave the same
                 # decision latency on the serve benchmark.
                 dbapi_connection.execute(f"PRAGMA cache_size=-{_SERVING_CACHE_KIB}")
-                # No commit copies the log into the file (``Checkpointer`` does, beside).
-                dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
+                # The commit that fills the log past this many pages copies it into the
+                # file (and fsyncs it), while the decisions of that commit and the next
+                # wait. SQLite's default, 1,000 pages, made that tens of milliseconds
+                # (the serve benchmark's worst answers); 100 pages, about 30 decisions,
+                # makes it a tenth. A checkpoint on a thread of its own avoided the wait
+                # but let the log grow without end under steady writes: a log starts over
+                # only once wholly copied, and new pages kept arriving while it copied.
+                dbapi_connection.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
 
             # After the store's own pragmas; the pool is emptied so that every
             # connection gets them.
             event.listen(engine, "connect", tune)
             engine.dispose()
         self._engine = engine
-        if engine.dialect.name == "sqlite":
-            self._checkpointer = Checkpointer(engine)
         self.found()
 
     def available(self) -> Engine | None:
@@ -147,8 +121,6 @@ class StoreLink:
         return None
 
     def dispose(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.stop()
         if self._engine is not None:
             self._engine.dispose()
 
