@@ -31,8 +31,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -47,7 +46,7 @@ from riskmodel.engine import Outcome, decide_with_scorer, request_fields
 from riskmodel.policy import Policy
 from serving.errors import Conflict
 from serving.runtime import Models, Runtime
-from serving.stored import fetch_one, request_hash, stored_decision
+from serving.stored import fetch_one, reading, request_hash, stored_decision
 from serving.writer import Write, counted_keys
 
 __all__ = [
@@ -296,21 +295,6 @@ def _decide(
     )
 
 
-@contextmanager
-def _reading(engine: Engine) -> Iterator[Connection]:
-    """A connection for the reads of one decision, ended with a commit.
-
-    Not the pool's rollback: psycopg drops every prepared statement of a connection on
-    rollback, and the online feature statement then has to be planned again, about 4 ms
-    on PostgreSQL for each decision (the PostgreSQL serve benchmark fell from 200 to 140
-    decisions a second). A commit of a read-only transaction keeps them. On the driver's
-    connection: the reads ran on its cursor, so SQLAlchemy knows of no transaction to end.
-    """
-    with engine.connect() as conn:
-        yield conn
-        conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]
-
-
 async def _decide_in_store(
     engine: Engine, runtime: Runtime, request: RefundRequest, row: dict[str, Any]
 ) -> Answer:
@@ -322,7 +306,7 @@ async def _decide_in_store(
             await _settled(related)
             continue
         policy, now = runtime.policy, datetime.now(UTC)
-        with _reading(engine) as conn:
+        with reading(engine) as conn:
             found = _look_up(conn, runtime, row, now)
             if isinstance(found, Answer):
                 return found

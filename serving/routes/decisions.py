@@ -13,7 +13,7 @@ from serving.deps import CurrentRuntime, Decider, Reader
 from serving.errors import Conflict, NotFound, PayloadTooLarge, Unavailable, error_body
 from serving.routes.params import PathId
 from serving.schemas import BatchIn, BatchOut, DecisionIn, DecisionOut, ErrorOut
-from serving.stored import stored_decision
+from serving.stored import reading, stored_decision
 
 __all__ = ["decide", "decide_batch", "lookup", "router"]
 
@@ -82,7 +82,7 @@ async def lookup(request_id: PathId, runtime: CurrentRuntime, _: Reader) -> JSON
     engine = runtime.store.available()
     if engine is None:
         raise Unavailable(runtime.store.problem or "the store is unavailable")
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         row = stored_decision(conn, request_id)
     if row is None:
         raise NotFound(f"no decision for request_id {request_id!r}")
