@@ -46,7 +46,7 @@ from riskmodel.engine import Outcome, decide_with_scorer, request_fields
 from riskmodel.policy import Policy
 from serving.errors import Conflict
 from serving.runtime import Models, Runtime
-from serving.stored import fetch_one, reading, request_hash, stored_decision
+from serving.stored import fetch_one, marker, reading, request_hash, stored_decision
 from serving.writer import Write, counted_keys
 
 __all__ = [
@@ -202,8 +202,7 @@ class _Parents:
 
 def _parents(conn: Connection, row: Mapping[str, Any]) -> _Parents | tuple[str, str]:
     """The request's order and user, or (code, message) saying what does not fit."""
-    marker = "%s" if conn.dialect.name == "postgresql" else "?"
-    found = fetch_one(conn, _PARENTS.format(m=marker), (row["order_id"], row["user_id"]))
+    found = fetch_one(conn, _PARENTS.format(m=marker(conn)), (row["order_id"], row["user_id"]))
     assert found is not None  # the outer join always yields its one row
     owner, product, amount, days, account, seller, paid_at, registered = found
     order_id, user_id = row["order_id"], row["user_id"]
@@ -279,20 +278,21 @@ def _decide(
     parents: _Parents,
     policy: Policy,
     now: datetime,
-) -> Write:
-    """Step 4: features, score and policy; the decision to write."""
+) -> tuple[Write, Outcome]:
+    """Step 4: features, score and policy; the decision to write, and the outcome."""
     models = runtime.models
     values = features.online_features(conn, row)
     outcome = decide_with_scorer(
         models.champion, request_fields(request, parents.order), values, policy, decided_at=now
     )
-    return Write(
+    write = Write(
         request=row,
         decision=_outcome_row(outcome, request_hash(row), _shadow(models, values, runtime)),
         seller_id=parents.seller_id,
         payment_account=parents.order.payment_account,
         registered_at=parents.registered_at,
     )
+    return write, outcome
 
 
 async def _decide_in_store(
@@ -315,7 +315,7 @@ async def _decide_in_store(
             related = writer.pending(counted_keys(row, found.order.payment_account))
             if related is None:
                 # No await from here to ``submit``: nothing else is decided in between.
-                step = _decide(conn, runtime, request, row, found, policy, now)
+                step, outcome = _decide(conn, runtime, request, row, found, policy, now)
                 break
         await _settled(related)
     written = await runtime.writer.submit(step)
@@ -326,12 +326,11 @@ async def _decide_in_store(
         )
     if written.decision is None:
         raise RuntimeError("a decision conflicted but none is stored")
-    if written.decision is not step.decision:
+    if written.twin:
         return _replay(written.decision, request_hash(row))
-    score = step.decision["score"]
-    if score is not None:
-        runtime.metrics.scores.observe(score)
-    degraded = "DEGRADED" in {r["code"] for r in json.loads(step.decision["reasons"])}
+    if outcome.score is not None:
+        runtime.metrics.scores.observe(outcome.score)
+    degraded = "DEGRADED" in outcome.codes
     return Answer(render(step.decision, stored=True, replayed=False), degraded=degraded)
 
 

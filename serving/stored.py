@@ -20,6 +20,7 @@ __all__ = [
     "REQUEST_COLUMNS",
     "fetch_one",
     "insert_decision",
+    "marker",
     "reading",
     "request_hash",
     "same_request_stored",
@@ -56,7 +57,8 @@ REQUEST_COLUMNS = (
 )
 
 
-def _marker(conn: Connection) -> str:
+def marker(conn: Connection) -> str:
+    """The driver's parameter placeholder: ``%s`` on PostgreSQL, ``?`` on SQLite."""
     return "%s" if conn.dialect.name == "postgresql" else "?"
 
 
@@ -96,7 +98,7 @@ def stored_decision(conn: Connection, request_id: str) -> dict[str, Any] | None:
     """The decision stored for ``request_id`` as a row dict, or None."""
     found = fetch_one(
         conn,
-        f"SELECT {', '.join(DECISION_COLUMNS)} FROM decisions WHERE request_id = {_marker(conn)}",
+        f"SELECT {', '.join(DECISION_COLUMNS)} FROM decisions WHERE request_id = {marker(conn)}",
         (request_id,),
     )
     return None if found is None else dict(zip(DECISION_COLUMNS, found, strict=True))
@@ -107,7 +109,7 @@ def same_request_stored(conn: Connection, row: Mapping[str, Any]) -> bool:
     found = fetch_one(
         conn,
         f"SELECT {', '.join(REQUEST_COLUMNS)} FROM refund_requests "
-        f"WHERE request_id = {_marker(conn)}",
+        f"WHERE request_id = {marker(conn)}",
         (row["request_id"],),
     )
     return found is not None and request_hash(
@@ -117,10 +119,9 @@ def same_request_stored(conn: Connection, row: Mapping[str, Any]) -> bool:
 
 def insert_decision(conn: Connection, decision: Mapping[str, Any]) -> bool:
     """Insert a decisions row unless one is stored under its id; whether it was inserted."""
-    marker = _marker(conn)
+    placeholders = ", ".join([marker(conn)] * len(DECISION_COLUMNS))
     result = conn.exec_driver_sql(
-        f"INSERT INTO decisions ({', '.join(DECISION_COLUMNS)}) "
-        f"VALUES ({', '.join([marker] * len(DECISION_COLUMNS))}) "
+        f"INSERT INTO decisions ({', '.join(DECISION_COLUMNS)}) VALUES ({placeholders}) "
         "ON CONFLICT (request_id) DO NOTHING",
         tuple(decision[c] for c in DECISION_COLUMNS),
     )

@@ -87,13 +87,14 @@ def counted_keys(
 class Written:
     """What the store holds for a write's request id once its group committed.
 
-    ``decision``: the decisions row stored under the id (this write's, or a twin's that
-    committed first in another process). ``conflict``: the id was in the history already
-    with other details; nothing was written.
+    ``decision``: the decisions row stored under the id: this write's, or, when ``twin``,
+    that of a twin decided in another process that committed first. ``conflict``: the id
+    was in the history already with other details; nothing was written.
     """
 
     decision: Mapping[str, Any] | None
     conflict: bool = False
+    twin: bool = False
 
 
 def _write_one(conn: Connection, write: Write) -> Written:
@@ -109,7 +110,7 @@ def _write_one(conn: Connection, write: Write) -> Written:
     if insert_decision(conn, write.decision):
         return Written(write.decision)
     # A twin decided in another process committed first: its decision is the answer.
-    return Written(stored_decision(conn, str(write.request["request_id"])))
+    return Written(stored_decision(conn, str(write.request["request_id"])), twin=True)
 
 
 @dataclass
