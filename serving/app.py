@@ -21,6 +21,7 @@ from serving.limits import BodyLimit
 from serving.routes import admin, decisions, events, health, reviews, users
 from serving.runtime import Runtime
 from serving.settings import Settings
+from serving.warm import rehearse, settle_heap
 
 __all__ = ["create_app"]
 
@@ -37,6 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime.start(chosen)
+        rehearse(runtime)
+        settle_heap()
         app.state.runtime = runtime
         try:
             yield

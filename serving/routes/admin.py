@@ -11,6 +11,7 @@ from serving.deps import Admin, CurrentRuntime
 from serving.errors import Refused
 from serving.runtime import load_models, load_policy_file
 from serving.schemas import ErrorOut
+from serving.warm import rehearse, settle_heap
 
 __all__ = ["ReloadIn", "reload", "router"]
 
@@ -56,6 +57,8 @@ async def reload(runtime: CurrentRuntime, _: Admin, body: ReloadIn | None = None
         runtime.metrics.reloads.labels("policy", "done").inc()
     if asked.model:
         runtime.metrics.reloads.labels("model", "done").inc()
+        rehearse(runtime)
+        settle_heap()
     runtime.note_state()
     return {
         "policy_version": None if policy is None else policy.version,
