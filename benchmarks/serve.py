@@ -30,7 +30,10 @@ Sections: a fixed rate (200/s for 60 s); a rate ramp, reporting the highest step
 p99 under 50 ms and no error; the same ``request_id`` sent again (the idempotent path), plus
 a burst of simultaneous duplicates of one new request that must all get one decision; and,
 only when asked for, ``memory``: the fixed rate for ``--memory-seconds`` with the server's
-resident memory and the latency of every minute, to see whether memory levels off. A table
+resident memory and the latency of every minute, to see whether memory levels off; its
+requests are not the held-out ones again and again but one per order never refunded
+(``fresh_traffic``), so that no user's history grows without end. Each line prints the
+server's CPU time per request (all its processes, from ``/proc``) beside the client's. A table
 at the end has one row per store and section.
 """
 
@@ -198,7 +201,55 @@ def _aliases(registry: Path) -> dict[str, Any]:
 
 
 def load_traffic(bench: Bench) -> list[dict[str, Any]]:
-    frame = pd.read_parquet(bench.traffic)
+    return _rows(pd.read_parquet(bench.traffic))
+
+
+def fresh_traffic(bench: Bench, count: int, seed: int) -> list[dict[str, Any]]:
+    """``count`` refund requests, one per order never refunded, shaped like the held-out ones.
+
+    Each takes a held-out request of the same product type as its template (reason,
+    channel, days claimed, how long after payment it came) and the order's own user,
+    device, IP and amount. Replaying the 4,007 held-out requests for ten minutes would ask
+    for each of them some 30 times, so their users' histories would grow 30-fold and every
+    minute would be slower than the last for a reason no real traffic has.
+    """
+    rng = np.random.default_rng(seed)
+    held_out = pd.read_parquet(bench.traffic)
+    columns = ["order_id", "user_id", "product_type", "amount", "paid_at", "device_id", "ip"]
+    every = pd.read_parquet(bench.history / "orders.parquet", columns=columns)
+    refunded = pd.read_parquet(bench.history / "refund_requests.parquet", columns=["order_id"])
+    asked = set(refunded["order_id"]) | set(held_out["order_id"])
+    orders = every[~every["order_id"].isin(asked)]
+    if len(orders) < count:
+        raise SystemExit(f"fresh traffic: {count:,} requests asked, {len(orders):,} orders free")
+    chosen = orders.iloc[rng.choice(len(orders), size=count, replace=False)]
+    templates = held_out.merge(every[["order_id", "paid_at", "product_type"]], on="order_id")
+    parts = []
+    for product, group in chosen.groupby("product_type"):
+        pool = templates[templates["product_type"] == product]
+        like = pool.iloc[rng.integers(len(pool), size=len(group))].reset_index(drop=True)
+        group = group.reset_index(drop=True)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "request_id": "",
+                    "order_id": group["order_id"],
+                    "user_id": group["user_id"],
+                    "requested_at": group["paid_at"] + (like["requested_at"] - like["paid_at"]),
+                    "amount": group["amount"],
+                    "reason": like["reason"],
+                    "days_used_claimed": like["days_used_claimed"],
+                    "device_id": group["device_id"],
+                    "ip": group["ip"],
+                    "channel": like["channel"],
+                }
+            )
+        )
+    frame = pd.concat(parts, ignore_index=True)
+    return _rows(frame.iloc[rng.permutation(len(frame))])
+
+
+def _rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for record in frame.to_dict("records"):
         row: dict[str, Any] = {}
@@ -357,6 +408,19 @@ class Server:
         assert self.process is not None
         return sum(_rss_kb(pid) for pid in _tree(self.process.pid)) / 1024
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user and system) the server and its worker processes have used."""
+        assert self.process is not None
+        ticks = sum(_cpu_ticks(pid) for pid in _tree(self.process.pid))
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    async def measured(self, run: Coroutine[Any, Any, Result]) -> Result:
+        """``run``'s result, with the server's CPU time while it ran."""
+        before = self.cpu_seconds()
+        result = await run
+        result.server_cpu_seconds = self.cpu_seconds() - before
+        return result
+
 
 def _free_port() -> int:
     with socket.socket() as probe:
@@ -374,6 +438,15 @@ def _tree(pid: int) -> list[int]:
     for child in children:
         found += _tree(int(child))
     return found
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        # The fields after the command name, which is in parentheses and may hold spaces.
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime, stime
 
 
 def _rss_kb(pid: int) -> int:
@@ -625,6 +698,7 @@ class Result:
     errors: Counter[str]
     cpu_seconds: float
     decisions: Counter[str]
+    server_cpu_seconds: float | None = None
 
     @property
     def ok(self) -> int:
@@ -654,12 +728,17 @@ class Result:
         worst = float(np.max(self.latencies_ms, initial=0))
         lag = float(np.percentile(self.lag_ms, 99))
         per_request_us = self.cpu_seconds / self.sent * 1e6
+        server = (
+            ""
+            if self.server_cpu_seconds is None
+            else f"; server cpu {self.server_cpu_seconds / self.sent * 1e6:,.0f} µs/request"
+        )
         return (
             f"{self.label:<{LABEL}} {self.rate:>7,.0f}/s  sent {self.sent:>7,}  "
             f"done {self.sent / self.seconds:>7,.0f}/s  p50 {self.percentile(50):>7.2f} ms  "
             f"p99 {self.percentile(99):>7.2f} ms  max {worst:>8.2f} ms  errors {errors}{detail}  "
             f"client lag p99 {lag:.1f} ms, client cpu {self.client_cpu:.0%} "
-            f"({per_request_us:.0f} µs/request)"
+            f"({per_request_us:.0f} µs/request){server}"
         )
 
 
@@ -786,8 +865,10 @@ async def fixed_rate(
 ) -> Outcome:
     pool, requests = _pool(server, args), _requests(server, traffic)
     await _warm_up(pool, requests, args)
-    result = await open_loop(
-        pool, requests.named("fixed"), args.rate, args.rate_seconds, _label(server, "fixed")
+    result = await server.measured(
+        open_loop(
+            pool, requests.named("fixed"), args.rate, args.rate_seconds, _label(server, "fixed")
+        )
     )
     pool.close()
     print(result.line())
@@ -811,6 +892,7 @@ async def ramp(server: Server, traffic: list[dict[str, Any]], args: argparse.Nam
     try:
         await _warm_up(pool, requests, args)
         for step, rate in enumerate(args.ramp):
+            cpu = server.cpu_seconds()
             if process_pool is None:
                 result = await open_loop(
                     pool,
@@ -828,6 +910,7 @@ async def ramp(server: Server, traffic: list[dict[str, Any]], args: argparse.Nam
                 ]  # fmt: skip
                 parts = list(process_pool.map(_drive_share, shares))
                 result = _merge(parts, rate, _label(server, "ramp"))
+            result.server_cpu_seconds = server.cpu_seconds() - cpu
             print(result.line(), flush=True)
             first = first or result
             if result.held():
@@ -902,7 +985,13 @@ def _merge(
         errors,
         sum(p.cpu_seconds for p in parts),
         decisions,
+        None if one_after_another is False else _total(p.server_cpu_seconds for p in parts),
     )
+
+
+def _total(values: Iterator[float | None]) -> float | None:
+    found = list(values)
+    return None if any(v is None for v in found) else sum(v for v in found if v is not None)
 
 
 async def repeated(
@@ -918,13 +1007,15 @@ async def repeated(
     def same(_: int, content: bytes) -> str | None:
         return None if _comparable(content) == stored else "a different answer"
 
-    result = await open_loop(
-        pool,
-        lambda _: first_request,
-        args.rate,
-        args.repeat_seconds,
-        _label(server, "same id"),
-        same,
+    result = await server.measured(
+        open_loop(
+            pool,
+            lambda _: first_request,
+            args.rate,
+            args.repeat_seconds,
+            _label(server, "same id"),
+            same,
+        )
     )
     print(result.line())
     # Simultaneous duplicates of one new request: one decision, the same for all.
@@ -951,8 +1042,10 @@ def _comparable(content: bytes) -> str:
 async def memory(
     server: Server, traffic: list[dict[str, Any]], args: argparse.Namespace
 ) -> Outcome:
-    """The fixed rate for a long while: resident memory and latency minute by minute."""
-    requests = _requests(server, traffic)
+    """The fixed rate for a long while: resident memory and latency minute by minute, on
+    fresh traffic (``fresh_traffic``): every request a new order's."""
+    count = math.ceil(args.rate * args.memory_seconds)
+    requests = _requests(server, fresh_traffic(server.bench, count, args.seed))
     minutes = math.ceil(args.memory_seconds / 60)
     start = time.time() + 0.5
     # One schedule cut into minutes: each minute is its own open loop (with its own
@@ -966,12 +1059,14 @@ async def memory(
         minute = open_loop(pool, requests.named(f"mem{m}"), args.rate, seconds, label,
                            start_wall=start + 60 * m)  # fmt: skip
         runs.append(asyncio.create_task(minute))
-    rss = [server.rss_mb()]
+    rss, cpu = [server.rss_mb()], server.cpu_seconds()
     print(f"{_label(server, 'memory'):<{LABEL}} server RSS {rss[0]:.0f} MB at start")
     results = []
     for run, pool in zip(runs, pools, strict=True):
         results.append(await run)
         pool.close()
+        used, cpu = cpu, server.cpu_seconds()
+        results[-1].server_cpu_seconds = cpu - used
         rss.append(server.rss_mb())
         print(f"{results[-1].line()}  server RSS {rss[-1]:.0f} MB", flush=True)
     whole = _merge(results, args.rate, _label(server, "memory"), one_after_another=True)
