@@ -82,7 +82,7 @@ def user_history(runtime: Runtime, user_id: str, limit: int) -> dict[str, Any]:
         return [EVENT_TABLES[table].c[n] for n in columns_of(table)]
 
     mine = select(requests.c.request_id).where(requests.c.user_id == user_id)
-    with _engine(runtime).connect() as conn:
+    with _engine(runtime).begin() as conn:
         user = conn.execute(select(*columns("users")).where(users.c.user_id == user_id)).first()
         found_orders = conn.execute(
             select(*columns("orders"))
@@ -148,7 +148,7 @@ def review_queue(runtime: Runtime, queue: str | None, limit: int) -> dict[str, A
     if queue is not None:
         statement = statement.where(decisions.c.review_queue == queue)
     now = micros(datetime.now(UTC))
-    with _engine(runtime).connect() as conn:
+    with _engine(runtime).begin() as conn:
         rows = conn.execute(statement).all()
     items = [
         {

@@ -112,7 +112,8 @@ class StoreLink:
         if engine is None:
             return self.problem
         try:
-            with engine.connect() as conn:
+            # Ended by a commit, not the rollback of ``connect``: see ``serving.stored.reading``.
+            with engine.begin() as conn:
                 conn.execute(text("SELECT 1"))
         except DBAPIError as exc:
             self.lost(exc)
