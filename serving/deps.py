@@ -29,7 +29,9 @@ _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <key>"
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the key, alone")
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # Async although it awaits nothing: FastAPI runs a plain ``def`` dependency on a worker
+    # thread, a thread hop on every request for one attribute read.
     runtime: Runtime = request.app.state.runtime
     return runtime
 

@@ -6,11 +6,11 @@ Two costs used to land on the first decisions after a start:
   statement and ran the models' first predictions: 15 to 30 ms for the first requests
   instead of 2 to 3. ``rehearse`` runs the read side of the decision path once, on the
   newest stored refund request, and writes nothing.
-- **Python's full garbage collection.** At start the service holds about 200,000 objects
-  (modules, the models, the policy), and a full collection walks all of them: about
-  90 ms here, during which no request is answered. One fell in the first second of
-  traffic, and one every few minutes after. ``settle_heap`` collects once and then
-  freezes what is there (``gc.freeze``): later collections walk only what was made since.
+- **Python's full garbage collection.** At start the service holds some 200,000 objects
+  (modules, the models, the policy), and a full collection walks all of them while no
+  request is answered: 150 to 180 ms over HTTP, a few seconds into the serve
+  benchmark's traffic. ``settle_heap`` collects once and then freezes what is there
+  (``gc.freeze``): later collections walk only what was made since.
   A frozen object is still freed when nothing refers to it any more (reference counting
   is not the collector's job), so the models a reload replaces are released; a reload
   freezes the new ones.
