@@ -7,8 +7,8 @@
 
 Set-up, once, under ``data/bench-serve/`` (reused afterwards): ``riskmodel simulate
 --users 100000 --days 180 --seed 7``; the last ``--holdout-days`` of refund requests are
-kept apart as the traffic, the rest is ingested into SQLite; a model is trained on it and
-promoted; the starter policy; an API key. With ``postgresql`` among ``--backends``, the same
+kept apart, the rest is ingested into SQLite; a model is trained on it and promoted; the
+starter policy; an API key. With ``postgresql`` among ``--backends``, the same
 history is also ingested once into the database ``riskmodel_bench_base`` on
 ``--postgresql-url`` (a PostgreSQL server that lets us create databases). Each section then
 starts from a fresh copy of that store (a file copy for SQLite, ``CREATE DATABASE ...
@@ -18,8 +18,12 @@ each other's decisions. ``--workers`` defaults to serve's own default for each s
 The client is open-loop: request ``i`` is due at ``start + i / rate`` whatever happened to
 the ones before, and its latency is measured from when it was *due*, so a server that falls
 behind shows its queue instead of slowing the client down (which a closed loop would hide).
-Every request is a held-out refund request with a fresh ``request_id``, so each one is a
-new decision: features from the store, the model, the policy, and a durable write.
+Every request is a new decision (features from the store, the model, the policy, and a
+durable write) on an order never asked back before (``fresh_traffic``): each takes a
+held-out request of the same product type as its template and the order's own user,
+device, IP and amount. Sending the held-out requests again under new ids would ask for the
+same orders again and again, which the repeat-refund rule rightly sends to review, and
+would grow those users' histories without end.
 ``lag`` is how late the client itself sent (its own CPU share on a busy machine); when it is
 high, the figures measure the client as much as the server. The client is a few lines of
 HTTP/1.1 over asyncio (uvloop when installed) with keep-alive connections, at most
@@ -30,10 +34,9 @@ Sections: a fixed rate (200/s for 60 s); a rate ramp, reporting the highest step
 p99 under 50 ms and no error; the same ``request_id`` sent again (the idempotent path), plus
 a burst of simultaneous duplicates of one new request that must all get one decision; and,
 only when asked for, ``memory``: the fixed rate for ``--memory-seconds`` with the server's
-resident memory and the latency of every minute, to see whether memory levels off; its
-requests are not the held-out ones again and again but one per order never refunded
-(``fresh_traffic``), so that no user's history grows without end. Each line prints the
-server's CPU time per request (all its processes, from ``/proc``) beside the client's. A table
+resident memory and the latency of every minute, to see whether memory levels off. Each
+line prints the server's CPU time per request (all its processes, from ``/proc``) beside
+the client's. A table
 at the end has one row per store and section.
 """
 
@@ -200,18 +203,12 @@ def _aliases(registry: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def load_traffic(bench: Bench) -> list[dict[str, Any]]:
-    return _rows(pd.read_parquet(bench.traffic))
-
-
 def fresh_traffic(bench: Bench, count: int, seed: int) -> list[dict[str, Any]]:
     """``count`` refund requests, one per order never refunded, shaped like the held-out ones.
 
     Each takes a held-out request of the same product type as its template (reason,
     channel, days claimed, how long after payment it came) and the order's own user,
-    device, IP and amount. Replaying the 4,007 held-out requests for ten minutes would ask
-    for each of them some 30 times, so their users' histories would grow 30-fold and every
-    minute would be slower than the last for a reason no real traffic has.
+    device, IP and amount.
     """
     rng = np.random.default_rng(seed)
     held_out = pd.read_parquet(bench.traffic)
@@ -651,7 +648,8 @@ class Pool:
 
 
 class Requests:
-    """Held-out refund requests as whole HTTP requests, each under a fresh ``request_id``.
+    """Refund requests as whole HTTP requests, each under a fresh ``request_id``, each row
+    used once in turn (``traffic`` is cycled only when used up).
 
     Each row's JSON is encoded once; a request is then its head and the row joined to a new
     ``request_id``, a few bytes' work, so the client's cost is the sending, not JSON.
@@ -666,13 +664,15 @@ class Requests:
             json.dumps({k: v for k, v in row.items() if k != "request_id"})[1:].encode()
             for row in traffic
         ]
+        self.used = 0
 
     def named(self, prefix: str) -> Callable[[int], bytes]:
-        """Request ``i`` with the id ``{prefix}-{i}``."""
+        """Request ``i`` with the id ``{prefix}-{i}``, on the next row not used yet."""
         opening = f'{{"request_id": "{prefix}-'.encode()
 
         def request(i: int) -> bytes:
-            row = self.rows[i % len(self.rows)]
+            row = self.rows[self.used % len(self.rows)]
+            self.used += 1
             body = b'%s%d", %s' % (opening, i, row) if row != b"}" else b'%s%d"}' % (opening, i)
             return b"%sContent-Length: %d\r\n\r\n%s" % (self.head, len(body), body)
 
@@ -908,9 +908,13 @@ async def ramp(server: Server, traffic: list[dict[str, Any]], args: argparse.Nam
                 )
             else:
                 start = time.time() + 0.5
+                # Rows no other client and no other step sends.
+                step_rows = traffic[requests.used : requests.used + int(rate * args.step_seconds)]
+                requests.used += len(step_rows)
                 shares = [
-                    _Share(server.host, server.port, server.key, args.connections, traffic,
-                           f"ramp{step}c{k}", rate / args.clients, args.step_seconds, start)
+                    _Share(server.host, server.port, server.key, args.connections,
+                           step_rows[k :: args.clients], f"ramp{step}c{k}", rate / args.clients,
+                           args.step_seconds, start)
                     for k in range(args.clients)
                 ]  # fmt: skip
                 parts = list(process_pool.map(_drive_share, shares))
@@ -1047,10 +1051,8 @@ def _comparable(content: bytes) -> str:
 async def memory(
     server: Server, traffic: list[dict[str, Any]], args: argparse.Namespace
 ) -> Outcome:
-    """The fixed rate for a long while: resident memory and latency minute by minute, on
-    fresh traffic (``fresh_traffic``): every request a new order's."""
-    count = math.ceil(args.rate * args.memory_seconds)
-    requests = _requests(server, fresh_traffic(server.bench, count, args.seed))
+    """The fixed rate for a long while: resident memory and latency minute by minute."""
+    requests = _requests(server, traffic)
     minutes = math.ceil(args.memory_seconds / 60)
     start = time.time() + 0.5
     # One schedule cut into minutes: each minute is its own open loop (with its own
@@ -1158,6 +1160,19 @@ def _parser() -> argparse.ArgumentParser:
 SECTIONS = {"fixed": fixed_rate, "ramp": ramp, "repeat": repeated, "memory": memory}
 
 
+def _needed(sections: list[str], args: argparse.Namespace) -> int:
+    """Requests the longest of ``sections`` sends (each section starts on a fresh store,
+    so they may send the same ones)."""
+    warm = int(100 * args.warmup_seconds)
+    sends = {
+        "fixed": warm + int(args.rate * args.rate_seconds),
+        "ramp": warm + sum(int(rate * args.step_seconds) for rate in args.ramp),
+        "repeat": 2,
+        "memory": int(args.rate * args.memory_seconds),
+    }
+    return max(sends[name] for name in sections)
+
+
 def main() -> None:
     args = _parser().parse_args()
     # Stopped from outside, still stop the server it started (Server.__exit__).
@@ -1179,10 +1194,10 @@ def main() -> None:
     key = prepare(bench, args.users, args.days, args.seed, args.holdout_days)
     for store in stores:
         store.prepare()
-    traffic = load_traffic(bench)
+    traffic = fresh_traffic(bench, _needed(sections, args), args.seed)
     print(
         f"store: {args.users:,} users x {args.days} days (seed {args.seed}), "
-        f"{len(traffic):,} held-out refund requests as traffic; "
+        f"{len(traffic):,} fresh refund requests as traffic (fresh_traffic); "
         f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}"
     )
     rows = []

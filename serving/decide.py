@@ -46,7 +46,14 @@ from riskmodel.engine import Outcome, decide_with_scorer, request_fields
 from riskmodel.policy import Policy
 from serving.errors import Conflict
 from serving.runtime import Models, Runtime
-from serving.stored import fetch_one, marker, reading, request_hash, stored_decision
+from serving.stored import (
+    fetch_one,
+    marker,
+    order_requests,
+    reading,
+    request_hash,
+    stored_decision,
+)
 from serving.writer import Write, counted_keys
 
 __all__ = [
@@ -279,9 +286,19 @@ def _decide(
     policy: Policy,
     now: datetime,
 ) -> tuple[Write, Outcome]:
-    """Step 4: features, score and policy; the decision to write, and the outcome."""
+    """Step 4: features, score and policy; the decision to write, and the outcome.
+
+    The features count the order's refund requests dated before this one. When the store
+    holds more (one dated after it that arrived first), they all count as the order's
+    earlier refunds: whatever their time, the order has been asked back already, and the
+    order rules must see it (``serving.writer`` checks again as it writes).
+    """
     models = runtime.models
     values = features.online_features(conn, row)
+    siblings = order_requests(conn, row["order_id"], row["request_id"])
+    if len(siblings) > values["order_earlier_refunds"]:
+        values["order_earlier_refunds"] = float(len(siblings))
+        values["order_earlier_refund_amount"] = sum(amount for _, amount in siblings) / 100
     outcome = decide_with_scorer(
         models.champion, request_fields(request, parents.order), values, policy, decided_at=now
     )
@@ -291,6 +308,7 @@ def _decide(
         seller_id=parents.seller_id,
         payment_account=parents.order.payment_account,
         registered_at=parents.registered_at,
+        order_counted=int(values["order_earlier_refunds"]),
     )
     return write, outcome
 
@@ -298,6 +316,38 @@ def _decide(
 async def _decide_in_store(
     engine: Engine, runtime: Runtime, request: RefundRequest, row: dict[str, Any]
 ) -> Answer:
+    while True:
+        decided = await _decide_when_counted(engine, runtime, request, row)
+        if isinstance(decided, Answer):
+            return decided
+        step, outcome = decided
+        written = await runtime.writer.submit(step)
+        if not written.siblings:
+            break
+        # Another worker wrote a request of the order meanwhile: decide again, counting it.
+    if written.conflict:
+        raise Conflict(
+            f"request_id {row['request_id']!r} is already in the history with different "
+            "details; use a new request_id for a new request"
+        )
+    if written.decision is None:
+        raise RuntimeError("a decision conflicted but none is stored")
+    if written.twin:
+        return _replay(written.decision, request_hash(row))
+    if outcome.score is not None:
+        runtime.metrics.scores.observe(outcome.score)
+    degraded = "DEGRADED" in outcome.codes
+    return Answer(render(step.decision, stored=True, replayed=False), degraded=degraded)
+
+
+async def _decide_when_counted(
+    engine: Engine,
+    runtime: Runtime,
+    request: RefundRequest,
+    row: dict[str, Any],
+) -> Answer | tuple[Write, Outcome]:
+    """Steps 2 to 4, once no write the request would be counted with is pending: an
+    answer already, or the decision to write."""
     writer = runtime.writer
     while True:
         # A decision on the same id, user, order, device, IP or payment account still
@@ -315,23 +365,8 @@ async def _decide_in_store(
             related = writer.pending(counted_keys(row, found.order.payment_account))
             if related is None:
                 # No await from here to ``submit``: nothing else is decided in between.
-                step, outcome = _decide(conn, runtime, request, row, found, policy, now)
-                break
+                return _decide(conn, runtime, request, row, found, policy, now)
         await _settled(related)
-    written = await runtime.writer.submit(step)
-    if written.conflict:
-        raise Conflict(
-            f"request_id {row['request_id']!r} is already in the history with different "
-            "details; use a new request_id for a new request"
-        )
-    if written.decision is None:
-        raise RuntimeError("a decision conflicted but none is stored")
-    if written.twin:
-        return _replay(written.decision, request_hash(row))
-    if outcome.score is not None:
-        runtime.metrics.scores.observe(outcome.score)
-    degraded = "DEGRADED" in outcome.codes
-    return Answer(render(step.decision, stored=True, replayed=False), degraded=degraded)
 
 
 async def _settled(related: Awaitable[Any]) -> None:

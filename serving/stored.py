@@ -21,6 +21,7 @@ __all__ = [
     "fetch_one",
     "insert_decision",
     "marker",
+    "order_requests",
     "reading",
     "request_hash",
     "same_request_stored",
@@ -102,6 +103,22 @@ def stored_decision(conn: Connection, request_id: str) -> dict[str, Any] | None:
         (request_id,),
     )
     return None if found is None else dict(zip(DECISION_COLUMNS, found, strict=True))
+
+
+def order_requests(conn: Connection, order_id: str, request_id: str) -> tuple[tuple[str, int], ...]:
+    """The refund requests stored for ``order_id`` other than ``request_id``, as (request
+    id, amount in cents), whatever their time."""
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(
+            "SELECT request_id, amount FROM refund_requests "
+            f"WHERE order_id = {marker(conn)} AND request_id <> {marker(conn)} "
+            "ORDER BY request_id",
+            (order_id, request_id),
+        )
+        return tuple((str(found), int(amount)) for found, amount in cursor.fetchall())
+    finally:
+        cursor.close()
 
 
 def same_request_stored(conn: Connection, row: Mapping[str, Any]) -> bool:

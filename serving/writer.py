@@ -13,6 +13,18 @@ catalogue counts refund requests, decisions or sightings by, sellers aside, see
 ``_EXACT``) are *pending*, and a request sharing one of them is decided only after that
 write commits (``pending``). Requests that share nothing are decided side by side and
 committed as one group.
+
+One more check is made where it can be exact, in the transaction that writes: the
+request's order. Features are as of the request's own time, so a decision counts only
+the refund requests of its order dated before it. A request that arrives after a later
+one of the same order (callers' clocks and queues do not keep order), or at the same
+moment on another worker, would count neither, and could be approved as the order's
+first refund. So each write first looks at the order's other stored requests; if it holds
+more than the decision counted, nothing is written and the caller decides again, counting
+them (``Written.siblings``). Writes of one order are serialized across processes for
+this: SQLite's group transaction takes the write lock when it begins (``BEGIN
+IMMEDIATE``), PostgreSQL's takes an advisory lock per order, in one order, so that two
+groups cannot wait on each other.
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from features import CATALOG
 from features.spec import Aggregate, Entity, Source
 from riskmodel.store import insert_request
-from serving.stored import insert_decision, same_request_stored, stored_decision
+from serving.stored import insert_decision, order_requests, same_request_stored, stored_decision
 
 __all__ = ["DecisionWriter", "Write", "Written", "counted_entities", "counted_keys"]
 
@@ -67,6 +79,7 @@ class Write:
     seller_id: str | None
     payment_account: str | None
     registered_at: int
+    order_counted: int = 0  # refund requests of the order the decision counted
 
     def counted_keys(self) -> frozenset[tuple[str, Any]]:
         return counted_keys(self.request, self.payment_account)
@@ -89,15 +102,32 @@ class Written:
 
     ``decision``: the decisions row stored under the id: this write's, or, when ``twin``,
     that of a twin decided in another process that committed first. ``conflict``: the id
-    was in the history already with other details; nothing was written.
+    was in the history already with other details; nothing was written. ``siblings``:
+    the order holds refund requests the decision did not count, as (request id, amount in
+    cents); nothing was written, and the request is to be decided again counting them.
     """
 
     decision: Mapping[str, Any] | None
     conflict: bool = False
     twin: bool = False
+    siblings: tuple[tuple[str, int], ...] = ()
+
+
+def _lock_orders(conn: Connection, group: Iterable[Write]) -> None:
+    """Hold the orders of ``group`` until the transaction ends, against every other
+    writer (see the module docstring). The first statement of the transaction."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        return
+    for order_id in sorted({str(w.request["order_id"]) for w in group}):
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (order_id,))
 
 
 def _write_one(conn: Connection, write: Write) -> Written:
+    request = write.request
+    siblings = order_requests(conn, str(request["order_id"]), str(request["request_id"]))
+    if len(siblings) > write.order_counted:
+        return Written(None, siblings=siblings)
     inserted = insert_request(
         conn,
         write.request,
@@ -195,6 +225,7 @@ class DecisionWriter:
             raise OperationalError("writing decisions", None, Exception("store unavailable"))
         with engine.connect() as conn:
             try:
+                _lock_orders(conn, group)
                 written = [_write_one(conn, w) for w in group]
                 conn.commit()
                 return list(written)
@@ -209,6 +240,7 @@ class DecisionWriter:
             results: list[Written | BaseException] = []
             for write in group:
                 try:
+                    _lock_orders(conn, [write])
                     results.append(_write_one(conn, write))
                     conn.commit()
                 except DBAPIError as exc:

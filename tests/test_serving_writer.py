@@ -13,12 +13,12 @@ from sqlalchemy import func, select
 
 from riskmodel import store
 from riskmodel.store import EVENT_TABLES, decisions
-from serving.decide import store_row
-from serving.runtime import StoreLink
+from serving.decide import Answer, decide_one, store_row
+from serving.runtime import Runtime, StoreLink
 from serving.schemas import DecisionIn
 from serving.stored import request_hash
 from serving.writer import DecisionWriter, Write, Written
-from tests.test_serving_fixtures import Service, body, load_tiny, service
+from tests.test_serving_fixtures import Service, body, load_tiny, make_settings, service
 
 __all__ = ["service"]
 
@@ -116,7 +116,11 @@ def test_a_write_that_fails_alone_leaves_the_rest_of_its_group_written(
             "request_hash": digest,
             "shadow": None,
         }
-        return Write(row, decided, seller_id=None, payment_account="pa3", registered_at=0)
+        # All of one order: each counts the others, so that the order check lets them by
+        # and what is tested is a failure alone.
+        return Write(
+            row, decided, seller_id=None, payment_account="pa3", registered_at=0, order_counted=9
+        )
 
     async def submit_all() -> list[Written | BaseException]:
         writer = DecisionWriter(lambda: engine)
@@ -170,3 +174,56 @@ def test_the_services_sqlite_log_is_copied_into_the_file_in_small_steps(tmp_path
         link.dispose()
     page = 4096
     assert largest < 200 * (page + 24), largest  # a frame is a page and its header
+
+
+def test_a_refund_of_an_order_asked_again_out_of_time_order_is_not_approved_alone(
+    service: Service,
+) -> None:
+    # The later request is decided first; the earlier one, arriving after it, counts no
+    # earlier refund of the order (features are as of its own time), yet the order has
+    # been asked back already: it must not be approved as if it were the first.
+    later = service.decide(
+        body(request_id="late-first", amount="5.00", requested_at="2026-01-20T12:00:00Z")
+    ).json()
+    earlier = service.decide(body(request_id="early-second", amount="5.00")).json()
+
+    assert not _codes(later) & _REPEAT
+    assert _codes(earlier) & _REPEAT, earlier["reasons"]
+    assert earlier["decision"] != "approve"
+    # Stored as answered: asking again gives the same decision.
+    again = service.decide(body(request_id="early-second", amount="5.00")).json()
+    assert again["replayed"] is True
+    assert again["decision"] == earlier["decision"]
+
+
+def test_two_workers_deciding_one_order_at_the_same_moment_do_not_both_count_nothing(
+    database_url: str, tmp_path: Path
+) -> None:
+    # Two services on one store stand for two workers: neither knows what the other has
+    # pending, and each reads its features before the other's write commits.
+    load_tiny(database_url)
+    settings, _ = make_settings(tmp_path, database_url)
+
+    async def side_by_side() -> list[Answer]:
+        workers = [Runtime.start(settings), Runtime.start(settings)]
+        try:
+            requests = [
+                DecisionIn.model_validate(body(request_id="w1-first", amount="5.00")),
+                DecisionIn.model_validate(
+                    body(request_id="w2-second", amount="5.00", requested_at="2026-01-20T10:01:00Z")
+                ),
+            ]
+            return list(
+                await asyncio.gather(
+                    *(decide_one(w, r) for w, r in zip(workers, requests, strict=True))
+                )
+            )
+        finally:
+            for worker in workers:
+                worker.close()
+
+    answers = asyncio.run(side_by_side())
+
+    assert all(a.body["stored"] for a in answers)
+    flagged = [a.body["request_id"] for a in answers if _codes(a.body) & _REPEAT]
+    assert len(flagged) == 1, [a.body["reasons"] for a in answers]
