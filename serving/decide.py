@@ -10,15 +10,17 @@ The path, in order (each step reads what the one before produced, nothing flows 
    is **not stored** (the history would break its own contract: every stored request's
    order exists and is its user's); the caller streams the missing history and asks
    again with the same ``request_id``;
-4. the online features, the champion's score (contributions only for review and block),
-   the policy (``riskmodel.engine.decide_with_scorer``), the challenger's score in the
-   shadow;
+4. the online features, with every other stored request of the order counted as one of
+   its earlier refunds whatever its time, the champion's score (contributions only for
+   review and block), the policy (``riskmodel.engine.decide_with_scorer``), the
+   challenger's score in the shadow;
 5. the write, by the ``DecisionWriter`` (group commit): the refund request (keyed by
    ``request_id``, so it is counted once in every velocity feature however often it is
    sent) and the decision, committed before the answer leaves; a concurrent twin that
    committed first wins, and this call answers with the twin's decision. A request that
    shares its id or an entity with a decision still being written is decided after that
-   write commits, so that it counts it (``serving.writer``).
+   write commits, so that it counts it; one whose order gained a request meanwhile (on
+   another worker) is decided again (``serving.writer``).
 
 When the store cannot be read the answer is ``review`` with reason ``DEGRADED``, not
 stored (``stored: false``). Without a champion the policy decides without a score: review,
