@@ -32,12 +32,13 @@ cpu``): on a small machine an HTTP library's own cost would take the server's CP
 
 Sections: a fixed rate (200/s for 60 s); a rate ramp, reporting the highest step held with
 p99 under 50 ms and no error; the same ``request_id`` sent again (the idempotent path), plus
-a burst of simultaneous duplicates of one new request that must all get one decision; and,
-only when asked for, ``memory``: the fixed rate for ``--memory-seconds`` with the server's
-resident memory and the latency of every minute, to see whether memory levels off. Each
-line prints the server's CPU time per request (all its processes, from ``/proc``) beside
-the client's. A table
-at the end has one row per store and section.
+a burst of simultaneous duplicates of one new request that must all get one decision. Only
+when asked for: ``memory``, the fixed rate for ``--memory-seconds`` with the server's
+resident memory and the latency of every minute, to see whether memory levels off; and
+``floor``, run once: ``benchmarks/floor_app.py`` (FastAPI with the same request body and
+nothing behind it) at the fixed rate and at 2,000/s, to read the decision's cost against.
+Each line prints the server's CPU time per request (all its processes, from ``/proc``)
+beside the client's. A table at the end has one row per store and section.
 """
 
 from __future__ import annotations
@@ -365,11 +366,14 @@ class PostgresqlStore:
 class Server:
     """``riskmodel serve`` on a fresh copy of the base store, as a child process."""
 
-    def __init__(self, bench: Bench, store: Store, workers: int | None, key: str) -> None:
+    def __init__(
+        self, bench: Bench, store: Store, workers: int | None, key: str, floor: bool = False
+    ) -> None:
         self.bench = bench
         self.store = store
         self.workers = workers
         self.key = key
+        self.floor = floor  # serve benchmarks/floor_app.py instead: no store, no model
         self.port = _free_port()
         self.host = "127.0.0.1"
         self.base = f"http://{self.host}:{self.port}"
@@ -384,6 +388,10 @@ class Server:
         ]  # fmt: skip
         if self.workers is not None:
             argv += ["--workers", str(self.workers)]
+        if self.floor:
+            argv = [sys.executable, "-m", "uvicorn", "floor_app:app", "--app-dir",
+                    str(ROOT / "benchmarks"), "--port", str(self.port),
+                    "--log-level", "warning", "--no-access-log"]  # fmt: skip
         self.process = subprocess.Popen(argv, cwd=ROOT)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -850,7 +858,7 @@ class Outcome:
 
 
 def _label(server: Server, what: str) -> str:
-    return f"{server.store.name} {what}"
+    return f"{'none' if server.floor else server.store.name} {what}"
 
 
 def _pool(server: Server, args: argparse.Namespace) -> Pool:
@@ -1157,7 +1165,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-SECTIONS = {"fixed": fixed_rate, "ramp": ramp, "repeat": repeated, "memory": memory}
+async def floor(server: Server, traffic: list[dict[str, Any]], args: argparse.Namespace) -> Outcome:
+    """``benchmarks/floor_app.py`` at the fixed rate and at 2,000/s: what HTTP, FastAPI and
+    the request body cost without any of the decision's work."""
+    pool, requests = _pool(server, args), _requests(server, traffic)
+    await _warm_up(pool, requests, args)
+    results = []
+    for rate in (args.rate, 2000.0):
+        result = await server.measured(
+            open_loop(pool, requests.named(f"floor{rate:.0f}"), rate, args.step_seconds,
+                      _label(server, "floor"))
+        )  # fmt: skip
+        print(result.line(), flush=True)
+        results.append(result)
+    pool.close()
+    last = results[-1]
+    per_request = (last.server_cpu_seconds or 0.0) / last.sent * 1e6
+    return Outcome(last, f"no store, no model: {per_request:,.0f} µs of CPU a request")
+
+
+SECTIONS = {
+    "fixed": fixed_rate,
+    "ramp": ramp,
+    "repeat": repeated,
+    "memory": memory,
+    "floor": floor,
+}
 
 
 def _needed(sections: list[str], args: argparse.Namespace) -> int:
@@ -1169,6 +1202,7 @@ def _needed(sections: list[str], args: argparse.Namespace) -> int:
         "ramp": warm + sum(int(rate * args.step_seconds) for rate in args.ramp),
         "repeat": 2,
         "memory": int(args.rate * args.memory_seconds),
+        "floor": warm + int((args.rate + 2000) * args.step_seconds),
     }
     return max(sends[name] for name in sections)
 
@@ -1201,9 +1235,12 @@ def main() -> None:
         f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}"
     )
     rows = []
+    if "floor" in sections:
+        rows.append(_section(bench, stores[0], "floor", key, traffic, args))
     for store in stores:
         for name in sections:
-            rows.append(_section(bench, store, name, key, traffic, args))
+            if name != "floor":
+                rows.append(_section(bench, store, name, key, traffic, args))
     _summary(rows)
 
 
@@ -1217,14 +1254,15 @@ def _section(
 ) -> Row:
     from serving.commands import default_workers
 
-    with Server(bench, store, args.workers, key) as server:
-        workers = args.workers or default_workers(f"{store.name}://")
-        print(f"-- {store.name}, {name}, {workers} worker(s)", flush=True)
+    floor = name == "floor"
+    with Server(bench, store, None if floor else args.workers, key, floor=floor) as server:
+        workers = 1 if floor else args.workers or default_workers(f"{store.name}://")
+        print(f"-- {'none' if floor else store.name}, {name}, {workers} worker(s)", flush=True)
         rss = server.rss_mb()
         outcome: Outcome = run_async(SECTIONS[name](server, traffic, args))
         end = server.rss_mb()
         print(f"{'':<{LABEL}} server RSS {rss:.0f} MB at start, {end:.0f} MB at end")
-    return Row(store.name, name, workers, outcome, (rss, end))
+    return Row("none" if floor else store.name, name, workers, outcome, (rss, end))
 
 
 if __name__ == "__main__":
