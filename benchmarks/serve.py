@@ -209,31 +209,40 @@ def fresh_traffic(bench: Bench, count: int, seed: int) -> list[dict[str, Any]]:
 
     Each takes a held-out request of the same product type as its template (reason,
     channel, days claimed, how long after payment it came) and the order's own user,
-    device, IP and amount.
+    device, IP and amount. A claim the order's records contradict (``_contradicted``) is
+    kept only where its template's was contradicted too: otherwise an honest template's
+    "not delivered" lands on a code credited before the request, which the hard rules
+    block, and the traffic would hold ten times the held-out share of such claims.
     """
     rng = np.random.default_rng(seed)
     held_out = pd.read_parquet(bench.traffic)
-    columns = ["order_id", "user_id", "product_type", "amount", "paid_at", "device_id", "ip"]
+    columns = ["order_id", "user_id", "product_type", "amount", "paid_at", "device_id", "ip",
+               "redeemed_at"]  # fmt: skip
     every = pd.read_parquet(bench.history / "orders.parquet", columns=columns)
     refunded = pd.read_parquet(bench.history / "refund_requests.parquet", columns=["order_id"])
     asked = set(refunded["order_id"]) | set(held_out["order_id"])
     orders = every[~every["order_id"].isin(asked)]
-    if len(orders) < count:
-        raise SystemExit(f"fresh traffic: {count:,} requests asked, {len(orders):,} orders free")
-    chosen = orders.iloc[rng.choice(len(orders), size=count, replace=False)]
-    templates = held_out.merge(every[["order_id", "paid_at", "product_type"]], on="order_id")
+    # Twice as many as asked: some are dropped below.
+    chosen = orders.iloc[rng.choice(len(orders), size=min(len(orders), 2 * count), replace=False)]
+    templates = held_out.merge(
+        every[["order_id", "paid_at", "product_type", "redeemed_at"]], on="order_id"
+    )
+    templates["contradicted"] = _contradicted(templates, templates["requested_at"])
     parts = []
     for product, group in chosen.groupby("product_type"):
         pool = templates[templates["product_type"] == product]
         like = pool.iloc[rng.integers(len(pool), size=len(group))].reset_index(drop=True)
         group = group.reset_index(drop=True)
+        requested_at = group["paid_at"] + (like["requested_at"] - like["paid_at"])
+        fresh = group.assign(reason=like["reason"])
+        keep = (_contradicted(fresh, requested_at) == like["contradicted"]).to_numpy()
         parts.append(
             pd.DataFrame(
                 {
                     "request_id": "",
                     "order_id": group["order_id"],
                     "user_id": group["user_id"],
-                    "requested_at": group["paid_at"] + (like["requested_at"] - like["paid_at"]),
+                    "requested_at": requested_at,
                     "amount": group["amount"],
                     "reason": like["reason"],
                     "days_used_claimed": like["days_used_claimed"],
@@ -241,10 +250,23 @@ def fresh_traffic(bench: Bench, count: int, seed: int) -> list[dict[str, Any]]:
                     "ip": group["ip"],
                     "channel": like["channel"],
                 }
-            )
+            )[keep]
         )
     frame = pd.concat(parts, ignore_index=True)
-    return _rows(frame.iloc[rng.permutation(len(frame))])
+    if len(frame) < count:
+        raise SystemExit(f"fresh traffic: {count:,} requests asked, {len(frame):,} could be made")
+    return _rows(frame.iloc[rng.permutation(len(frame))[:count]])
+
+
+def _contradicted(requests: pd.DataFrame, requested_at: pd.Series) -> pd.Series:
+    """Claims the order's own records deny: a card code said invalid, or game currency said
+    not delivered, after it was redeemed (credited)."""
+    redeemed = requests["redeemed_at"].notna() & (requests["redeemed_at"] < requested_at)
+    product, reason = requests["product_type"], requests["reason"]
+    claims = ((product == "card_code") & (reason == "invalid_code")) | (
+        (product == "game_currency") & (reason == "not_delivered")
+    )
+    return (claims & redeemed).fillna(False).astype(bool)
 
 
 def _rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
