@@ -90,8 +90,6 @@ def user_history(runtime: Runtime, user_id: str, limit: int) -> dict[str, Any]:
             .order_by(orders.c.paid_at.desc())
             .limit(limit)
         ).all()
-        if user is None and not found_orders:
-            raise NotFound(f"no user {user_id!r} in the history")
         found_requests = conn.execute(
             select(*columns("refund_requests"))
             .where(requests.c.user_id == user_id)
@@ -110,6 +108,10 @@ def user_history(runtime: Runtime, user_id: str, limit: int) -> dict[str, Any]:
             .order_by(labels.c.labeled_at.desc())
             .limit(limit)
         ).all()
+    # Raised once the reads are committed: a rollback would drop the connection's prepared
+    # statements on PostgreSQL (``serving.stored.reading``).
+    if user is None and not found_orders:
+        raise NotFound(f"no user {user_id!r} in the history")
     return {
         "user": None if user is None else _event("users", user),
         "orders": [_event("orders", r) for r in found_orders],
