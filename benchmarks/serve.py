@@ -1024,7 +1024,7 @@ def _merge(
         errors,
         sum(p.cpu_seconds for p in parts),
         decisions,
-        None if one_after_another is False else _total(p.server_cpu_seconds for p in parts),
+        _total(p.server_cpu_seconds for p in parts) if one_after_another else None,
     )
 
 

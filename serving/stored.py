@@ -65,10 +65,18 @@ def marker(conn: Connection) -> str:
 
 def fetch_one(conn: Connection, sql: str, parameters: tuple[Any, ...]) -> Any:
     """One row of a read (``?`` placeholders on SQLite, ``%s`` on PostgreSQL), or None."""
+    rows = _fetch(conn, sql, parameters, many=False)
+    return rows[0] if rows else None
+
+
+def _fetch(conn: Connection, sql: str, parameters: tuple[Any, ...], *, many: bool) -> list[Any]:
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(sql, parameters)
-        return cursor.fetchone()
+        if many:
+            return list(cursor.fetchall())
+        found = cursor.fetchone()
+        return [] if found is None else [found]
     finally:
         cursor.close()
 
@@ -108,17 +116,14 @@ def stored_decision(conn: Connection, request_id: str) -> dict[str, Any] | None:
 def order_requests(conn: Connection, order_id: str, request_id: str) -> tuple[tuple[str, int], ...]:
     """The refund requests stored for ``order_id`` other than ``request_id``, as (request
     id, amount in cents), whatever their time."""
-    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(
-            "SELECT request_id, amount FROM refund_requests "
-            f"WHERE order_id = {marker(conn)} AND request_id <> {marker(conn)} "
-            "ORDER BY request_id",
-            (order_id, request_id),
-        )
-        return tuple((str(found), int(amount)) for found, amount in cursor.fetchall())
-    finally:
-        cursor.close()
+    rows = _fetch(
+        conn,
+        "SELECT request_id, amount FROM refund_requests "
+        f"WHERE order_id = {marker(conn)} AND request_id <> {marker(conn)} ORDER BY request_id",
+        (order_id, request_id),
+        many=True,
+    )
+    return tuple((str(found), int(amount)) for found, amount in rows)
 
 
 def same_request_stored(conn: Connection, row: Mapping[str, Any]) -> bool:

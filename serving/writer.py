@@ -79,7 +79,7 @@ class Write:
     seller_id: str | None
     payment_account: str | None
     registered_at: int
-    order_counted: int = 0  # refund requests of the order the decision counted
+    order_counted: int  # refund requests of the order the decision counted
 
     def counted_keys(self) -> frozenset[tuple[str, Any]]:
         return counted_keys(self.request, self.payment_account)
