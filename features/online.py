@@ -15,6 +15,7 @@ numpy functions the offline engine runs, called on one row.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -39,7 +40,7 @@ from sqlalchemy import (
 from features.catalog import CATALOG
 from features.history import ORDER_COLUMNS, request_entity
 from features.offline import _with_inputs
-from features.spec import HOUR, Agg, Aggregate, Context, Derived, Entity, Feature, Source, Type
+from features.spec import HOUR, Agg, Aggregate, Context, Derived, Entity, Source, Type
 from riskmodel.store import ABUSE_KEYS, EVENT_TABLES, SIGHTED, abuse_changes, decisions, sightings
 
 __all__ = ["online_features"]
@@ -61,58 +62,119 @@ def _key(entity: Entity) -> Any:
 def online_features(
     conn: Connection, request: Mapping[str, Any], names: Sequence[str] | None = None
 ) -> dict[str, Any]:
-    """Features of one refund request, in store units (``requested_at`` in microseconds,
+    """Features of one request, in store units (``requested_at`` in microseconds,
     ``amount`` in cents), from what the store holds strictly before ``requested_at``.
 
     The request itself need not be stored. Numbers come back as floats (NaN is null),
     categories as strings or None.
     """
-    chosen = tuple(CATALOG) if names is None else tuple(names)
+    plan = _plan(tuple(CATALOG) if names is None else tuple(names))
     columns = _request_columns(conn, request)
     t = int(request["requested_at"])
-    wanted, groups = _plan(chosen)
     parameters: dict[str, Any] = {"t": t}
     asked = []
-    for source, entity in groups:
+    for index, entity in enumerate(plan.entities):
         key = request_entity(columns, entity)[0]
         if key is None or (isinstance(key, float) and np.isnan(key)):
-            for aggregate in groups[source, entity]:
-                columns[aggregate.name] = np.array([np.nan])
-            continue
+            continue  # every aggregate of the group stays null
         parameters[f"key_{entity.value}"] = key
-        asked.append((source, entity, groups[source, entity]))
+        asked.append(index)
+    values = np.full(len(plan.aggregates), np.nan)
     if asked:
         # Every group in one statement: one round trip to the database, not one per group.
-        row = _run(conn, _combined(tuple(asked)), parameters)
-        aggregates = [a for _, _, group in asked for a in group]
-        for aggregate, value in zip(aggregates, row, strict=True):
-            columns[aggregate.name] = np.array([_finish(aggregate, value, t)])
-    for feature in wanted:
-        if isinstance(feature, Context | Derived):
-            columns[feature.name] = feature.compute(columns)
-    return {name: _scalar(CATALOG[name], columns[name][0]) for name in chosen}
+        query = plan.query(tuple(asked))
+        values[query.positions] = query.finish(_run(conn, query.statement, parameters), t)
+    for position, aggregate in enumerate(plan.aggregates):
+        columns[aggregate.name] = values[position : position + 1]
+    for feature in plan.computed:
+        columns[feature.name] = feature.compute(columns)
+    return {
+        name: _category(levels, columns[name][0]) if levels is not None else float(columns[name][0])
+        for name, levels in plan.outputs
+    }
+
+
+@dataclass(frozen=True)
+class _Query:
+    """The statement for some groups of a plan, and how to finish its one row."""
+
+    statement: Select[Any]
+    positions: np.ndarray  # where each column of the row goes among the plan's aggregates
+    zero_when_null: np.ndarray  # counts and sums: no event is 0, not null
+    cents: np.ndarray  # money summed in cents, answered in currency units
+    hours_since: np.ndarray  # the latest event's time, answered as hours before ``t``
+
+    def finish(self, row: Sequence[Any], t: int) -> np.ndarray:
+        """The row as feature values (the driver's None is NaN, a PostgreSQL sum a Decimal)."""
+        values = np.array(row, dtype=float)
+        values[self.zero_when_null & np.isnan(values)] = 0.0
+        values[self.cents] /= 100
+        values[self.hours_since] = (t - values[self.hours_since]) / HOUR
+        return values
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What ``online_features`` computes for a choice of features, worked out once.
+
+    ``entities`` and ``groups`` hold one (source, entity) group of aggregates each, in
+    the order of ``aggregates``; ``computed`` are the context and derived features in
+    the order they depend on each other; ``outputs`` are the names answered, each with
+    its category levels (None for a number).
+    """
+
+    aggregates: tuple[Aggregate, ...]
+    entities: tuple[Entity, ...]
+    groups: tuple[tuple[Source, Entity, tuple[Aggregate, ...]], ...]
+    computed: tuple[Context | Derived, ...]
+    outputs: tuple[tuple[str, tuple[str, ...] | None], ...]
+    _queries: dict[tuple[int, ...], _Query] = field(default_factory=dict, compare=False)
+
+    def query(self, asked: tuple[int, ...]) -> _Query:
+        """The statement for the groups at ``asked`` (the others have no key)."""
+        if asked not in self._queries:
+            chosen = tuple(self.groups[i] for i in asked)
+            order = {a.name: i for i, a in enumerate(self.aggregates)}
+            read = [a for _, _, group in chosen for a in group]
+            kinds = [a.agg for a in read]
+            self._queries[asked] = _Query(
+                _combined(chosen),
+                np.array([order[a.name] for a in read], dtype=np.intp),
+                np.array([k not in (Agg.MAX, Agg.HOURS_SINCE_LAST) for k in kinds]),
+                np.array([a.in_currency for a in read]),
+                np.array([k is Agg.HOURS_SINCE_LAST for k in kinds]),
+            )
+        return self._queries[asked]
 
 
 @cache
-def _plan(
-    names: tuple[str, ...],
-) -> tuple[list[Feature], dict[tuple[Source, Entity], tuple[Aggregate, ...]]]:
-    """What to compute for ``names``, and its aggregates grouped into one query each."""
+def _plan(names: tuple[str, ...]) -> _Plan:
     wanted = _with_inputs(names)
-    groups: dict[tuple[Source, Entity], list[Aggregate]] = {}
+    grouped: dict[tuple[Source, Entity], list[Aggregate]] = {}
     for feature in wanted:
         if isinstance(feature, Aggregate):
-            groups.setdefault((feature.source, feature.entity), []).append(feature)
-    return wanted, {key: tuple(group) for key, group in groups.items()}
+            grouped.setdefault((feature.source, feature.entity), []).append(feature)
+    groups = tuple((s, e, tuple(group)) for (s, e), group in grouped.items())
+    outputs: list[tuple[str, tuple[str, ...] | None]] = []
+    for name in names:
+        feature = CATALOG[name]
+        if feature.type is Type.CATEGORY:
+            # A value outside the declared levels is unknown, as offline (build_features).
+            outputs.append((name, feature.levels if isinstance(feature, Context) else ()))
+        else:
+            outputs.append((name, None))
+    return _Plan(
+        aggregates=tuple(a for _, _, group in groups for a in group),
+        entities=tuple(e for _, e, _ in groups),
+        groups=groups,
+        computed=tuple(f for f in wanted if isinstance(f, Context | Derived)),
+        outputs=tuple(outputs),
+    )
 
 
-def _scalar(feature: Aggregate | Context | Derived, value: Any) -> Any:
-    if feature.type is Type.CATEGORY:
-        # A value outside the declared levels is unknown, as offline (build_features).
-        levels = feature.levels if isinstance(feature, Context) else ()
-        known = isinstance(value, str) and (not levels or value in levels)
-        return value if known else None
-    return float(value)
+def _category(levels: tuple[str, ...], value: Any) -> str | None:
+    known = isinstance(value, str) and (not levels or value in levels)
+    return value if known else None
 
 
 def _request_columns(conn: Connection, request: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -182,15 +244,6 @@ _COMPILED: dict[tuple[Select[Any], str], tuple[str, tuple[str, ...], dict[str, A
 
 def _number(value: Any) -> float:
     return np.nan if value is None else float(value)
-
-
-def _finish(aggregate: Aggregate, value: Any, t: int) -> float:
-    if aggregate.agg is Agg.HOURS_SINCE_LAST:
-        return np.nan if value is None else (t - int(value)) / HOUR
-    if aggregate.agg is Agg.MAX:
-        return np.nan if value is None else float(value)
-    total = 0.0 if value is None else float(value)
-    return total / 100 if aggregate.in_currency else total
 
 
 @cache
