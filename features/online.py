@@ -41,7 +41,16 @@ from features.catalog import CATALOG
 from features.history import ORDER_COLUMNS, request_entity
 from features.offline import _with_inputs
 from features.spec import HOUR, Agg, Aggregate, Context, Derived, Entity, Source, Type
-from riskmodel.store import ABUSE_KEYS, EVENT_TABLES, SIGHTED, abuse_changes, decisions, sightings
+from riskmodel.store import (
+    ABUSE_KEYS,
+    EVENT_TABLES,
+    SIGHTED,
+    TILE_US,
+    abuse_changes,
+    decisions,
+    seller_days,
+    sightings,
+)
 
 __all__ = ["online_features"]
 
@@ -72,6 +81,8 @@ def online_features(
     columns = _request_columns(conn, request)
     t = int(request["requested_at"])
     parameters: dict[str, Any] = {"t": t}
+    for window in plan.tiled_windows:
+        parameters.update(_tile_bounds(t, window))
     asked = []
     for index, entity in enumerate(plan.entities):
         key = request_entity(columns, entity)[0]
@@ -128,6 +139,7 @@ class _Plan:
     groups: tuple[tuple[Source, Entity, tuple[Aggregate, ...]], ...]
     computed: tuple[Context | Derived, ...]
     outputs: tuple[tuple[str, tuple[str, ...] | None], ...]
+    tiled_windows: tuple[int, ...]  # the windows of groups read from ``seller_days``
     _queries: dict[tuple[int, ...], _Query] = field(default_factory=dict, compare=False)
 
     def query(self, asked: tuple[int, ...]) -> _Query:
@@ -169,6 +181,17 @@ def _plan(names: tuple[str, ...]) -> _Plan:
         groups=groups,
         computed=tuple(f for f in wanted if isinstance(f, Context | Derived)),
         outputs=tuple(outputs),
+        tiled_windows=tuple(
+            sorted(
+                {
+                    a.window
+                    for s, e, group in groups
+                    if _tiled(s, e, group)
+                    for a in group
+                    if a.window is not None
+                }
+            )
+        ),
     )
 
 
@@ -268,6 +291,8 @@ def _query(source: Source, entity: Entity, group: tuple[Aggregate, ...]) -> Sele
         return _sightings_query(entity, group)
     if source is Source.ABUSE:
         return _abuse_query(entity, group)
+    if _tiled(source, entity, group):
+        return _tiled_query(source, group)
     if source is Source.ORDERS:
         table, time, value = _orders, _orders.c.paid_at, _orders.c.amount
         key_column = _orders.c[entity.value]
@@ -357,3 +382,74 @@ def _abuse_query(entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any]:
         changes.entity == _key(entity),
         changes.labeled_at < _T,
     )
+
+
+def _tiled(source: Source, entity: Entity, group: tuple[Aggregate, ...]) -> bool:
+    """Whether the group is read from the sellers' daily counts (``seller_days``): counts
+    over a window, of every event or of one refund reason."""
+    return (
+        entity is Entity.SELLER
+        and source in (Source.ORDERS, Source.REFUNDS)
+        and all(
+            a.agg is Agg.COUNT
+            and a.window is not None
+            and (a.where is None or (source is Source.REFUNDS and a.where[0] == "reason"))
+            for a in group
+        )
+    )
+
+
+def _tile_bounds(t: int, window: int) -> dict[str, int]:
+    """Where the window before ``t`` splits: whole days ``[tiles_from, tiles_to)`` counted
+    from the tiles, the part days before and after them from the events. A window with no
+    whole day, or reaching before the epoch, is read from the events alone."""
+    start = t - window
+    first, last = -(-start // TILE_US), t // TILE_US
+    if start < 0 or first > last:
+        first = last = 0
+        head_end = tail_start = t
+    else:
+        head_end, tail_start = first * TILE_US, last * TILE_US
+    return {
+        f"tiles_from_{window}": first,
+        f"tiles_to_{window}": last,
+        f"head_end_{window}": head_end,
+        f"tail_start_{window}": tail_start,
+    }
+
+
+def _tiled_query(source: Source, group: tuple[Aggregate, ...]) -> Select[Any]:
+    """The group's counts as whole days' tiles plus the events of the part days at each end
+    of the window (``_tile_bounds``): a few hundred rows for any seller, however large."""
+    if source is Source.ORDERS:
+        table, time, key_column = _orders, _orders.c.paid_at, _orders.c.seller_id
+    else:
+        table, time, key_column = _refunds, _refunds.c.requested_at, _refunds.c.order_seller_id
+    key, tiles = _key(Entity.SELLER), seller_days.c
+    expressions = []
+    for aggregate in group:
+        window = aggregate.window
+        assert window is not None  # _tiled
+        days = select(func.coalesce(func.sum(tiles.n), 0)).where(
+            tiles.source == table.name,
+            tiles.seller_id == key,
+            tiles.day >= bindparam(f"tiles_from_{window}", type_=BigInteger),
+            tiles.day < bindparam(f"tiles_to_{window}", type_=BigInteger),
+        )
+        head = select(func.count()).where(
+            key_column == key,
+            time >= _T - window,
+            time < bindparam(f"head_end_{window}", type_=BigInteger),
+        )
+        tail = select(func.count()).where(
+            key_column == key,
+            time >= bindparam(f"tail_start_{window}", type_=BigInteger),
+            time < _T,
+        )
+        if aggregate.where is not None:
+            days = days.where(tiles.reason == aggregate.where[1])
+            head = head.where(table.c.reason == aggregate.where[1])
+            tail = tail.where(table.c.reason == aggregate.where[1])
+        total = days.scalar_subquery() + head.scalar_subquery() + tail.scalar_subquery()
+        expressions.append(total.label(aggregate.name))
+    return select(*expressions)

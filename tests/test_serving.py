@@ -348,14 +348,19 @@ def test_derived_data_written_by_decisions_equals_a_rebuild(service: Service) ->
     for i, (device, ip) in enumerate([("d9", "10.9.9.9"), ("d2", None), (None, "10.0.0.7")]):
         request = body(request_id=f"s{i}", device_id=device, ip=ip)
         assert service.decide(request).json()["stored"] is True
+    on_seller = body(request_id="s3", order_id="o3", user_id="u2", reason="invalid_code")
+    assert service.decide(on_seller).json()["stored"] is True
     engine = store.open_store(service.settings.database_url)
-    sightings = store.sightings
+    sightings, days = store.sightings, store.seller_days
     order = [sightings.c.entity_kind, sightings.c.entity, sightings.c.user_id]
     try:
         with engine.begin() as conn:
             written = conn.execute(select(sightings).order_by(*order)).all()
             store.refresh_sightings(conn, None)
             rebuilt = conn.execute(select(sightings).order_by(*order)).all()
+            days_written = conn.execute(select(days).order_by(*days.primary_key.columns)).all()
+            store.refresh_seller_days(conn, None)
+            days_rebuilt = conn.execute(select(days).order_by(*days.primary_key.columns)).all()
             copies = conn.execute(
                 select(_requests.c.order_seller_id, _requests.c.order_payment_account).where(
                     _requests.c.request_id == "s0"
@@ -364,6 +369,10 @@ def test_derived_data_written_by_decisions_equals_a_rebuild(service: Service) ->
     finally:
         engine.dispose()
     assert written == rebuilt
+    assert days_written == days_rebuilt
+    assert ("refund_requests", "s2", "invalid_code") in {
+        (row.source, row.seller_id, row.reason) for row in days_written
+    }
     assert tuple(copies) == (None, "pa3")  # o4 has no seller, pays from pa3
 
 

@@ -220,6 +220,7 @@ def test_a_version_1_store_is_migrated_in_place(database_url: str, tiny_dir: Pat
             conn.exec_driver_sql(f"ALTER TABLE refund_requests DROP COLUMN {column}")
         store.sightings.drop(conn)
         store.abuse_changes.drop(conn)
+        store.seller_days.drop(conn)
         conn.exec_driver_sql("ALTER TABLE decisions DROP COLUMN policy_hash")
         conn.execute(update(store.schema_info).values(version=1))
     engine.dispose()
@@ -235,6 +236,12 @@ def test_a_version_1_store_is_migrated_in_place(database_url: str, tiny_dir: Pat
         ("r3", "s2", "pa3"),
     ]
     assert ("ip", "10.0.0.1", "u1") in {row[:3] for row in _sightings(engine)}
+    assert {(row[0], row[1]) for row in _seller_days(engine)} == {
+        ("orders", "s1"),
+        ("orders", "s2"),
+        ("refund_requests", "s1"),
+        ("refund_requests", "s2"),
+    }
     with engine.connect() as conn:  # decisions gained the policy's hash
         assert conn.execute(select(store.decisions.c.policy_hash)).all() == []
     engine.dispose()
@@ -268,3 +275,47 @@ def test_sightings_follow_corrections_and_match_a_rebuild(engine: Engine) -> Non
     assert after == _sightings(engine)
     assert after != before
     assert any(row[:2] == ("device_id", "d-corrected") for row in after)
+
+
+def _seller_days(engine: Engine) -> list[tuple[object, ...]]:
+    with engine.connect() as conn:
+        return [
+            tuple(row)
+            for row in conn.execute(
+                select(store.seller_days).order_by(*store.seller_days.primary_key.columns)
+            )
+        ]
+
+
+def test_seller_days_follow_corrections_and_match_a_rebuild(engine: Engine) -> None:
+    tables = _normalised()
+    with engine.begin() as conn:
+        for name in ("users", "orders", "refund_requests"):
+            store.upsert(conn, name, tables[name])
+    before = _seller_days(engine)
+    # A corrected order moves to another seller and another day; its refund requests'
+    # counts move with it, and a corrected request moves to another day and reason.
+    orders = tables["orders"].copy()
+    moved = orders.loc[0, "order_id"]
+    orders.loc[0, "seller_id"] = "s-corrected"
+    orders.loc[0, "paid_at"] = orders.loc[0, "paid_at"] - 3 * store.TILE_US
+    requests = tables["refund_requests"].copy()
+    requests.loc[len(requests) - 1, "reason"] = "other"
+    requests.loc[len(requests) - 1, "requested_at"] += store.TILE_US
+    with engine.begin() as conn:
+        store.upsert(conn, "orders", orders)
+        store.upsert(conn, "refund_requests", requests)
+    after = _seller_days(engine)
+    with engine.begin() as conn:
+        store.refresh_seller_days(conn, None)
+
+    assert after == _seller_days(engine)
+    assert after != before
+    assert ("orders", "s-corrected") in {(row[0], row[1]) for row in after}
+    asked_on_moved = (requests["order_id"] == moved).sum()
+    on_corrected = sum(
+        int(row[4]) for row in after if row[0] == "refund_requests" and row[1] == "s-corrected"
+    )
+    assert on_corrected == asked_on_moved
+    sold = orders["seller_id"].notna().sum()  # o4 has no seller
+    assert sum(int(row[4]) for row in after if row[0] == "orders") == sold
