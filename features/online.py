@@ -35,6 +35,7 @@ from sqlalchemy import (
     literal,
     select,
     true,
+    union_all,
 )
 
 from features.catalog import CATALOG
@@ -49,6 +50,7 @@ from riskmodel.store import (
     abuse_changes,
     decisions,
     seller_days,
+    sighting_days,
     sightings,
 )
 
@@ -83,6 +85,7 @@ def online_features(
     parameters: dict[str, Any] = {"t": t}
     for window in plan.tiled_windows:
         parameters.update(_tile_bounds(t, window))
+    parameters.update(_sighting_bounds(t))
     asked = []
     for index, entity in enumerate(plan.entities):
         key = request_entity(columns, entity)[0]
@@ -357,18 +360,45 @@ def _refund_key(entity: Entity) -> Any:
 
 
 def _sightings_query(entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any]:
-    """Users first seen on the entity before ``t``: a range of the store's sightings index."""
+    """Users first seen on the entity before ``t``: the whole days' tiles of the store's
+    ``sighting_days`` before ``t``'s day, and the sightings of that day up to ``t``
+    (``_sighting_bounds``), a few hundred rows at most for any IP, however public."""
     if entity.value not in SIGHTED:
         raise ValueError(f"the store keeps no sightings of {entity.value}")
-    expressions = [
-        (func.count() if a.agg is Agg.COUNT else func.max(sightings.c.registered_at)).label(a.name)
-        for a in group
-    ]
-    return select(*expressions).where(
-        sightings.c.entity_kind == entity.value,
-        sightings.c.entity == _key(entity),
-        sightings.c.first_seen_at < _T,
+    tiles, seen, key = sighting_days.c, sightings.c, _key(entity)
+    parts = union_all(
+        select(tiles.users.label("n"), tiles.newest_registration.label("newest")).where(
+            tiles.entity_kind == entity.value,
+            tiles.entity == key,
+            tiles.day < bindparam("sighting_tiles_to", type_=BigInteger),
+        ),
+        select(literal(1).label("n"), seen.registered_at.label("newest")).where(
+            seen.entity_kind == entity.value,
+            seen.entity == key,
+            seen.first_seen_at < bindparam("sighting_head_end", type_=BigInteger),
+        ),
+        select(literal(1).label("n"), seen.registered_at.label("newest")).where(
+            seen.entity_kind == entity.value,
+            seen.entity == key,
+            seen.first_seen_at >= bindparam("sighting_tail_start", type_=BigInteger),
+            seen.first_seen_at < _T,
+        ),
+    ).subquery()
+    return select(
+        *[
+            (func.sum(parts.c.n) if a.agg is Agg.COUNT else func.max(parts.c.newest)).label(a.name)
+            for a in group
+        ]
     )
+
+
+def _sighting_bounds(t: int) -> dict[str, int]:
+    """Where the history before ``t`` splits for the sightings: before the epoch (never
+    tiled), the whole days' tiles, ``t``'s own day."""
+    if t < 0:
+        return {"sighting_head_end": t, "sighting_tiles_to": 0, "sighting_tail_start": t}
+    day = t // TILE_US
+    return {"sighting_head_end": 0, "sighting_tiles_to": day, "sighting_tail_start": day * TILE_US}
 
 
 def _abuse_query(entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any]:

@@ -361,6 +361,11 @@ def test_derived_data_written_by_decisions_equals_a_rebuild(service: Service) ->
             days_written = conn.execute(select(days).order_by(*days.primary_key.columns)).all()
             store.refresh_seller_days(conn, None)
             days_rebuilt = conn.execute(select(days).order_by(*days.primary_key.columns)).all()
+            seen_days = store.sighting_days
+            tiles = seen_days.primary_key.columns
+            seen_written = conn.execute(select(seen_days).order_by(*tiles)).all()
+            store.refresh_sighting_days(conn, None)
+            seen_rebuilt = conn.execute(select(seen_days).order_by(*tiles)).all()
             copies = conn.execute(
                 select(_requests.c.order_seller_id, _requests.c.order_payment_account).where(
                     _requests.c.request_id == "s0"
@@ -370,6 +375,8 @@ def test_derived_data_written_by_decisions_equals_a_rebuild(service: Service) ->
         engine.dispose()
     assert written == rebuilt
     assert days_written == days_rebuilt
+    assert seen_written == seen_rebuilt
+    assert ("ip", "10.9.9.9") in {(row.entity_kind, row.entity) for row in seen_written}
     assert ("refund_requests", "s2", "invalid_code") in {
         (row.source, row.seller_id, row.reason) for row in days_written
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -221,6 +222,7 @@ def test_a_version_1_store_is_migrated_in_place(database_url: str, tiny_dir: Pat
         store.sightings.drop(conn)
         store.abuse_changes.drop(conn)
         store.seller_days.drop(conn)
+        store.sighting_days.drop(conn)
         conn.exec_driver_sql("ALTER TABLE decisions DROP COLUMN policy_hash")
         conn.execute(update(store.schema_info).values(version=1))
     engine.dispose()
@@ -236,6 +238,7 @@ def test_a_version_1_store_is_migrated_in_place(database_url: str, tiny_dir: Pat
         ("r3", "s2", "pa3"),
     ]
     assert ("ip", "10.0.0.1", "u1") in {row[:3] for row in _sightings(engine)}
+    assert _tiles_of(_sightings(engine)) == _table(engine, store.sighting_days)
     assert {(row[0], row[1]) for row in _seller_days(engine)} == {
         ("orders", "s1"),
         ("orders", "s2"),
@@ -275,6 +278,56 @@ def test_sightings_follow_corrections_and_match_a_rebuild(engine: Engine) -> Non
     assert after == _sightings(engine)
     assert after != before
     assert any(row[:2] == ("device_id", "d-corrected") for row in after)
+    assert _tiles_of(after) == _table(engine, store.sighting_days)
+
+
+def _table(engine: Engine, table: Any) -> list[tuple[object, ...]]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(table).order_by(*table.primary_key.columns))
+        return [tuple(row) for row in rows]
+
+
+def _tiles_of(sightings: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
+    """``sighting_days`` as it should be for these sightings, counted here in Python."""
+    tiles: dict[tuple[object, ...], list[int]] = {}
+    for kind, entity, _user, first_seen, registered in sightings:
+        tile = tiles.setdefault((kind, entity, int(first_seen) // store.TILE_US), [0, 0])
+        tile[0], tile[1] = tile[0] + 1, max(tile[1], int(registered))
+    return sorted((*key, users, newest) for key, (users, newest) in tiles.items())
+
+
+def test_sighting_days_follow_decisions_written_out_of_order(engine: Engine) -> None:
+    tables = _normalised()
+    with engine.begin() as conn:
+        for name in ("users", "orders", "refund_requests"):
+            store.upsert(conn, name, tables[name])
+    user = tables["users"].iloc[0]
+    late, early = (int(pd.Timestamp(day).value // 1000) for day in ("2026-01-20", "2026-01-10"))
+    with engine.begin() as conn:
+        for request_id, at in (("new-ip", late), ("earlier-on-it", early)):
+            row = {
+                "request_id": request_id,
+                "order_id": "o1",
+                "user_id": user["user_id"],
+                "requested_at": at,
+                "amount": 100,
+                "reason": "unused",
+                "days_used_claimed": None,
+                "device_id": None,
+                "ip": "10.5.5.5",
+                "channel": "app",
+            }
+            registered = int(user["registered_at"])
+            store.insert_request(
+                conn, row, seller_id="s1", payment_account="pa1", registered_at=registered
+            )
+    written = _table(engine, store.sighting_days)
+    with engine.begin() as conn:
+        store.refresh_sighting_days(conn, None)
+
+    assert written == _table(engine, store.sighting_days) == _tiles_of(_sightings(engine))
+    on_new_ip = [row for row in written if row[:2] == ("ip", "10.5.5.5")]
+    assert [row[2:4] for row in on_new_ip] == [(early // store.TILE_US, 1)]
 
 
 def _seller_days(engine: Engine) -> list[tuple[object, ...]]:
