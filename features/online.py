@@ -2,8 +2,11 @@
 
 Each (source, entity) group of aggregates becomes one SQL query that folds every window
 and filter of the group in a single pass over the entity's events before the request
-(an index range scan on ``(entity, time)``). Context and derived formulas are the same
-numpy functions the offline engine runs, called on one row.
+(an index range scan on ``(entity, time)``). Two kinds of group would read without bound
+for a large entity, and read the store's daily tiles instead: a seller's windowed counts
+(``seller_days``) and the users seen on a device, IP or payment account
+(``sighting_days``); neither then reads more than a day's events. Context and derived
+formulas are the same numpy functions the offline engine runs, called on one row.
 
     >>> from features.online import online_features
     >>> from riskmodel.store import open_store
@@ -73,7 +76,7 @@ def _key(entity: Entity) -> Any:
 def online_features(
     conn: Connection, request: Mapping[str, Any], names: Sequence[str] | None = None
 ) -> dict[str, Any]:
-    """Features of one request, in store units (``requested_at`` in microseconds,
+    """Features of one refund request, in store units (``requested_at`` in microseconds,
     ``amount`` in cents), from what the store holds strictly before ``requested_at``.
 
     The request itself need not be stored. Numbers come back as floats (NaN is null),

@@ -243,7 +243,11 @@ abuse_changes = Table(
 )
 
 TILE_US = 86_400_000_000
-"""The width of a ``seller_days`` tile: one UTC day, in microseconds."""
+"""The width of a ``seller_days`` or ``sighting_days`` tile: one UTC day, in microseconds."""
+
+# Written out, not bound: PostgreSQL groups by the day only if the select list's and the
+# GROUP BY's expressions are the same text.
+_TILE = literal_column(str(TILE_US), BigInteger)
 
 # Each seller's orders and refund requests counted per UTC day (refund requests per reason
 # too; an order's reason is ''). "The seller's orders in the 30 days before T" is then the
@@ -253,10 +257,6 @@ TILE_US = 86_400_000_000
 # feature query. Events before the epoch are not tiled (``features.online`` never asks
 # tiles for them). Maintained on every write of orders and refund requests, and rebuilt
 # from them whenever in doubt, like the sightings.
-# Written out, not bound: PostgreSQL groups by the day only if the select list's and the
-# GROUP BY's expressions are the same text.
-_TILE = literal_column(str(TILE_US), BigInteger)
-
 seller_days = Table(
     "seller_days",
     metadata,
@@ -447,7 +447,7 @@ class Stale:
     days: SellerDays | None = field(default_factory=set)
 
     def add(
-        self, users: set[str] | None, requests: set[str] | None, days: SellerDays | None = None
+        self, users: set[str] | None, requests: set[str] | None, days: SellerDays | None
     ) -> None:
         self.users = None if users is None or self.users is None else self.users | users
         self.requests = (
@@ -490,7 +490,8 @@ def upsert(conn: Connection, table: str, frame: pd.DataFrame, stale: Stale | Non
     if written:
         if days is not None and target.name in _TILED_SOURCES:
             # And after: a corrected order's new seller and day need their tiles redone.
-            days |= _days_touched(conn, target, frame) or set()
+            after = _days_touched(conn, target, frame)
+            days = None if after is None else days | after
         pending = Stale() if stale is None else stale
         pending.add(
             users if table in _SIGHTING_SOURCES else set(),
@@ -670,18 +671,7 @@ def refresh_sighting_days(conn: Connection, tiles: Iterable[tuple[str, str, int]
     if wanted is None:
         conn.execute(sighting_days.delete())
     else:
-        suffix = " ON COMMIT DROP" if conn.dialect.name == "postgresql" else ""
-        conn.exec_driver_sql(
-            "CREATE TEMPORARY TABLE IF NOT EXISTS touched_sighting_days (entity_kind "
-            "VARCHAR(32), entity VARCHAR(128), day BIGINT, PRIMARY KEY (entity_kind, entity, "
-            f"day)){suffix}"
-        )
-        staged = _touched_sighting_days
-        conn.execute(staged.delete())
-        marker = "%s" if conn.dialect.name == "postgresql" else "?"
-        sql = f"INSERT INTO touched_sighting_days VALUES ({marker}, {marker}, {marker})"
-        for chunk in _chunks(wanted, _CHUNK):
-            conn.exec_driver_sql(sql, chunk)
+        staged = _stage_rows(conn, _touched_sighting_days, wanted)
         tile = tuple_(sighting_days.c.entity_kind, sighting_days.c.entity, sighting_days.c.day)
         conn.execute(sighting_days.delete().where(tile.in_(select(*staged.c))))
         # Each staged tile's sightings: one range of the sightings index.
@@ -732,16 +722,24 @@ def _clear(conn: Connection, derived: Table, column: str, keys: list[str] | None
 
 def _stage(conn: Connection, keys: list[str]) -> Any:
     """Put ``keys`` in the connection's temporary table; a select of them."""
+    return select(_stage_rows(conn, _touched, [(key,) for key in keys]).c.key)
+
+
+def _stage_rows(conn: Connection, staging: Table, rows: list[tuple[Any, ...]]) -> Table:
+    """Put ``rows`` in the connection's temporary table ``staging``, emptied first; it."""
     suffix = " ON COMMIT DROP" if conn.dialect.name == "postgresql" else ""
+    columns = ", ".join(f"{c.name} {c.type.compile(conn.dialect)}" for c in staging.columns)
+    key = ", ".join(c.name for c in staging.primary_key.columns)
     conn.exec_driver_sql(
-        f"CREATE TEMPORARY TABLE IF NOT EXISTS touched_keys (key VARCHAR(128) PRIMARY KEY){suffix}"
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging.name} "
+        f"({columns}, PRIMARY KEY ({key})){suffix}"
     )
-    conn.execute(_touched.delete())
+    conn.execute(staging.delete())
     marker = "%s" if conn.dialect.name == "postgresql" else "?"
-    sql = f"INSERT INTO touched_keys (key) VALUES ({marker})"
-    for chunk in _chunks([(key,) for key in keys], _CHUNK):
+    sql = f"INSERT INTO {staging.name} VALUES ({', '.join([marker] * len(staging.columns))})"
+    for chunk in _chunks(rows, _CHUNK):
         conn.exec_driver_sql(sql, chunk)
-    return select(_touched.c.key)
+    return staging
 
 
 def refresh_abuse_changes(conn: Connection, requests: Iterable[str] | None) -> None:
@@ -816,7 +814,7 @@ def refresh_seller_days(conn: Connection, days: Iterable[tuple[str, int]] | None
     if wanted is None:
         conn.execute(seller_days.delete())
     else:
-        staged = _stage_days(conn, wanted)
+        staged = _stage_rows(conn, _touched_days, wanted)
         pair = tuple_(seller_days.c.seller_id, seller_days.c.day)
         conn.execute(seller_days.delete().where(pair.in_(select(*staged.c))))
     counts = []
@@ -843,21 +841,6 @@ def refresh_seller_days(conn: Connection, days: Iterable[tuple[str, int]] | None
     )
 
 
-def _stage_days(conn: Connection, days: list[tuple[str, int]]) -> Table:
-    """Put ``days`` in the connection's temporary table of tiles; the table."""
-    suffix = " ON COMMIT DROP" if conn.dialect.name == "postgresql" else ""
-    conn.exec_driver_sql(
-        "CREATE TEMPORARY TABLE IF NOT EXISTS touched_days "
-        f"(seller_id VARCHAR(128), day BIGINT, PRIMARY KEY (seller_id, day)){suffix}"
-    )
-    conn.execute(_touched_days.delete())
-    marker = "%s" if conn.dialect.name == "postgresql" else "?"
-    sql = f"INSERT INTO touched_days (seller_id, day) VALUES ({marker}, {marker})"
-    for chunk in _chunks(days, _CHUNK):
-        conn.exec_driver_sql(sql, chunk)
-    return _touched_days
-
-
 def insert_request(
     conn: Connection,
     row: Mapping[str, Any],
@@ -871,9 +854,10 @@ def insert_request(
     The serving path's write: ``upsert`` with its derived data, for one new row, without
     pandas (a one-row ``upsert`` costs milliseconds). The caller has read the request's
     order (``seller_id``, ``payment_account``) and user (``registered_at``). A new request
-    has no label yet, so only the sightings and the seller's day change: the user is now
-    seen on the request's device and IP and the order's payment account, no later than
-    ``requested_at``, and the seller's tile of that day counts one more request. Returns
+    has no label yet, so only the sightings and the day tiles change: the user is now seen
+    on the request's device and IP and the order's payment account, no later than
+    ``requested_at`` (``sighting_days`` follows), and the seller's tile of that day counts
+    one more request. Returns
     False, writing nothing, when the id is stored already. Runs in the caller's transaction.
     """
     marker = "%s" if conn.dialect.name == "postgresql" else "?"
