@@ -24,7 +24,10 @@ more than the decision counted, nothing is written and the caller decides again,
 them (``Written.siblings``). Writes of one order are serialized across processes for
 this: SQLite's group transaction takes the write lock when it begins (``BEGIN
 IMMEDIATE``), PostgreSQL's takes an advisory lock per order, in one order, so that two
-groups cannot wait on each other.
+groups cannot wait on each other. It takes one per user too: a write asks whether its
+user was seen on the request's device, IP and payment account before, to count a new
+user in the day's tile once (``riskmodel.store.insert_request``), and two workers
+writing one user at the same moment would both find none.
 """
 
 from __future__ import annotations
@@ -113,14 +116,16 @@ class Written:
     siblings: tuple[tuple[str, int], ...] = ()
 
 
-def _lock_orders(conn: Connection, group: Iterable[Write]) -> None:
-    """Hold the orders of ``group`` until the transaction ends, against every other
-    writer (see the module docstring). The first statement of the transaction."""
+def _lock(conn: Connection, group: Iterable[Write]) -> None:
+    """Hold the orders and users of ``group`` until the transaction ends, against every
+    other writer (see the module docstring). The first statement of the transaction."""
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql("BEGIN IMMEDIATE")
         return
-    for order_id in sorted({str(w.request["order_id"]) for w in group}):
-        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (order_id,))
+    held = {f"order {w.request['order_id']}" for w in group}
+    held |= {f"user {w.request['user_id']}" for w in group}
+    for key in sorted(held):
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (key,))
 
 
 def _write_one(conn: Connection, write: Write) -> Written:
@@ -225,7 +230,7 @@ class DecisionWriter:
             raise OperationalError("writing decisions", None, Exception("store unavailable"))
         with engine.connect() as conn:
             try:
-                _lock_orders(conn, group)
+                _lock(conn, group)
                 written = [_write_one(conn, w) for w in group]
                 conn.commit()
                 return list(written)
@@ -240,7 +245,7 @@ class DecisionWriter:
             results: list[Written | BaseException] = []
             for write in group:
                 try:
-                    _lock_orders(conn, [write])
+                    _lock(conn, [write])
                     results.append(_write_one(conn, write))
                     conn.commit()
                 except DBAPIError as exc:

@@ -227,3 +227,43 @@ def test_two_workers_deciding_one_order_at_the_same_moment_do_not_both_count_not
     assert all(a.body["stored"] for a in answers)
     flagged = [a.body["request_id"] for a in answers if _codes(a.body) & _REPEAT]
     assert len(flagged) == 1, [a.body["reasons"] for a in answers]
+
+
+def test_two_workers_seeing_one_user_on_a_new_ip_at_the_same_moment_count_it_once(
+    database_url: str, tmp_path: Path
+) -> None:
+    # Each write asks whether its user was seen on the IP before, and counts a new user in
+    # the day's tile. Two workers writing the same user at once must not both find none.
+    load_tiny(database_url)
+    settings, _ = make_settings(tmp_path, database_url)
+
+    async def side_by_side() -> list[Answer]:
+        workers = [Runtime.start(settings), Runtime.start(settings)]
+        try:
+            requests = [
+                DecisionIn.model_validate(body(request_id=f"ip-{order}", order_id=order, ip=ip))
+                for order, ip in (("o3", "10.7.7.7"), ("o4", "10.7.7.7"))
+            ]
+            return list(
+                await asyncio.gather(
+                    *(decide_one(w, r) for w, r in zip(workers, requests, strict=True))
+                )
+            )
+        finally:
+            for worker in workers:
+                worker.close()
+
+    answers = asyncio.run(side_by_side())
+
+    assert all(a.body["stored"] for a in answers)
+    engine = store.open_store(database_url)
+    try:
+        with engine.begin() as conn:
+            tiles = store.sighting_days
+            on_ip = select(tiles).where(tiles.c.entity == "10.7.7.7")
+            written = conn.execute(on_ip).all()
+            store.refresh_sighting_days(conn, None)
+            assert conn.execute(on_ip).all() == written
+    finally:
+        engine.dispose()
+    assert [row.users for row in written] == [1]
