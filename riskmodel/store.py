@@ -75,9 +75,11 @@ __all__ = [
     "TILE_US",
     "SellerDays",
     "Stale",
+    "TileCounts",
     "abuse_changes",
     "analyze",
     "columns_of",
+    "count_in_tiles",
     "create_database",
     "decisions",
     "drop_everything",
@@ -841,6 +843,22 @@ def refresh_seller_days(conn: Connection, days: Iterable[tuple[str, int]] | None
     )
 
 
+@dataclass
+class TileCounts:
+    """What a transaction's new refund requests add to the day tiles, applied together and
+    in one order of keys by ``count_in_tiles``: tile rows are shared by every writer, and
+    two transactions updating two of them in opposite orders would deadlock.
+
+    ``sellers``: requests per (seller, day, reason). ``sightings``: new users and the
+    newest registration among them per (entity kind, entity, day). ``moved``: tiles to
+    recount, of users now first seen earlier than the store knew.
+    """
+
+    sellers: dict[tuple[str, int, str], int] = field(default_factory=dict)
+    sightings: dict[tuple[str, str, int], tuple[int, int]] = field(default_factory=dict)
+    moved: set[tuple[str, str, int]] = field(default_factory=set)
+
+
 def insert_request(
     conn: Connection,
     row: Mapping[str, Any],
@@ -848,6 +866,7 @@ def insert_request(
     seller_id: str | None,
     payment_account: str | None,
     registered_at: int,
+    tiles: TileCounts,
 ) -> bool:
     """Insert one refund request (store form) unless its ``request_id`` is already stored.
 
@@ -856,9 +875,10 @@ def insert_request(
     order (``seller_id``, ``payment_account``) and user (``registered_at``). A new request
     has no label yet, so only the sightings and the day tiles change: the user is now seen
     on the request's device and IP and the order's payment account, no later than
-    ``requested_at`` (``sighting_days`` follows), and the seller's tile of that day counts
-    one more request. Returns
-    False, writing nothing, when the id is stored already. Runs in the caller's transaction.
+    ``requested_at``, and the seller's tile of that day counts one more request. The tiles'
+    changes are added to ``tiles``, for the caller to apply (``count_in_tiles``) before it
+    commits. Returns False, writing nothing, when the id is stored already. Runs in the
+    caller's transaction.
     """
     marker = "%s" if conn.dialect.name == "postgresql" else "?"
     names = [*columns_of("refund_requests"), *DERIVED["refund_requests"]]
@@ -884,36 +904,51 @@ def insert_request(
     for kind in SIGHTED:
         if seen[kind] is None:
             continue
+        entity = str(seen[kind])
         before = conn.exec_driver_sql(
             f"SELECT first_seen_at FROM sightings WHERE entity_kind = {marker} "
             f"AND entity = {marker} AND user_id = {marker}",
-            (kind, seen[kind], user),
+            (kind, entity, user),
         ).scalar()
         if before is not None and before <= at:
             continue  # seen there already, and earlier: nothing changes
-        conn.exec_driver_sql(sighting, (kind, seen[kind], user, at, registered_at))
+        conn.exec_driver_sql(sighting, (kind, entity, user, at, registered_at))
         if before is None and at >= 0:
-            conn.exec_driver_sql(
-                "INSERT INTO sighting_days (entity_kind, entity, day, users, "
-                f"newest_registration) VALUES ({marker}, {marker}, {marker}, 1, {marker}) "
-                "ON CONFLICT (entity_kind, entity, day) DO UPDATE SET users = "
-                "sighting_days.users + 1, newest_registration = CASE WHEN "
-                "excluded.newest_registration > sighting_days.newest_registration THEN "
-                "excluded.newest_registration ELSE sighting_days.newest_registration END",
-                (kind, seen[kind], at // TILE_US, registered_at),
-            )
+            tile = (kind, entity, at // TILE_US)
+            users, newest = tiles.sightings.get(tile, (0, registered_at))
+            tiles.sightings[tile] = (users + 1, max(newest, registered_at))
         elif before is not None:
             # First seen earlier than known (a request dated before): both days change.
-            moved = {(kind, str(seen[kind]), day // TILE_US) for day in (before, at) if day >= 0}
-            refresh_sighting_days(conn, moved)
-    if seller_id is not None and row["requested_at"] >= 0:
+            tiles.moved |= {(kind, entity, day // TILE_US) for day in (before, at) if day >= 0}
+    if seller_id is not None and at >= 0:
+        tile_key = (seller_id, at // TILE_US, str(row["reason"]))
+        tiles.sellers[tile_key] = tiles.sellers.get(tile_key, 0) + 1
+    return True
+
+
+def count_in_tiles(conn: Connection, tiles: TileCounts) -> None:
+    """Apply ``tiles`` (see ``TileCounts``), each table's rows in the order of their keys."""
+    marker = "%s" if conn.dialect.name == "postgresql" else "?"
+    for (seller, day, reason), n in sorted(tiles.sellers.items()):
         conn.exec_driver_sql(
             "INSERT INTO seller_days (source, seller_id, day, reason, n) "
-            f"VALUES ('refund_requests', {marker}, {marker}, {marker}, 1) "
-            "ON CONFLICT (source, seller_id, day, reason) DO UPDATE SET n = seller_days.n + 1",
-            (seller_id, row["requested_at"] // TILE_US, row["reason"]),
+            f"VALUES ('refund_requests', {marker}, {marker}, {marker}, {marker}) "
+            "ON CONFLICT (source, seller_id, day, reason) DO UPDATE "
+            "SET n = seller_days.n + excluded.n",
+            (seller, day, reason, n),
         )
-    return True
+    for (kind, entity, day), (users, newest) in sorted(tiles.sightings.items()):
+        conn.exec_driver_sql(
+            "INSERT INTO sighting_days (entity_kind, entity, day, users, newest_registration) "
+            f"VALUES ({marker}, {marker}, {marker}, {marker}, {marker}) "
+            "ON CONFLICT (entity_kind, entity, day) DO UPDATE SET users = "
+            "sighting_days.users + excluded.users, newest_registration = CASE WHEN "
+            "excluded.newest_registration > sighting_days.newest_registration THEN "
+            "excluded.newest_registration ELSE sighting_days.newest_registration END",
+            (kind, entity, day, users, newest),
+        )
+    # After the counts: a recount reads the sightings as they now are, its own included.
+    refresh_sighting_days(conn, tiles.moved)
 
 
 def _fill_statement(target: Table, *, by: str | None = "request_id") -> Any:

@@ -44,7 +44,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from features import CATALOG
 from features.spec import Aggregate, Entity, Source
-from riskmodel.store import insert_request
+from riskmodel.store import TileCounts, count_in_tiles, insert_request
 from serving.stored import insert_decision, order_requests, same_request_stored, stored_decision
 
 __all__ = ["DecisionWriter", "Write", "Written", "counted_entities", "counted_keys"]
@@ -128,7 +128,15 @@ def _lock(conn: Connection, group: Iterable[Write]) -> None:
         conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (key,))
 
 
-def _write_one(conn: Connection, write: Write) -> Written:
+def _write_all(conn: Connection, group: list[Write]) -> list[Written]:
+    """The group's writes, then their day tiles (in one order: see ``TileCounts``)."""
+    tiles = TileCounts()
+    written = [_write_one(conn, write, tiles) for write in group]
+    count_in_tiles(conn, tiles)
+    return written
+
+
+def _write_one(conn: Connection, write: Write, tiles: TileCounts) -> Written:
     request = write.request
     siblings = order_requests(conn, str(request["order_id"]), str(request["request_id"]))
     if len(siblings) > write.order_counted:
@@ -139,6 +147,7 @@ def _write_one(conn: Connection, write: Write) -> Written:
         seller_id=write.seller_id,
         payment_account=write.payment_account,
         registered_at=write.registered_at,
+        tiles=tiles,
     )
     if not inserted and not same_request_stored(conn, write.request):
         return Written(None, conflict=True)
@@ -231,7 +240,7 @@ class DecisionWriter:
         with engine.connect() as conn:
             try:
                 _lock(conn, group)
-                written = [_write_one(conn, w) for w in group]
+                written = _write_all(conn, group)
                 conn.commit()
                 return list(written)
             except (OperationalError, InterfaceError):
@@ -246,7 +255,7 @@ class DecisionWriter:
             for write in group:
                 try:
                     _lock(conn, [write])
-                    results.append(_write_one(conn, write))
+                    results.extend(_write_all(conn, [write]))
                     conn.commit()
                 except DBAPIError as exc:
                     conn.rollback()

@@ -318,9 +318,16 @@ def test_sighting_days_follow_decisions_written_out_of_order(engine: Engine) -> 
                 "channel": "app",
             }
             registered = int(user["registered_at"])
+            tiles = store.TileCounts()
             store.insert_request(
-                conn, row, seller_id="s1", payment_account="pa1", registered_at=registered
+                conn,
+                row,
+                seller_id="s1",
+                payment_account="pa1",
+                registered_at=registered,
+                tiles=tiles,
             )
+            store.count_in_tiles(conn, tiles)
     written = _table(engine, store.sighting_days)
     with engine.begin() as conn:
         store.refresh_sighting_days(conn, None)
