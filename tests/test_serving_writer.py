@@ -196,33 +196,42 @@ def test_a_refund_of_an_order_asked_again_out_of_time_order_is_not_approved_alon
     assert again["decision"] == earlier["decision"]
 
 
-def test_two_workers_deciding_one_order_at_the_same_moment_do_not_both_count_nothing(
-    database_url: str, tmp_path: Path
-) -> None:
-    # Two services on one store stand for two workers: neither knows what the other has
-    # pending, and each reads its features before the other's write commits.
+def _on_two_workers(
+    database_url: str, tmp_path: Path, requests: list[dict[str, Any]]
+) -> list[Answer]:
+    """Two services on one store, standing for two workers, each deciding one of
+    ``requests`` at the same moment: neither knows what the other has pending, and each
+    reads before the other's write commits."""
     load_tiny(database_url)
     settings, _ = make_settings(tmp_path, database_url)
 
     async def side_by_side() -> list[Answer]:
         workers = [Runtime.start(settings), Runtime.start(settings)]
         try:
-            requests = [
-                DecisionIn.model_validate(body(request_id="w1-first", amount="5.00")),
-                DecisionIn.model_validate(
-                    body(request_id="w2-second", amount="5.00", requested_at="2026-01-20T10:01:00Z")
-                ),
-            ]
+            bodies = [DecisionIn.model_validate(r) for r in requests]
             return list(
                 await asyncio.gather(
-                    *(decide_one(w, r) for w, r in zip(workers, requests, strict=True))
+                    *(decide_one(w, b) for w, b in zip(workers, bodies, strict=True))
                 )
             )
         finally:
             for worker in workers:
                 worker.close()
 
-    answers = asyncio.run(side_by_side())
+    return asyncio.run(side_by_side())
+
+
+def test_two_workers_deciding_one_order_at_the_same_moment_do_not_both_count_nothing(
+    database_url: str, tmp_path: Path
+) -> None:
+    answers = _on_two_workers(
+        database_url,
+        tmp_path,
+        [
+            body(request_id="w1-first", amount="5.00"),
+            body(request_id="w2-second", amount="5.00", requested_at="2026-01-20T10:01:00Z"),
+        ],
+    )
 
     assert all(a.body["stored"] for a in answers)
     flagged = [a.body["request_id"] for a in answers if _codes(a.body) & _REPEAT]
@@ -234,26 +243,11 @@ def test_two_workers_seeing_one_user_on_a_new_ip_at_the_same_moment_count_it_onc
 ) -> None:
     # Each write asks whether its user was seen on the IP before, and counts a new user in
     # the day's tile. Two workers writing the same user at once must not both find none.
-    load_tiny(database_url)
-    settings, _ = make_settings(tmp_path, database_url)
-
-    async def side_by_side() -> list[Answer]:
-        workers = [Runtime.start(settings), Runtime.start(settings)]
-        try:
-            requests = [
-                DecisionIn.model_validate(body(request_id=f"ip-{order}", order_id=order, ip=ip))
-                for order, ip in (("o3", "10.7.7.7"), ("o4", "10.7.7.7"))
-            ]
-            return list(
-                await asyncio.gather(
-                    *(decide_one(w, r) for w, r in zip(workers, requests, strict=True))
-                )
-            )
-        finally:
-            for worker in workers:
-                worker.close()
-
-    answers = asyncio.run(side_by_side())
+    answers = _on_two_workers(
+        database_url,
+        tmp_path,
+        [body(request_id=f"ip-{order}", order_id=order, ip="10.7.7.7") for order in ("o3", "o4")],
+    )
 
     assert all(a.body["stored"] for a in answers)
     engine = store.open_store(database_url)

@@ -251,20 +251,26 @@ def test_a_version_1_store_is_migrated_in_place(database_url: str, tiny_dir: Pat
 
 
 def _sightings(engine: Engine) -> list[tuple[object, ...]]:
+    return _table(engine, store.sightings)
+
+
+def _table(engine: Engine, table: Any) -> list[tuple[object, ...]]:
     with engine.connect() as conn:
-        return [
-            tuple(row)
-            for row in conn.execute(
-                select(store.sightings).order_by(*store.sightings.primary_key.columns)
-            )
-        ]
+        rows = conn.execute(select(table).order_by(*table.primary_key.columns))
+        return [tuple(row) for row in rows]
 
 
-def test_sightings_follow_corrections_and_match_a_rebuild(engine: Engine) -> None:
+def _load_events(engine: Engine) -> dict[str, pd.DataFrame]:
+    """The tiny history's users, orders and refund requests, stored; the tables."""
     tables = _normalised()
     with engine.begin() as conn:
         for name in ("users", "orders", "refund_requests"):
             store.upsert(conn, name, tables[name])
+    return tables
+
+
+def test_sightings_follow_corrections_and_match_a_rebuild(engine: Engine) -> None:
+    tables = _load_events(engine)
     before = _sightings(engine)
     # A corrected order moves to another device; the old sighting must go.
     orders = tables["orders"].copy()
@@ -281,12 +287,6 @@ def test_sightings_follow_corrections_and_match_a_rebuild(engine: Engine) -> Non
     assert _tiles_of(after) == _table(engine, store.sighting_days)
 
 
-def _table(engine: Engine, table: Any) -> list[tuple[object, ...]]:
-    with engine.connect() as conn:
-        rows = conn.execute(select(table).order_by(*table.primary_key.columns))
-        return [tuple(row) for row in rows]
-
-
 def _tiles_of(sightings: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
     """``sighting_days`` as it should be for these sightings, counted here in Python."""
     tiles: dict[tuple[object, ...], list[int]] = {}
@@ -297,10 +297,7 @@ def _tiles_of(sightings: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
 
 
 def test_sighting_days_follow_decisions_written_out_of_order(engine: Engine) -> None:
-    tables = _normalised()
-    with engine.begin() as conn:
-        for name in ("users", "orders", "refund_requests"):
-            store.upsert(conn, name, tables[name])
+    tables = _load_events(engine)
     user = tables["users"].iloc[0]
     late, early = (int(pd.Timestamp(day).value // 1000) for day in ("2026-01-20", "2026-01-10"))
     with engine.begin() as conn:
@@ -338,20 +335,11 @@ def test_sighting_days_follow_decisions_written_out_of_order(engine: Engine) -> 
 
 
 def _seller_days(engine: Engine) -> list[tuple[object, ...]]:
-    with engine.connect() as conn:
-        return [
-            tuple(row)
-            for row in conn.execute(
-                select(store.seller_days).order_by(*store.seller_days.primary_key.columns)
-            )
-        ]
+    return _table(engine, store.seller_days)
 
 
 def test_seller_days_follow_corrections_and_match_a_rebuild(engine: Engine) -> None:
-    tables = _normalised()
-    with engine.begin() as conn:
-        for name in ("users", "orders", "refund_requests"):
-            store.upsert(conn, name, tables[name])
+    tables = _load_events(engine)
     before = _seller_days(engine)
     # A corrected order moves to another seller and another day; its refund requests'
     # counts move with it, and a corrected request moves to another day and reason.
