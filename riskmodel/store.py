@@ -901,15 +901,21 @@ def insert_request(
         "WHERE excluded.first_seen_at < sightings.first_seen_at"
     )
     at, user = row["requested_at"], row["user_id"]
-    for kind in SIGHTED:
-        if seen[kind] is None:
-            continue
+    kinds = [kind for kind in SIGHTED if seen[kind] is not None]
+    known: dict[str, int] = {}
+    if kinds:
+        # When the user was first seen on each, in one round trip.
+        either = " OR ".join([f"(entity_kind = {marker} AND entity = {marker})"] * len(kinds))
+        known = dict(
+            conn.exec_driver_sql(
+                f"SELECT entity_kind, first_seen_at FROM sightings "
+                f"WHERE user_id = {marker} AND ({either})",
+                (user, *[v for kind in kinds for v in (kind, str(seen[kind]))]),
+            ).all()
+        )
+    for kind in kinds:
         entity = str(seen[kind])
-        before = conn.exec_driver_sql(
-            f"SELECT first_seen_at FROM sightings WHERE entity_kind = {marker} "
-            f"AND entity = {marker} AND user_id = {marker}",
-            (kind, entity, user),
-        ).scalar()
+        before = known.get(kind)
         if before is not None and before <= at:
             continue  # seen there already, and earlier: nothing changes
         conn.exec_driver_sql(sighting, (kind, entity, user, at, registered_at))

@@ -27,7 +27,9 @@ IMMEDIATE``), PostgreSQL's takes an advisory lock per order, in one order, so th
 groups cannot wait on each other. It takes one per user too: a write asks whether its
 user was seen on the request's device, IP and payment account before, to count a new
 user in the day's tile once (``riskmodel.store.insert_request``), and two workers
-writing one user at the same moment would both find none.
+writing one user at the same moment would both find none. The day tiles a group adds to
+are updated last, in the order of their keys (``riskmodel.store.TileCounts``): they are
+shared by every writer, and two groups must not wait on each other there either.
 """
 
 from __future__ import annotations
@@ -124,8 +126,12 @@ def _lock(conn: Connection, group: Iterable[Write]) -> None:
         return
     held = {f"order {w.request['order_id']}" for w in group}
     held |= {f"user {w.request['user_id']}" for w in group}
-    for key in sorted(held):
-        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (key,))
+    # One round trip for all of them, taken in the order of their keys.
+    conn.exec_driver_sql(
+        "SELECT pg_advisory_xact_lock(hashtext(key)) "
+        "FROM (SELECT unnest(%s::text[]) AS key ORDER BY 1) AS held",
+        (sorted(held),),
+    )
 
 
 def _write_all(conn: Connection, group: list[Write]) -> list[Written]:
