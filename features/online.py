@@ -5,7 +5,7 @@ and filter of the group in a single pass over the entity's events before the req
 (an index range scan on ``(entity, time)``). Two kinds of group would read without bound
 for a large entity, and read the store's daily tiles instead: a seller's windowed counts
 (``seller_days``) and the users seen on a device, IP or payment account
-(``sighting_days``); neither then reads more than a day's events. Context and derived
+(``sighting_days``), and read at most two part days' events. Context and derived
 formulas are the same numpy functions the offline engine runs, called on one row.
 
     >>> from features.online import online_features
