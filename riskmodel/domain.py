@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any, Self
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -25,7 +25,6 @@ from pydantic import (
     ConfigDict,
     Field,
     field_validator,
-    model_validator,
 )
 
 __all__ = [
@@ -117,6 +116,9 @@ class User(_Record):
 
 
 class Order(_Record):
+    """A paid order. A code redeemed or delivered before ``paid_at`` (sold already used)
+    and a membership of unknown length are facts of the history, not errors."""
+
     order_id: Identifier
     user_id: Identifier
     product_type: ProductType
@@ -132,16 +134,6 @@ class Order(_Record):
     delivered_at: UtcDatetime | None = None
     redeemed_at: UtcDatetime | None = None
     service_days: Annotated[int, Field(gt=0)] | None = None
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        if self.delivered_at is not None and self.delivered_at < self.paid_at:
-            raise ValueError("delivered_at is before paid_at")
-        if self.redeemed_at is not None and self.redeemed_at < self.paid_at:
-            raise ValueError("redeemed_at is before paid_at")
-        if self.product_type is ProductType.MEMBERSHIP and self.service_days is None:
-            raise ValueError("service_days is required for a membership")
-        return self
 
 
 class UsageDay(_Record):

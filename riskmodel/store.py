@@ -105,7 +105,7 @@ __all__ = [
 
 DEFAULT_DATABASE_URL = "sqlite:///data/riskmodel.db"
 DATABASE_URL_ENV = "RISKMODEL_DATABASE_URL"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _CHUNK = 20_000
 _REINDEX_FROM = 50_000
 # Above this many users or requests touched by one write, rebuilding the derived tables in
@@ -122,6 +122,7 @@ _TYPES: dict[Kind, Callable[[], TypeEngine[Any]]] = {
     Kind.MONEY: BigInteger,
     Kind.COUNT: Integer,
     Kind.FLAG: Boolean,
+    Kind.RATE: BigInteger,
 }
 
 # Each index serves a question the feature pipeline asks: "every event of user / device /
@@ -326,12 +327,18 @@ def _add_sighting_days(conn: Connection) -> None:
     refresh_sighting_days(conn, None)
 
 
+def _add_rates(conn: Connection) -> None:
+    """Version 5 -> 6: currency rates."""
+    EVENT_TABLES["rates"].create(conn)
+
+
 # version -> step that upgrades a database from that version to the next one.
 _MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _add_derived_copies,
     2: _add_sightings,
     3: _add_seller_days,
     4: _add_sighting_days,
+    5: _add_rates,
 }
 
 

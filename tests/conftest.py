@@ -75,6 +75,7 @@ def tiny_tables() -> dict[str, pd.DataFrame]:
                 "user_id": ["u1", "u1", "u2", "u2"],
                 "product_type": ["membership", "card_code", "game_currency", "service"],
                 "amount": ["30.00", "50", "6.48", "120.5"],
+                "currency": ["CNY", "CNY", "CNY", "CNY"],
                 "paid_at": [
                     "2026-01-05T10:00:00Z",
                     "2026-01-06T11:00:00Z",

@@ -66,8 +66,6 @@ def test_history_streams_in_and_a_request_on_it_is_decided(service: Service) -> 
         ("/v1/events/usage", [{"order_id": "o4", "used_at": "2026-01-09T00:00:00Z"}], "not a"),
         ("/v1/labels", [{"request_id": "nope", "is_abuse": True,
                          "labeled_at": "2026-02-01T00:00:00Z"}], "unknown refund request"),
-        ("/v1/labels", [{"request_id": "r1", "is_abuse": False,
-                         "labeled_at": "2026-01-01T00:00:00Z"}], "before the request"),
     ],
 )  # fmt: skip
 def test_rows_that_break_the_contract_are_refused_whole(

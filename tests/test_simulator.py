@@ -119,7 +119,7 @@ def test_natural_types(sim: Simulation, table: str) -> None:
         if column.kind is dataset.Kind.TIMESTAMP:
             assert str(series.dtype) == "datetime64[us, UTC]", column.name
             assert (series.dropna().dt.microsecond == 0).all(), column.name
-        elif column.kind is dataset.Kind.MONEY:
+        elif column.kind in (dataset.Kind.MONEY, dataset.Kind.RATE):
             assert series.dtype == np.float64
             assert np.allclose(series, series.round(2), rtol=0, atol=1e-9)
         elif column.kind is dataset.Kind.COUNT:

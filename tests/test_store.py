@@ -21,7 +21,8 @@ from .conftest import tiny_tables
 
 
 def _normalised() -> dict[str, pd.DataFrame]:
-    return {name: dataset.normalise(name, raw) for name, raw in tiny_tables().items()}
+    raw = {**tiny_tables(), "rates": pd.DataFrame({"currency": ["CNY"], "rate": ["1"]})}
+    return {name: dataset.normalise(name, frame) for name, frame in raw.items()}
 
 
 def _by_key(name: str, frame: pd.DataFrame) -> pd.DataFrame:
@@ -223,6 +224,7 @@ def test_a_version_1_store_is_migrated_in_place(database_url: str, tiny_dir: Pat
         store.abuse_changes.drop(conn)
         store.seller_days.drop(conn)
         store.sighting_days.drop(conn)
+        store.EVENT_TABLES["rates"].drop(conn)
         conn.exec_driver_sql("ALTER TABLE decisions DROP COLUMN policy_hash")
         conn.execute(update(store.schema_info).values(version=1))
     engine.dispose()

@@ -54,7 +54,7 @@ GROUND_TRUTH_COLUMNS = ("request_id", "is_abuse", "pattern")
 
 @dataclass(frozen=True)
 class Simulation:
-    """The simulated dataset: the five tables of the dataset directory and the truth.
+    """The simulated dataset: the tables of the dataset directory and the truth.
 
     ``ground_truth`` has one row per refund request: ``request_id``, ``is_abuse`` and
     ``pattern`` (an abuse pattern or the kind of honest request). It is what labels would
@@ -73,6 +73,7 @@ class Simulation:
     usage: pd.DataFrame
     refund_requests: pd.DataFrame
     labels: pd.DataFrame
+    rates: pd.DataFrame
     ground_truth: pd.DataFrame
 
     def tables(self) -> dict[str, pd.DataFrame]:
@@ -227,6 +228,7 @@ def assemble(
         usage=_check_columns("usage", usage_frame),
         refund_requests=_check_columns("refund_requests", requests_frame),
         labels=_check_columns("labels", labels_frame),
+        rates=_check_columns("rates", pd.DataFrame({"currency": [currency], "rate": [1.0]})),
         ground_truth=truth,
     )
 
@@ -234,7 +236,7 @@ def assemble(
 def write_simulation(
     sim: Simulation, out_dir: str | Path, fmt: Literal["parquet", "csv"] = "parquet"
 ) -> dict[str, Path]:
-    """Write the five tables with ``dataset.write_table`` and the ground truth next to them.
+    """Write the tables with ``dataset.write_table`` and the ground truth next to them.
 
     The same simulation always gives the same bytes. Returns the path of each file by
     table name (``ground_truth`` included).
