@@ -55,14 +55,35 @@ def add_database_option(
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from riskmodel.simulator import SimulationConfig, simulate, write_simulation
+    from riskmodel.simulator import (
+        SimulationConfig,
+        draw_world,
+        simulate,
+        write_simulation,
+        write_world,
+    )
+    from riskmodel.simulator.worlds import WORLD_FILE
 
-    config = SimulationConfig(users=args.users, days=args.days, seed=args.seed, start=args.start)
+    world = None
+    if args.world is None:
+        seed = 0 if args.seed is None else args.seed
+        config = SimulationConfig(users=args.users, days=args.days, seed=seed, start=args.start)
+        # A world's parameters left by an earlier run would describe data no longer there.
+        (Path(args.out) / WORLD_FILE).unlink(missing_ok=True)
+    else:
+        world = draw_world(
+            args.world, users=args.users, days=args.days, seed=args.seed, start=args.start
+        )
+        config = world.config
     sim = simulate(config)
     paths = write_simulation(sim, args.out, fmt=args.format)
     for name, path in paths.items():
         rows = len(getattr(sim, name))
         print(f"{name:>16}: {rows:>10,} rows -> {path}")
+    if world is not None:
+        print(f"{'world':>16}: {'':>10}      -> {write_world(world, args.out)}")
+        for line in world.summary():
+            print(line)
     abusive = int(sim.ground_truth["is_abuse"].sum())
     share = abusive / max(len(sim.ground_truth), 1)
     print(f"abusive refund requests: {abusive:,} ({share:.1%}); ground truth kept apart")
@@ -122,7 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", type=Path, required=True, help="dataset directory to write")
     sim.add_argument("--users", type=_positive, default=10_000, help="number of users")
     sim.add_argument("--days", type=_positive, default=180, help="days of history")
-    sim.add_argument("--seed", type=int, default=0, help="random seed")
+    sim.add_argument(
+        "--world",
+        type=_positive,
+        help="draw a whole randomised world from this number (1 or more); its parameters "
+        "go to world.json beside the tables (default: the standard marketplace)",
+    )
+    sim.add_argument(
+        "--seed",
+        type=int,
+        help="random seed (default 0; with --world, the world's number)",
+    )
     sim.add_argument(
         "--start",
         type=_utc_date,

@@ -9,11 +9,36 @@ names the pattern behind every refund request, for training, tests and demos::
     >>> sim.ground_truth["pattern"].value_counts().index[0]      # doctest: +SKIP
     'honest_partial_use'
 
-The patterns and every parameter are described in ``docs/simulator.md``.
+Randomised worlds draw a whole marketplace from a number; choices are made on
+``DEVELOPMENT_WORLDS`` and figures reported on ``EVALUATION_WORLDS``::
+
+    >>> from riskmodel.simulator import EVALUATION_WORLDS, draw_world
+    >>> world = draw_world(EVALUATION_WORLDS[0], users=2_000, days=60)
+    >>> sim = simulate(world.config)                             # doctest: +SKIP
+    >>> write_world(world, "data/world")                         # doctest: +SKIP
+
+The patterns, every parameter and the worlds are described in ``docs/simulator.md``.
 """
 
 from riskmodel.simulator.config import SimulationConfig
 from riskmodel.simulator.output import Simulation, write_simulation
 from riskmodel.simulator.simulation import simulate
+from riskmodel.simulator.worlds import (
+    DEVELOPMENT_WORLDS,
+    EVALUATION_WORLDS,
+    World,
+    draw_world,
+    write_world,
+)
 
-__all__ = ["Simulation", "SimulationConfig", "simulate", "write_simulation"]
+__all__ = [
+    "DEVELOPMENT_WORLDS",
+    "EVALUATION_WORLDS",
+    "Simulation",
+    "SimulationConfig",
+    "World",
+    "draw_world",
+    "simulate",
+    "write_simulation",
+    "write_world",
+]

@@ -14,6 +14,15 @@
 
 Opportunists (established accounts) commit the patterns on single orders; rings and
 schemes are groups from ``population``.
+
+Patterns that only randomised worlds switch on (``world_abusive_requests``):
+
+- ``colluding_seller``, ``device_takeover``, ``payment_takeover``: orders placed through an
+  entity while it is bad (see ``turned``), most of them asked back;
+- ``account_burst``: orders of a burst of new accounts, most of them asked back;
+- ``amount_band``: established accounts that abuse only orders in one amount band;
+- ``late_exploit``: from late in the window, ordinary accounts claim a duplicate charge
+  on orders that were charged once.
 """
 
 from __future__ import annotations
@@ -22,9 +31,12 @@ import numpy as np
 
 from riskmodel.simulator.catalog import Catalog
 from riskmodel.simulator.common import (
+    BAND_ABUSER,
     BANK_CARD,
     CARD_CODE,
     DAY,
+    DUPLICATE_CHARGE,
+    EXPLOITER,
     GAME_CURRENCY,
     HOUR,
     INVALID_CODE,
@@ -43,6 +55,10 @@ from riskmodel.simulator.common import (
 )
 from riskmodel.simulator.config import SimulationConfig
 from riskmodel.simulator.orders import (
+    BURST_ORDER,
+    COLLUSION_ORDER,
+    DEVICE_TAKEOVER_ORDER,
+    PAYMENT_TAKEOVER_ORDER,
     REGULAR,
     RING_ORDER,
     SCHEME_ORDER,
@@ -59,6 +75,8 @@ __all__ = [
     "cancellation_time",
     "duplicate_refunds",
     "group_orders",
+    "late_exploit_start",
+    "world_abusive_requests",
 ]
 
 # Reason weights in ``common.REASONS`` order: not_delivered, invalid_code,
@@ -67,8 +85,14 @@ _RING_REASONS = (0.35, 0.35, 0.15, 0.1, 0.0, 0.0, 0.05)
 _SCHEME_REASONS = (0.3, 0.0, 0.4, 0.0, 0.0, 0.0, 0.3)
 _SERIAL_REASONS = (0.15, 0.1, 0.3, 0.25, 0.0, 0.0, 0.2)
 _DOUBLE_DIP_REASONS = (0.3, 0.0, 0.4, 0.0, 0.0, 0.0, 0.3)
+_COLLUSION_REASONS = (0.25, 0.45, 0.2, 0.0, 0.0, 0.0, 0.1)
+_BAND_REASONS = (0.25, 0.15, 0.35, 0.1, 0.0, 0.0, 0.15)
 # Rings buy what resells: codes and currency, and some services.
 _RING_PRODUCT_MIX = (0.5, 0.0, 0.35, 0.15)
+# A burst's accounts share a device now and then and an IP about half the time.
+_BURST_DEVICE_SHARE = 0.15
+_BURST_IP_SHARE = 0.5
+_BURST_ORDERS_PER_ACCOUNT = 2.5
 
 
 def _group_members_orders(
@@ -115,6 +139,17 @@ def group_orders(
         product = products[rng.integers(0, len(products), len(user))]
         device, ip, account = _group_entities(pop, group, user, rng)
         parts.append(new_orders(pop, cat, user, product, paid, account, device, ip, SCHEME_ORDER))
+    for group in pop.bursts:
+        user, paid = _group_members_orders(pop, group, _BURST_ORDERS_PER_ACCOUNT, rng)
+        product = pick_products(cat, rng, choice_codes(rng, _RING_PRODUCT_MIX, len(user)))
+        n = len(user)
+        r = rng.random((2, n))
+        shared_device = group.devices[rng.integers(0, len(group.devices), n)]
+        device = np.where(r[0] < _BURST_DEVICE_SHARE, shared_device, pop.device[user])
+        public = pop.public_ips[choice_codes(rng, pop.public_weights, n)]
+        ip = np.where(r[1] < _BURST_IP_SHARE, group.ips[rng.integers(0, len(group.ips), n)], public)
+        account = pop.account[user]
+        parts.append(new_orders(pop, cat, user, product, paid, account, device, ip, BURST_ORDER))
     if not parts:
         empty = np.empty(0, dtype=np.int64)
         return new_orders(pop, cat, empty, empty, empty, empty, empty, empty, RING_ORDER)
@@ -178,7 +213,8 @@ def abusive_requests(
 
     opportunist = regular & (kind == OPPORTUNIST)
     r = rng.random((4, n))
-    redeemed = orders.redeemed >= 0
+    # A code sold already used was redeemed before its buyer paid, not by the buyer.
+    redeemed = (orders.redeemed >= 0) & (orders.redeemed >= orders.paid)
     idx = picker.pick(
         opportunist & (ptype == CARD_CODE) & redeemed & (r[0] < cfg.redeemed_then_invalid_rate)
     )
@@ -217,6 +253,70 @@ def abusive_requests(
         draw_reasons(rng, _DOUBLE_DIP_REASONS, ptype[idx]),
         Pattern.DOUBLE_DIP,
     )
+
+
+def world_abusive_requests(
+    picker: Picker,
+    orders: Orders,
+    pop: Population,
+    cfg: SimulationConfig,
+    rng: np.random.Generator,
+) -> None:
+    """Pick the orders behind the abusive patterns that only worlds switch on (after
+    ``abusive_requests``, before any honest request). Draws nothing when they are off."""
+    n = len(orders)
+    ptype = orders.product_type
+    paid = orders.paid
+    turned = (
+        (COLLUSION_ORDER, Pattern.COLLUDING_SELLER, _COLLUSION_REASONS, cfg.turned_refund_rate),
+        (DEVICE_TAKEOVER_ORDER, Pattern.DEVICE_TAKEOVER, _RING_REASONS, cfg.turned_refund_rate),
+        (PAYMENT_TAKEOVER_ORDER, Pattern.PAYMENT_TAKEOVER, _RING_REASONS, cfg.turned_refund_rate),
+        (BURST_ORDER, Pattern.ACCOUNT_BURST, _RING_REASONS, cfg.burst_refund_rate),
+    )
+    for origin, pattern, weights, rate in turned:
+        of_origin = orders.origin == origin
+        if not of_origin.any():
+            continue
+        idx = picker.pick(of_origin & (rng.random(n) < rate))
+        picker.add(
+            idx,
+            paid[idx] + uniform_seconds(rng, 30 * MINUTE, 3 * DAY, len(idx)),
+            draw_reasons(rng, weights, ptype[idx]),
+            pattern,
+        )
+
+    kind = pop.kind[orders.user]
+    regular = orders.origin == REGULAR
+    delivered = orders.delivered >= 0
+    if cfg.band_abuser_share > 0:
+        low, high = cfg.abuse_band
+        in_band = (orders.amount >= low) & (orders.amount < high)
+        chosen = regular & (kind == BAND_ABUSER) & in_band & delivered
+        idx = picker.pick(chosen & (rng.random(n) < cfg.band_refund_rate))
+        reason = draw_reasons(rng, _BAND_REASONS, ptype[idx])
+        claimed = np.where((reason == UNUSED) & (ptype[idx] == MEMBERSHIP), 0, MISSING)
+        picker.add(
+            idx,
+            paid[idx] + uniform_seconds(rng, HOUR, 4 * DAY, len(idx)),
+            reason,
+            Pattern.AMOUNT_BAND,
+            claimed=claimed,
+        )
+    if cfg.late_exploiter_share > 0:
+        begins = late_exploit_start(cfg)
+        chosen = regular & (kind == EXPLOITER) & (paid >= begins) & delivered
+        idx = picker.pick(chosen & (rng.random(n) < cfg.late_exploit_rate))
+        picker.add(
+            idx,
+            paid[idx] + uniform_seconds(rng, 5 * MINUTE, 2 * DAY, len(idx)),
+            DUPLICATE_CHARGE,
+            Pattern.LATE_EXPLOIT,
+        )
+
+
+def late_exploit_start(cfg: SimulationConfig) -> int:
+    """When the late exploit starts (seconds): no ``late_exploit`` request is earlier."""
+    return int(cfg.start.timestamp()) + int(cfg.late_exploit_start * cfg.days * DAY)
 
 
 def duplicate_refunds(

@@ -2,7 +2,9 @@
 
 Sellers stock products of every type; their popularity is heavy-tailed. Some card-code
 sellers receive a bad batch: a window of days in which many of the codes they sell are
-invalid, so that honest invalid_code refunds cluster on one seller and a few days.
+invalid, so that honest invalid_code refunds cluster on one seller and a few days. A
+world may shift every price (``price_level``) and spread them with a heavy right tail
+(``price_sigma``).
 
     >>> import numpy as np
     >>> from riskmodel.simulator.config import SimulationConfig
@@ -99,6 +101,10 @@ def build_catalog(
     if schemes:
         fake = np.concatenate(fake_products)
         price[fake] = np.round(rng.choice([300.0, 500.0, 800.0, 1000.0], len(fake)), 2)
+    # Skipped (no draw) at the defaults, so that the default market keeps its prices.
+    if cfg.price_level != 1.0 or cfg.price_sigma > 0:
+        spread = rng.lognormal(0.0, cfg.price_sigma, len(price)) if cfg.price_sigma > 0 else 1.0
+        price = np.maximum(np.round(price * cfg.price_level * spread, 2), 0.5)
     for t in range(len(PRODUCT_TYPES)):
         of_type = ptype == t
         weight[of_type] = weight[of_type] / weight[of_type].sum()

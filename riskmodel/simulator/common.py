@@ -18,13 +18,16 @@ import numpy.typing as npt
 import pandas as pd
 
 __all__ = [
+    "BAND_ABUSER",
     "BANK_CARD",
+    "BURST",
     "CARD_CODE",
     "CHANNELS",
     "CHARGEBACK",
     "DAY",
     "DISPUTE",
     "DUPLICATE_CHARGE",
+    "EXPLOITER",
     "FAKE_BUYER",
     "GAME_CURRENCY",
     "HONEST",
@@ -100,8 +103,9 @@ CHANNELS: tuple[str, ...] = ("app", "web", "support")
 LABEL_SOURCES: tuple[str, ...] = ("review", "chargeback", "issuer_report", "dispute")
 REVIEW, CHARGEBACK, ISSUER_REPORT, DISPUTE = range(4)
 
-# Kinds of account; opportunists look like ordinary users and abuse now and then.
-HONEST, OPPORTUNIST, SERIAL, RING, FAKE_BUYER = range(5)
+# Kinds of account; opportunists look like ordinary users and abuse now and then. Band
+# abusers and exploiters are ordinary accounts too; burst accounts are opened in groups.
+HONEST, OPPORTUNIST, SERIAL, RING, FAKE_BUYER, BAND_ABUSER, EXPLOITER, BURST = range(8)
 
 
 def streams(seed: int, names: tuple[str, ...]) -> dict[str, np.random.Generator]:

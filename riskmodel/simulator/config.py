@@ -4,6 +4,12 @@ Every field has a default that gives a plausible market: refund requests on abou
 of orders, a few percent of them abusive. Rates are probabilities per eligible order
 unless the docstring says otherwise; shares are fractions of a population.
 
+The fields marked *world* (seasonality, price spread, several currencies, codes sold
+already used, entities that turn bad, amount-band abuse, account bursts, a late exploit,
+chargeback-only and fixed-delay labels) are off in the default configuration, which
+therefore draws exactly the same random numbers as before they existed; randomised
+worlds (``riskmodel.simulator.worlds``) switch them on.
+
     >>> from riskmodel.simulator.config import SimulationConfig
     >>> SimulationConfig(users=500, days=30, seed=7).end.isoformat()
     '2026-01-31T00:00:00+00:00'
@@ -70,6 +76,24 @@ class SimulationConfig:
     """Share of ordinary accounts with a second payment account of another method."""
     payment_method_mix: tuple[float, float, float, float] = (0.42, 0.36, 0.14, 0.08)
     """Weights of alipay, wechat_pay, bank_card and balance among payment accounts."""
+    foreign_currency_share: float = 0.0
+    """*World.* Share of accounts that pay in a foreign currency (0: one currency)."""
+    foreign_rates: tuple[tuple[str, float], ...] = ()
+    """*World.* ``(currency, rate)`` of each foreign currency, ``rate`` being the value of
+    one unit in ``currency`` (the reporting currency); an account paying in a foreign
+    currency uses one of them, each as likely."""
+
+    # --- seasonality (world) -------------------------------------------------------------------
+    weekly_amplitude: float = 0.0
+    """*World.* Weekly cycle of ordinary purchases: a day's activity is
+    ``1 + weekly_amplitude * cos(2 pi (weekday - 5.5) / 7)``, busiest at the weekend."""
+    sales_peak_lift: float = 0.0
+    """*World.* Ordinary purchases on the days of a sales event are ``1 + sales_peak_lift``
+    times as likely (0: no event)."""
+    sales_peak_at: float = 0.5
+    """*World.* When the sales event starts, as a fraction of the window."""
+    sales_peak_length: int = 3
+    """*World.* Days of the sales event."""
 
     # --- sellers and catalogue ---------------------------------------------------------------
     users_per_seller: int = 500
@@ -81,7 +105,12 @@ class SimulationConfig:
     membership_days_mix: tuple[float, float, float] = (0.5, 0.3, 0.2)
     """Weights of 30, 90 and 365 day memberships."""
     currency: str = "CNY"
-    """Currency of every order."""
+    """The reporting currency: of every order unless ``foreign_currency_share`` is set."""
+    price_level: float = 1.0
+    """*World.* Multiplier on every list price (a marketplace's price level)."""
+    price_sigma: float = 0.0
+    """*World.* Spread of a log-normal multiplier (median 1) on each product's price:
+    larger gives heavier tails (0: list prices)."""
 
     # --- fulfilment --------------------------------------------------------------------------
     late_delivery_rate: float = 0.02
@@ -98,6 +127,9 @@ class SimulationConfig:
     """Probability that any other code is invalid (an isolated supplier error)."""
     never_redeemed_rate: float = 0.05
     """Probability that a valid code is never redeemed at the issuer."""
+    sold_used_rate: float = 0.0
+    """*World.* Probability that a card code was sold already used (redeemed before the
+    buyer paid: a used or double-sold code); its buyer's invalid_code claim is honest."""
     membership_usage_rate: float = 0.45
     """Mean probability that a member uses an active membership on a given day."""
     membership_churn_days: float = 60.0
@@ -158,6 +190,41 @@ class SimulationConfig:
     """Mean orders per fake-order buyer."""
     fake_order_refund_rate: float = 0.6
     """Probability that a fake order is refunded."""
+    colluding_seller_share: float = 0.0
+    """*World.* Share of ordinary sellers that turn bad for a few weeks: accomplices buy
+    its codes and ask them back (at least one seller when positive)."""
+    device_takeover_share: float = 0.0
+    """*World.* Share of accounts whose own device is taken over for a few weeks and used
+    to buy and refund through several accounts (at least one when positive)."""
+    payment_takeover_share: float = 0.0
+    """*World.* Share of accounts whose payment account is taken over for a few weeks and
+    used by other accounts to buy and refund (at least one when positive)."""
+    turned_days: tuple[int, int] = (10, 35)
+    """*World.* Range of the days a seller, device or payment account stays bad."""
+    turned_refund_rate: float = 0.8
+    """*World.* Probability that an order placed through an entity while it is bad is
+    refunded."""
+    band_abuser_share: float = 0.0
+    """*World.* Share of established, ordinary-looking accounts that abuse refunds only on
+    orders whose amount lies in ``abuse_band``."""
+    abuse_band: tuple[float, float] = (100.0, 300.0)
+    """*World.* Amounts ``[low, high)`` (reporting currency) that band abusers ask back."""
+    band_refund_rate: float = 0.5
+    """*World.* Probability that a band abuser asks back an order inside the band."""
+    burst_account_share: float = 0.0
+    """*World.* Share of accounts opened in bursts: many accounts registered within a few
+    days that buy and refund, sharing devices far less than rings."""
+    burst_size: tuple[int, int] = (15, 60)
+    """*World.* Range of accounts per burst."""
+    burst_refund_rate: float = 0.7
+    """*World.* Probability that an order of a burst account is refunded."""
+    late_exploiter_share: float = 0.0
+    """*World.* Share of ordinary accounts that learn a late exploit: from
+    ``late_exploit_start`` on they claim a duplicate charge on orders charged once."""
+    late_exploit_rate: float = 0.5
+    """*World.* Probability that an exploiter's order paid after the start is claimed."""
+    late_exploit_start: float = 0.75
+    """*World.* When the exploit starts, as a fraction of the window."""
 
     # --- labels ------------------------------------------------------------------------------
     abuse_label_rate: float = 0.7
@@ -176,6 +243,18 @@ class SimulationConfig:
     """Range of the delay of a chargeback."""
     dispute_delay_days: tuple[float, float] = (5.0, 20.0)
     """Range of the delay of a dispute outcome."""
+    abuse_dispute_share: float = 0.3
+    """Share of verdicts on abusive requests that come from a dispute."""
+    honest_dispute_share: float = 0.15
+    """Share of verdicts on honest requests that come from a dispute."""
+    issuer_report_share: float = 0.6
+    """Share of verdicts on honest invalid-code requests that come from an issuer report."""
+    abuse_chargeback_rate: float = 0.0
+    """*World.* Probability that an abusive request other than a double dip is also charged
+    back by the payer (on bank cards; a tenth of this on other methods)."""
+    fixed_label_delay_days: float = 0.0
+    """*World.* When positive, every request gets exactly one verdict, the truth, this many
+    days after it (like a card-fraud benchmark); the other label parameters are ignored."""
 
     def __post_init__(self) -> None:
         if self.start.tzinfo is None:
@@ -211,11 +290,47 @@ class SimulationConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.prorated_fee < 0:
             raise ValueError(f"prorated_fee must be non-negative, got {self.prorated_fee!r}")
-        if self.ring_size[0] < 2 or self.fake_order_ring_size[0] < 2:
+        if self.ring_size[0] < 2 or self.fake_order_ring_size[0] < 2 or self.burst_size[0] < 2:
             raise ValueError("a ring has at least 2 accounts")
-        abusive = self.serial_refunder_share + self.ring_account_share
-        if abusive + self.fake_order_account_share + self.opportunist_share > 0.5:
+        special = (
+            self.serial_refunder_share
+            + self.ring_account_share
+            + self.fake_order_account_share
+            + self.opportunist_share
+            + self.band_abuser_share
+            + self.burst_account_share
+            + self.late_exploiter_share
+        )
+        if special > 0.5:
             raise ValueError("abusive and opportunist accounts cannot exceed half of the users")
+        self._check_world_fields()
+
+    def _check_world_fields(self) -> None:
+        for name in ("sales_peak_at", "late_exploit_start", "weekly_amplitude"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        for name in ("sales_peak_lift", "price_sigma", "fixed_label_delay_days"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)!r}")
+        if self.price_level <= 0:
+            raise ValueError(f"price_level must be positive, got {self.price_level!r}")
+        if self.sales_peak_length < 1:
+            raise ValueError(f"sales_peak_length must be at least 1, got {self.sales_peak_length}")
+        low, high = self.abuse_band
+        if not 0 <= low < high:
+            raise ValueError(
+                f"abuse_band must be a range (low, high), 0 <= low < high, got {self.abuse_band!r}"
+            )
+        codes = [code for code, _ in self.foreign_rates]
+        if len(set(codes)) != len(codes) or self.currency in codes or not all(codes):
+            raise ValueError(
+                f"foreign_rates must name distinct currencies other than {self.currency!r}, "
+                f"got {self.foreign_rates!r}"
+            )
+        if any(not 0 < rate < 1e6 for _, rate in self.foreign_rates):
+            raise ValueError(f"foreign_rates must be positive, got {self.foreign_rates!r}")
+        if self.foreign_currency_share > 0 and not self.foreign_rates:
+            raise ValueError("foreign_currency_share needs at least one foreign_rates entry")
 
     @property
     def end(self) -> datetime:

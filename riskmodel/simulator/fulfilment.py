@@ -4,7 +4,9 @@ Most orders are delivered within seconds (services within hours). A few are late
 days) or never delivered. Codes are redeemed at the game issuer a while after delivery,
 except invalid ones (from a seller's bad batch or, rarely, any seller) which never redeem.
 Game currency is credited at delivery (``redeemed_at`` = credited time). Anything that
-would happen after the window is not known yet and stays null.
+would happen after the window is not known yet and stays null. In some worlds a few codes
+are sold already used (``sold_used_rate``): redeemed minutes to weeks *before* the buyer
+paid, because the seller sold a used code or sold one code twice.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from riskmodel.simulator.common import (
     DAY,
     GAME_CURRENCY,
     HOUR,
+    MINUTE,
     MISSING,
     SERVICE,
     Array,
@@ -26,7 +29,7 @@ from riskmodel.simulator.common import (
     uniform_seconds,
 )
 from riskmodel.simulator.config import SimulationConfig
-from riskmodel.simulator.orders import DUPLICATE, SCHEME_ORDER, Orders
+from riskmodel.simulator.orders import COLLUSION_ORDER, DUPLICATE, REGULAR, SCHEME_ORDER, Orders
 
 __all__ = ["Fulfilment", "fulfil"]
 
@@ -39,13 +42,22 @@ class Fulfilment:
     never: Array
     invalid: Array
     in_bad_batch: Array
+    sold_used: Array
+    """Card codes redeemed before their buyer paid."""
 
 
 def _in_bad_batch(orders: Orders, batches: BadBatches) -> Array:
-    inside = np.zeros(len(orders), dtype=bool)
+    """Card codes paid inside their seller's bad batch window (a seller has one at most)."""
+    if not len(orders):
+        return np.zeros(0, dtype=bool)
+    sellers = int(max(orders.seller.max(), batches.seller.max(initial=-1))) + 1
+    begin = np.full(sellers, np.iinfo(np.int64).max)
+    finish = np.full(sellers, np.iinfo(np.int64).min)
+    begin[batches.seller] = batches.start
+    finish[batches.seller] = batches.end
     card = orders.product_type == CARD_CODE
-    for seller, begin, finish in zip(batches.seller, batches.start, batches.end, strict=True):
-        inside |= card & (orders.seller == seller) & (orders.paid >= begin) & (orders.paid < finish)
+    paid = orders.paid
+    inside: Array = card & (paid >= begin[orders.seller]) & (paid < finish[orders.seller])
     return inside
 
 
@@ -67,7 +79,7 @@ def fulfil(
     )
     # A colluding seller marks its fake orders delivered at once; a duplicate charge is
     # the same purchase, so it is delivered when its original was.
-    reliable = (orders.origin == SCHEME_ORDER) | (orders.origin == DUPLICATE)
+    reliable = np.isin(orders.origin, (SCHEME_ORDER, DUPLICATE, COLLUSION_ORDER))
     r = rng.random((2, n))
     never = ~reliable & (r[0] < cfg.undelivered_rate)
     late = ~reliable & ~never & (r[1] < cfg.late_delivery_rate)
@@ -86,9 +98,22 @@ def fulfil(
     )
     currency = (orders.product_type == GAME_CURRENCY) & ~never
     redeemed = np.where(currency, delivered, redeemed)
-    # The second charge of a duplicate brought no second code or credit into use.
-    redeemed = np.where(orders.origin == DUPLICATE, MISSING, redeemed)
+    # The second charge of a duplicate brought no second code or credit into use; a
+    # seller turned bad keeps the codes its accomplices buy (to sell them again).
+    redeemed = np.where(np.isin(orders.origin, (DUPLICATE, COLLUSION_ORDER)), MISSING, redeemed)
 
     orders.delivered = np.where(delivered < end, delivered, MISSING)
     orders.redeemed = np.where((redeemed >= 0) & (redeemed < end), redeemed, MISSING)
-    return Fulfilment(late=late, never=never, invalid=invalid, in_bad_batch=in_batch & invalid)
+    sold_used = np.zeros(n, dtype=bool)
+    if cfg.sold_used_rate > 0:  # no draw otherwise: the default market is unchanged
+        usable = card & ~invalid & (orders.origin == REGULAR) & (orders.delivered >= 0)
+        sold_used = usable & (rng.random(n) < cfg.sold_used_rate)
+        before = uniform_seconds(rng, 10 * MINUTE, 30 * DAY, n)
+        orders.redeemed = np.where(sold_used, orders.paid - before, orders.redeemed)
+    return Fulfilment(
+        late=late,
+        never=never,
+        invalid=invalid,
+        in_bad_batch=in_batch & invalid,
+        sold_used=sold_used,
+    )

@@ -7,6 +7,11 @@ verdict is wrong with probability ``label_flip_rate`` (a dispute later corrects 
 the wrong ones). A double dip is first reviewed as honest, if at all, and then charged
 back weeks later: the latest label known at a time is the one that counts then.
 Verdicts that would arrive after the window are not known yet and are left out.
+
+Worlds may change the regime: chargebacks on other abusive requests
+(``abuse_chargeback_rate``; with no other verdict, a world of chargebacks only), or one
+true verdict on every request a fixed number of days later (``fixed_label_delay_days``,
+like a card-fraud benchmark).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from riskmodel.simulator.common import (
+    BANK_CARD,
     CHARGEBACK,
     DAY,
     DISPUTE,
@@ -53,22 +59,36 @@ def _delay(rng: np.random.Generator, source: Array, cfg: SimulationConfig) -> Ar
     return np.maximum(1, uniform_seconds(rng, low, high))
 
 
+_ISSUER_CHECKED = (
+    Pattern.HONEST_BAD_BATCH.code,
+    Pattern.HONEST_INVALID_CODE.code,
+    Pattern.HONEST_SOLD_USED.code,
+)
+
+
 def draw_labels(
-    requested: Array, pattern: Array, cfg: SimulationConfig, rng: np.random.Generator
+    requested: Array,
+    pattern: Array,
+    cfg: SimulationConfig,
+    rng: np.random.Generator,
+    method: Array | None = None,
 ) -> Labels:
-    """Labels of the requests with times ``requested`` and pattern codes ``pattern``."""
+    """Labels of the requests with times ``requested`` and pattern codes ``pattern``;
+    ``method`` is the payment method code of each request's order (needed only for
+    ``abuse_chargeback_rate``)."""
     end = int(cfg.start.timestamp()) + cfg.days * DAY
     n = len(pattern)
     truth = pattern >= FIRST_ABUSE
+    if cfg.fixed_label_delay_days > 0:
+        return _fixed_delay_labels(requested, pattern, cfg)
     r = rng.random((6, n))
     dip = pattern == Pattern.DOUBLE_DIP.code
     labelled = dip | (r[0] < np.where(truth, cfg.abuse_label_rate, cfg.honest_label_rate))
 
     issuer = (pattern == Pattern.REDEEMED_THEN_INVALID.code) | (
-        ((pattern == Pattern.HONEST_BAD_BATCH.code) | (pattern == Pattern.HONEST_INVALID_CODE.code))
-        & (r[1] < 0.6)
+        np.isin(pattern, _ISSUER_CHECKED) & (r[1] < cfg.issuer_report_share)
     )
-    disputed = r[2] < np.where(truth, 0.3, 0.15)
+    disputed = r[2] < np.where(truth, cfg.abuse_dispute_share, cfg.honest_dispute_share)
     source = np.where(issuer, ISSUER_REPORT, np.where(disputed, DISPUTE, REVIEW))
     source = np.where(dip, CHARGEBACK, source)
 
@@ -91,10 +111,35 @@ def draw_labels(
     sources = np.concatenate(
         [source[first], np.full(len(corrected), DISPUTE), np.full(len(early), REVIEW)]
     )
+    if cfg.abuse_chargeback_rate > 0:  # no draw otherwise: the default labels are unchanged
+        if method is None:
+            raise ValueError("abuse_chargeback_rate needs the payment method of each request")
+        rate = np.where(method == BANK_CARD, 1.0, 0.1) * cfg.abuse_chargeback_rate
+        charged = np.flatnonzero(truth & ~dip & (rng.random(n) < rate))
+        charged_at = requested[charged] + _delay(rng, np.full(len(charged), CHARGEBACK), cfg)
+        request = np.concatenate([request, charged])
+        labeled_at = np.concatenate([labeled_at, charged_at])
+        is_abuse = np.concatenate([is_abuse, np.ones(len(charged), dtype=bool)])
+        sources = np.concatenate([sources, np.full(len(charged), CHARGEBACK)])
     known = labeled_at < end
     return Labels(
         request=request[known].astype(np.int64),
         labeled_at=labeled_at[known].astype(np.int64),
         is_abuse=is_abuse[known].astype(bool),
         source=sources[known].astype(np.int64),
+    )
+
+
+def _fixed_delay_labels(requested: Array, pattern: Array, cfg: SimulationConfig) -> Labels:
+    """One true verdict per request, ``fixed_label_delay_days`` after it: a chargeback for
+    a double dip, a review for everything else."""
+    end = int(cfg.start.timestamp()) + cfg.days * DAY
+    labeled_at = requested + round(cfg.fixed_label_delay_days * DAY)
+    source = np.where(pattern == Pattern.DOUBLE_DIP.code, CHARGEBACK, REVIEW)
+    known = np.flatnonzero(labeled_at < end)
+    return Labels(
+        request=known.astype(np.int64),
+        labeled_at=labeled_at[known].astype(np.int64),
+        is_abuse=(pattern[known] >= FIRST_ABUSE).astype(bool),
+        source=source[known].astype(np.int64),
     )

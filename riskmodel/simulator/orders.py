@@ -1,7 +1,8 @@
 """Orders of ordinary accounts: when they buy, what, how they pay, from where.
 
 Buyer activity is heavy-tailed (log-normal rate per account), so a few trusted accounts
-buy very often. Purchases follow a daily rhythm in China time. Most purchases use the
+buy very often. Purchases follow a daily rhythm in China time, and in some worlds a weekly
+cycle and a sales event (``Seasons``). Most purchases use the
 account's own device, home IP and payment account; household members sometimes use the
 shared device or payment account, and everyone is sometimes on a shared public IP.
 Honest duplicate charges are a copy of a purchase minutes later.
@@ -21,11 +22,13 @@ Honest duplicate charges are a copy of a purchase minutes later.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from datetime import timedelta
 
 import numpy as np
 
 from riskmodel.simulator.catalog import Catalog
 from riskmodel.simulator.common import (
+    BURST,
     DAY,
     FAKE_BUYER,
     HOUR,
@@ -41,11 +44,17 @@ from riskmodel.simulator.config import SimulationConfig
 from riskmodel.simulator.population import Population
 
 __all__ = [
+    "BURST_ORDER",
+    "COLLUSION_ORDER",
+    "DEVICE_TAKEOVER_ORDER",
     "DUPLICATE",
+    "PAYMENT_TAKEOVER_ORDER",
     "REGULAR",
     "RING_ORDER",
     "SCHEME_ORDER",
+    "TURNED_ORIGINS",
     "Orders",
+    "Seasons",
     "duplicate_charges",
     "new_orders",
     "pick_products",
@@ -55,6 +64,10 @@ __all__ = [
 
 # Where an order comes from.
 REGULAR, DUPLICATE, RING_ORDER, SCHEME_ORDER = range(4)
+# Origins that only randomised worlds produce: orders through an entity while it is bad
+# (a colluding seller, a taken-over device or payment account) and orders of bursts.
+COLLUSION_ORDER, DEVICE_TAKEOVER_ORDER, PAYMENT_TAKEOVER_ORDER, BURST_ORDER = range(4, 8)
+TURNED_ORIGINS = (COLLUSION_ORDER, DEVICE_TAKEOVER_ORDER, PAYMENT_TAKEOVER_ORDER)
 
 # Relative purchase activity per hour of the day in China (UTC+8): evenings are busiest.
 _LOCAL_HOUR_WEIGHTS = (
@@ -80,7 +93,7 @@ class Orders:
     ip: Array
     service_days: Array
     origin: Array
-    """REGULAR, DUPLICATE, RING_ORDER or SCHEME_ORDER."""
+    """REGULAR, DUPLICATE, RING_ORDER, SCHEME_ORDER or one of the world origins."""
     delivered: Array
     redeemed: Array
 
@@ -178,19 +191,70 @@ def _daily_rhythm(rng: np.random.Generator, t: Array, earliest: Array, end: int)
     return np.where((moved >= earliest) & (moved < end), moved, t)
 
 
+class Seasons:
+    """Purchase activity by day of the window: a weekly cycle and a sales event.
+
+    Activity is measured in days of average activity from the start of the window;
+    ``time_at`` inverts ``mass_at``, so uniform masses give times as likely as each
+    day's weight.
+    """
+
+    def __init__(self, cfg: SimulationConfig) -> None:
+        self.start = int(cfg.start.timestamp())
+        self.days = cfg.days
+        day = np.arange(cfg.days)
+        local = cfg.start + timedelta(hours=_UTC_OFFSET_HOURS)
+        weekday = (day + local.weekday()) % 7
+        weight = 1.0 + cfg.weekly_amplitude * np.cos(2 * np.pi * (weekday - 5.5) / 7)
+        peak_first = int(cfg.sales_peak_at * cfg.days)
+        peak = (day >= peak_first) & (day < peak_first + cfg.sales_peak_length)
+        self.weight: Array = np.where(peak, weight * (1.0 + cfg.sales_peak_lift), weight)
+        self.cumulative: Array = np.concatenate([[0.0], np.cumsum(self.weight)])
+
+    @property
+    def total(self) -> float:
+        return float(self.cumulative[-1])
+
+    def mass_at(self, t: Array) -> Array:
+        """Activity from the start of the window to each time ``t`` (seconds)."""
+        days = (np.asarray(t, dtype=np.float64) - self.start) / DAY
+        whole = np.clip(np.floor(days).astype(np.int64), 0, self.days - 1)
+        mass: Array = self.cumulative[whole] + self.weight[whole] * (days - whole)
+        return mass
+
+    def time_at(self, mass: Array) -> Array:
+        """The time (whole seconds) at which the activity reaches each ``mass``."""
+        day = np.searchsorted(self.cumulative, mass, side="right") - 1
+        day = np.clip(day, 0, self.days - 1)
+        days = day + (mass - self.cumulative[day]) / self.weight[day]
+        seconds: Array = np.floor(self.start + days * DAY).astype(np.int64)
+        return seconds
+
+
 def regular_orders(
     pop: Population, cat: Catalog, cfg: SimulationConfig, rng: np.random.Generator
 ) -> Orders:
-    """Every purchase of ordinary accounts (honest, opportunist and serial refunders)."""
+    """Every purchase of ordinary accounts (honest, opportunist, serial refunders, band
+    abusers and exploiters)."""
     start = int(cfg.start.timestamp())
     end = start + cfg.days * DAY
-    buyers = np.flatnonzero((pop.kind != RING) & (pop.kind != FAKE_BUYER))
+    buyers = np.flatnonzero(~np.isin(pop.kind, (RING, FAKE_BUYER, BURST)))
     active_from = np.maximum(pop.registered[buyers], start)
     span = end - active_from
-    counts = rng.poisson(pop.activity[buyers] * span / (30 * DAY))
-    user = np.repeat(buyers, counts)
-    first = np.repeat(active_from, counts)
-    paid = first + uniform_seconds(rng, 0, np.repeat(span, counts))
+    if cfg.weekly_amplitude > 0 or cfg.sales_peak_lift > 0:
+        seasons = Seasons(cfg)
+        begin = seasons.mass_at(active_from)
+        mass = seasons.total - begin
+        counts = rng.poisson(pop.activity[buyers] * mass / 30)
+        user = np.repeat(buyers, counts)
+        first = np.repeat(active_from, counts)
+        target = np.repeat(begin, counts) + rng.random(len(user)) * np.repeat(mass, counts)
+        paid = np.clip(seasons.time_at(target), first, end - 1)
+    else:
+        counts = rng.poisson(pop.activity[buyers] * span / (30 * DAY))
+        user = np.repeat(buyers, counts)
+        first = np.repeat(active_from, counts)
+        paid = first + uniform_seconds(rng, 0, np.repeat(span, counts))
     paid = _daily_rhythm(rng, paid, first, end)
     product = pick_products(cat, rng, choice_codes(rng, cfg.product_mix, len(user)))
     device, ip = usual_device_ip(pop, rng, user)

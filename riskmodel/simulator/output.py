@@ -111,6 +111,21 @@ def _randomly_numbered(prefix: str, count: int, width: int, rng: np.random.Gener
     return format_ids(prefix, rng.permutation(count), id_width(count, width))
 
 
+def _currency_column(currencies: tuple[tuple[str, float], ...], code: Array) -> pd.Series:
+    if len(currencies) == 1:
+        return pd.Series([currencies[0][0]] * len(code), dtype="str")
+    return _choices(tuple(name for name, _ in currencies), code)
+
+
+def _rates(currencies: tuple[tuple[str, float], ...]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "currency": pd.Series([name for name, _ in currencies], dtype="str"),
+            "rate": pd.Series([float(rate) for _, rate in currencies], dtype=np.float64),
+        }
+    )
+
+
 def _check_columns(name: str, frame: pd.DataFrame) -> pd.DataFrame:
     expected = dataset.TABLES[name].names
     if tuple(frame.columns) != expected:
@@ -122,7 +137,8 @@ def assemble(
     pop: Population,
     n_sellers: int,
     n_products: int,
-    currency: str,
+    currencies: tuple[tuple[str, float], ...],
+    order_currency: Array,
     orders: Orders,
     usage: Usage,
     requests: Requests,
@@ -130,7 +146,12 @@ def assemble(
     labels: Labels,
     rng: np.random.Generator,
 ) -> Simulation:
-    """Number every entity and build the sorted tables."""
+    """Number every entity and build the sorted tables.
+
+    ``currencies`` is the rates table, ``(currency, rate)`` with the reporting currency
+    first; ``order_currency`` the position in it of each order's currency (amounts are
+    already in that currency).
+    """
     n_users = len(pop.registered)
     user_rank = _rank(pop.registered, np.arange(n_users))
     user_ids = format_ids("u", user_rank, id_width(n_users, 7))
@@ -159,7 +180,7 @@ def assemble(
             "product_type": _choices(PRODUCT_TYPES, orders.product_type),
             "amount": _money(orders.amount),
             "paid_at": timestamps(orders.paid),
-            "currency": pd.Series([currency] * n_orders, dtype="str"),
+            "currency": _currency_column(currencies, order_currency),
             "seller_id": take_ids(seller_ids, orders.seller),
             "product_id": take_ids(product_ids, orders.product),
             "payment_method": _choices(PAYMENT_METHODS, orders.method),
@@ -228,7 +249,7 @@ def assemble(
         usage=_check_columns("usage", usage_frame),
         refund_requests=_check_columns("refund_requests", requests_frame),
         labels=_check_columns("labels", labels_frame),
-        rates=_check_columns("rates", pd.DataFrame({"currency": [currency], "rate": [1.0]})),
+        rates=_check_columns("rates", _rates(currencies)),
         ground_truth=truth,
     )
 

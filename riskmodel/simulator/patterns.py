@@ -1,7 +1,10 @@
 """The names of what lies behind each refund request, as written to the ground truth.
 
 Honest kinds come first, abusive patterns after them, so that ``code >= FIRST_ABUSE``
-tells abuse from honesty.
+tells abuse from honesty. Patterns added later are appended to their half: the integer
+codes live only inside one simulation, the names are what the ground truth records.
+The patterns after ``double_dip`` and ``honest_sold_used`` never occur in the default
+configuration; randomised worlds (``riskmodel.simulator.worlds``) switch them on.
 
     >>> Pattern.REFUND_RING.is_abuse, Pattern.HONEST_BAD_BATCH.is_abuse
     (True, False)
@@ -11,7 +14,15 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["ABUSE_PATTERNS", "FIRST_ABUSE", "HONEST_PATTERNS", "PATTERNS", "Pattern"]
+__all__ = [
+    "ABUSE_PATTERNS",
+    "DEFAULT_PATTERNS",
+    "FIRST_ABUSE",
+    "HONEST_PATTERNS",
+    "PATTERNS",
+    "WORLD_PATTERNS",
+    "Pattern",
+]
 
 
 class Pattern(StrEnum):
@@ -24,6 +35,7 @@ class Pattern(StrEnum):
     HONEST_DUPLICATE_CHARGE = "honest_duplicate_charge"
     HONEST_NOT_AS_DESCRIBED = "honest_not_as_described"
     HONEST_OTHER = "honest_other"
+    HONEST_SOLD_USED = "honest_sold_used"
     SERIAL_REFUNDER = "serial_refunder"
     DUPLICATE_REFUND = "duplicate_refund"
     REDEEMED_THEN_INVALID = "redeemed_then_invalid"
@@ -32,6 +44,12 @@ class Pattern(StrEnum):
     REFUND_RING = "refund_ring"
     FAKE_ORDERS = "fake_orders"
     DOUBLE_DIP = "double_dip"
+    COLLUDING_SELLER = "colluding_seller"
+    DEVICE_TAKEOVER = "device_takeover"
+    PAYMENT_TAKEOVER = "payment_takeover"
+    AMOUNT_BAND = "amount_band"
+    ACCOUNT_BURST = "account_burst"
+    LATE_EXPLOIT = "late_exploit"
 
     @property
     def code(self) -> int:
@@ -47,3 +65,15 @@ PATTERNS: tuple[Pattern, ...] = tuple(Pattern)
 FIRST_ABUSE = PATTERNS.index(Pattern.SERIAL_REFUNDER)
 HONEST_PATTERNS: tuple[Pattern, ...] = PATTERNS[:FIRST_ABUSE]
 ABUSE_PATTERNS: tuple[Pattern, ...] = PATTERNS[FIRST_ABUSE:]
+WORLD_PATTERNS: tuple[Pattern, ...] = (
+    Pattern.HONEST_SOLD_USED,
+    Pattern.COLLUDING_SELLER,
+    Pattern.DEVICE_TAKEOVER,
+    Pattern.PAYMENT_TAKEOVER,
+    Pattern.AMOUNT_BAND,
+    Pattern.ACCOUNT_BURST,
+    Pattern.LATE_EXPLOIT,
+)
+"""Patterns that only randomised worlds switch on (rate 0 in the default configuration)."""
+DEFAULT_PATTERNS: tuple[Pattern, ...] = tuple(p for p in PATTERNS if p not in WORLD_PATTERNS)
+"""Patterns of the default configuration."""

@@ -5,7 +5,8 @@ payment accounts. Honest sharing is common on purpose: households of 2-5 account
 device and a home IP (sometimes a payment account), and a small pool of public IPs
 (campus, cafe, carrier NAT) is used by many honest accounts, so that a naive "shared IP"
 rule hurts honest users. Refund rings and fake-order schemes are groups of young accounts
-registered within days of each other that share a few devices, IPs and payment accounts.
+registered within days of each other that share a few devices, IPs and payment accounts;
+bursts (a world's option) are larger groups of young accounts that share far less.
 
 Entities are integer indices; ``output`` turns them into readable identifiers.
 
@@ -23,7 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from riskmodel.simulator.common import (
+    BAND_ABUSER,
+    BURST,
     DAY,
+    EXPLOITER,
     FAKE_BUYER,
     HONEST,
     HOUR,
@@ -70,9 +74,10 @@ class Population:
     registered: Array
     phone_verified: Array
     kind: Array
-    """HONEST, OPPORTUNIST, SERIAL, RING or FAKE_BUYER (see ``common``)."""
+    """HONEST, OPPORTUNIST, SERIAL, RING, FAKE_BUYER, BAND_ABUSER, EXPLOITER or BURST
+    (see ``common``)."""
     activity: Array
-    """Mean orders per 30 days of ordinary accounts (0 for ring and scheme members)."""
+    """Mean orders per 30 days of ordinary accounts (0 for ring, scheme and burst members)."""
     propensity: Array
     """Multiplier (mean 1) on an account's discretionary honest refunds."""
     device: Array
@@ -94,6 +99,8 @@ class Population:
     n_devices: int
     rings: tuple[Group, ...]
     schemes: tuple[Group, ...]
+    bursts: tuple[Group, ...] = ()
+    """Bursts of new accounts; their ``accounts`` is empty (each pays with its own)."""
 
 
 class _Counter:
@@ -176,22 +183,40 @@ def build_population(cfg: SimulationConfig, rng: np.random.Generator) -> Populat
     scheme_sizes = _group_sizes(
         rng, round(n * cfg.fake_order_account_share), cfg.fake_order_ring_size
     )
+    burst_total = 0
+    if cfg.burst_account_share > 0:
+        burst_total = min(n // 2, max(cfg.burst_size[0], round(n * cfg.burst_account_share)))
+    # Without bursts this draws nothing, so the other draws stay where they were.
+    burst_sizes = _group_sizes(rng, burst_total, cfg.burst_size)
     n_serial = round(n * cfg.serial_refunder_share)
     n_opportunist = round(n * cfg.opportunist_share)
-    n_grouped = sum(ring_sizes) + sum(scheme_sizes)
+    n_band = round(n * cfg.band_abuser_share)
+    n_exploiter = round(n * cfg.late_exploiter_share)
+    n_grouped = sum(ring_sizes) + sum(scheme_sizes) + sum(burst_sizes)
     n_ordinary = n - n_grouped
 
     kind = np.full(n, HONEST, dtype=np.int64)
-    # Which ordinary accounts are serial refunders or opportunists is drawn at random,
-    # so that nothing about an account's position reveals it.
+    # Which ordinary accounts are serial refunders, opportunists, band abusers or
+    # exploiters is drawn at random, so that nothing about an account's position reveals it.
     special = rng.permutation(n_ordinary)
-    kind[special[:n_serial]] = SERIAL
-    kind[special[n_serial : n_serial + n_opportunist]] = OPPORTUNIST
-    kind[n_ordinary : n_ordinary + sum(ring_sizes)] = RING
-    kind[n_ordinary + sum(ring_sizes) :] = FAKE_BUYER
+    taken = 0
+    for special_kind, count in (
+        (SERIAL, n_serial),
+        (OPPORTUNIST, n_opportunist),
+        (BAND_ABUSER, n_band),
+        (EXPLOITER, n_exploiter),
+    ):
+        kind[special[taken : taken + count]] = special_kind
+        taken += count
+    first_scheme = n_ordinary + sum(ring_sizes)
+    first_burst = first_scheme + sum(scheme_sizes)
+    kind[n_ordinary:first_scheme] = RING
+    kind[first_scheme:first_burst] = FAKE_BUYER
+    kind[first_burst:] = BURST
 
     existing = rng.random(n_ordinary) < cfg.existing_user_share
-    existing |= kind[:n_ordinary] == OPPORTUNIST  # opportunists are established accounts
+    # Opportunists and band abusers are established accounts.
+    existing |= np.isin(kind[:n_ordinary], (OPPORTUNIST, BAND_ABUSER))
     existing[kind[:n_ordinary] == SERIAL] = rng.random(n_serial) < 0.5
     registered = np.empty(n, dtype=np.int64)
     registered[:n_ordinary] = _registration(rng, cfg, start, existing)
@@ -275,6 +300,7 @@ def build_population(cfg: SimulationConfig, rng: np.random.Generator) -> Populat
                 end=g_end,
             )
         )
+    bursts = _bursts(rng, cfg, burst_sizes, first, registered, devices, ips)
 
     return Population(
         registered=registered,
@@ -298,4 +324,38 @@ def build_population(cfg: SimulationConfig, rng: np.random.Generator) -> Populat
         n_devices=devices.used,
         rings=tuple(groups[: len(ring_sizes)]),
         schemes=tuple(groups[len(ring_sizes) :]),
+        bursts=bursts,
     )
+
+
+def _bursts(
+    rng: np.random.Generator,
+    cfg: SimulationConfig,
+    sizes: list[int],
+    first: int,
+    registered: Array,
+    devices: _Counter,
+    ips: _Counter,
+) -> tuple[Group, ...]:
+    """Bursts of accounts opened within a few days: each keeps its own device and payment
+    account, and only a few devices (one per ten accounts) and IPs are shared."""
+    start = int(cfg.start.timestamp())
+    end = start + cfg.days * DAY
+    bursts: list[Group] = []
+    for size in sizes:
+        members = np.arange(first, first + size, dtype=np.int64)
+        first += size
+        g_start = start + int(uniform_seconds(rng, 0, max(cfg.days - 14, 1) * DAY * 0.9))
+        g_end = min(end, g_start + int(rng.uniform(7, 21) * DAY))
+        registered[members] = g_start - uniform_seconds(rng, HOUR, 3 * DAY, size)
+        bursts.append(
+            Group(
+                members=members,
+                devices=devices.take(max(1, size // 10)),
+                ips=ips.take(int(rng.integers(2, 6))),
+                accounts=np.empty(0, dtype=np.int64),
+                start=g_start,
+                end=g_end,
+            )
+        )
+    return tuple(bursts)

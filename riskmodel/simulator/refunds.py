@@ -5,7 +5,8 @@ Honest kinds (ground-truth pattern in brackets):
 - not delivered: never delivered (``honest_not_delivered``) or late, often asked before
   the delivery arrived (``honest_late_delivery``);
 - invalid code from a seller's bad batch (``honest_bad_batch``) or an isolated bad code
-  (``honest_invalid_code``); such codes never redeem;
+  (``honest_invalid_code``); such codes never redeem; in some worlds a code sold already
+  used, redeemed before its buyer paid (``honest_sold_used``);
 - unused: a code, membership or service returned soon, nothing redeemed or used
   (``honest_unused``);
 - partial use of a membership: the claim equals the real usage days and the amount is
@@ -22,6 +23,7 @@ import numpy as np
 
 from riskmodel.simulator.abuse import cancellation_time
 from riskmodel.simulator.common import (
+    BURST,
     CARD_CODE,
     DAY,
     DUPLICATE_CHARGE,
@@ -44,7 +46,14 @@ from riskmodel.simulator.common import (
 )
 from riskmodel.simulator.config import SimulationConfig
 from riskmodel.simulator.fulfilment import Fulfilment
-from riskmodel.simulator.orders import DUPLICATE, REGULAR, Orders, usual_device_ip
+from riskmodel.simulator.orders import (
+    BURST_ORDER,
+    DUPLICATE,
+    REGULAR,
+    TURNED_ORIGINS,
+    Orders,
+    usual_device_ip,
+)
 from riskmodel.simulator.patterns import FIRST_ABUSE, Pattern
 from riskmodel.simulator.population import Population
 from riskmodel.simulator.requests import Picker, Requests
@@ -109,10 +118,12 @@ def honest_requests(
         (Pattern.HONEST_INVALID_CODE, ~facts.in_bad_batch),
     ):
         idx = picker.pick(invalid & from_batch)
-        after = np.minimum(
-            np.exp(rng.normal(np.log(20 * MINUTE), 1.5, len(idx))).astype(np.int64), 3 * DAY
-        )
-        picker.add(idx, orders.delivered[idx] + after, INVALID_CODE, pattern)
+        picker.add(idx, orders.delivered[idx] + _noticed(rng, len(idx)), INVALID_CODE, pattern)
+    if facts.sold_used.any():  # only in worlds with codes sold used: no draw otherwise
+        sold_used = regular & facts.sold_used & (r[7] < cfg.invalid_code_refund_rate)
+        idx = picker.pick(sold_used)
+        requested = orders.delivered[idx] + _noticed(rng, len(idx))
+        picker.add(idx, requested, INVALID_CODE, Pattern.HONEST_SOLD_USED)
 
     propensity = pop.propensity[orders.user]
     returnable = (ptype != GAME_CURRENCY) & delivered
@@ -142,6 +153,11 @@ def honest_requests(
         OTHER,
         Pattern.HONEST_OTHER,
     )
+
+
+def _noticed(rng: np.random.Generator, n: int) -> Array:
+    """How long after delivery a buyer notices that a code does not work."""
+    return np.minimum(np.exp(rng.normal(np.log(20 * MINUTE), 1.5, n)).astype(np.int64), 3 * DAY)
 
 
 def price_requests(
@@ -193,14 +209,16 @@ def request_context(
     """Device, IP and channel code of each request.
 
     Ordinary accounts ask from the device they bought on or another of their usual ones;
-    ring and scheme members ask from the shared device and IP of the order.
+    ring, scheme and burst members, and orders through an entity turned bad, ask from the
+    device and IP of the order.
     """
     n = len(requests)
     order = requests.order
     user = orders.user[order]
     device, ip = usual_device_ip(pop, rng, user)
     device = np.where(rng.random(n) < 0.6, orders.device[order], device)
-    grouped = (pop.kind[user] == RING) | (pop.kind[user] == FAKE_BUYER)
+    grouped = np.isin(pop.kind[user], (RING, FAKE_BUYER, BURST))
+    grouped |= np.isin(orders.origin[order], (*TURNED_ORIGINS, BURST_ORDER))
     device = np.where(grouped, orders.device[order], device)
     ip = np.where(grouped, orders.ip[order], ip)
 

@@ -2,7 +2,9 @@
 
 Each stage draws from its own random stream (all derived from ``config.seed``), so the
 same config always gives the same data, and a change inside one stage does not reshuffle
-the draws of the others.
+the draws of the others. Stages added for randomised worlds come last in ``_STAGES`` (a
+stream's seed depends only on its position) and draw nothing in the default
+configuration, which therefore gives the same bytes as before they existed.
 
     >>> from riskmodel.simulator import SimulationConfig, simulate
     >>> sim = simulate(SimulationConfig(users=500, days=14, seed=1))
@@ -14,10 +16,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from riskmodel.simulator.abuse import abusive_requests, duplicate_refunds, group_orders
+from riskmodel.simulator.abuse import (
+    abusive_requests,
+    duplicate_refunds,
+    group_orders,
+    world_abusive_requests,
+)
 from riskmodel.simulator.catalog import build_catalog
 from riskmodel.simulator.common import DAY, MISSING, streams
 from riskmodel.simulator.config import SimulationConfig
+from riskmodel.simulator.currencies import account_currencies, convert, rate_table
 from riskmodel.simulator.fulfilment import fulfil
 from riskmodel.simulator.labels import draw_labels
 from riskmodel.simulator.orders import Orders, duplicate_charges, regular_orders
@@ -25,6 +33,7 @@ from riskmodel.simulator.output import Simulation, assemble
 from riskmodel.simulator.population import build_population
 from riskmodel.simulator.refunds import honest_requests, price_requests, request_context
 from riskmodel.simulator.requests import Picker, Requests
+from riskmodel.simulator.turned import draw_turns, turned_orders
 from riskmodel.simulator.usage import membership_usage
 
 __all__ = ["simulate"]
@@ -44,6 +53,10 @@ _STAGES = (
     "context",
     "labels",
     "ids",
+    # Worlds only: each draws nothing in the default configuration.
+    "turns",
+    "world_abuse",
+    "currencies",
 )
 
 
@@ -66,12 +79,15 @@ def simulate(config: SimulationConfig) -> Simulation:
     regular = regular_orders(pop, catalog, config, rng["orders"])
     grouped = group_orders(pop, catalog, config, rng["groups"])
     copies = duplicate_charges(regular, config, rng["duplicate_charges"])
-    orders = Orders.concat([regular, grouped, copies])
+    turns = draw_turns(pop, catalog, config, rng["turns"])
+    turned = turned_orders(turns, pop, catalog, rng["turns"])
+    orders = Orders.concat([regular, grouped, copies, turned])
     facts = fulfil(orders, catalog.batches, config, rng["fulfilment"])
 
     # Abuse is picked first so that an abuser's order is never also an honest refund.
     picker = Picker(len(orders))
     abusive_requests(picker, orders, pop, config, rng["abuse"])
+    world_abusive_requests(picker, orders, pop, config, rng["world_abuse"])
     honest_requests(picker, orders, facts, pop, config, rng["honest"])
     first = picker.requests()
 
@@ -88,12 +104,20 @@ def simulate(config: SimulationConfig) -> Simulation:
     requests = requests.take(np.flatnonzero(requests.requested < end))
 
     context = request_context(requests, orders, pop, rng["context"])
-    labels = draw_labels(requests.requested, requests.pattern, config, rng["labels"])
+    method = orders.method[requests.order]
+    labels = draw_labels(requests.requested, requests.pattern, config, rng["labels"], method)
+
+    currency = account_currencies(len(pop.registered), config, rng["currencies"])
+    order_currency = currency[orders.user]
+    if config.foreign_currency_share > 0:
+        requests.amount = convert(requests.amount, order_currency[requests.order], config)
+        orders.amount = convert(orders.amount, order_currency, config)
     return assemble(
         pop,
         n_sellers=catalog.n_sellers,
         n_products=len(catalog.seller),
-        currency=config.currency,
+        currencies=rate_table(config),
+        order_currency=order_currency,
         orders=orders,
         usage=usage,
         requests=requests,
