@@ -1,9 +1,19 @@
 """The feature catalogue: every model input, declared once (see ``features.spec``).
 
+Most of it is generated from a few family declarations (``FAMILIES``): for each entity of
+a request (its user, device, IP, payment account, seller, product, and its order) and a
+set of windows, the orders and refund requests counted and added up, the refund share,
+verdicts and confirmed abuse as a count and a rate, new users, and the time since the
+latest event. The rest is the request and its order as they are, and a few features of
+one entity (a user's reasons, product mix, decisions...).
+
 Missing data has a defined value, stated in each feature's ``doc``: counts and sums are 0
 when there is no event; "hours since", maxima, ages and ratios with nothing to divide are
-null (NaN); every feature of a device, IP or payment account is null when the request has
-none. The model reads null as "unknown", which is not the same as zero.
+null (NaN); every feature of a device, IP, payment account, seller or product is null
+when the request has none. The model reads null as "unknown", which is not the same as
+zero. Amounts that are added up or compared across orders are in the reporting currency
+(``riskmodel.store.BASE_AMOUNT``); the request's and its order's own amounts are in the
+order's currency.
 
     >>> from features.catalog import CATALOG
     >>> CATALOG["user_orders_7d"].doc
@@ -13,51 +23,193 @@ none. The model reads null as "unknown", which is not the same as zero.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
-from features.spec import DAY, HOUR, Agg, Aggregate, Columns, Context, Derived, Entity, Feature
+from features.spec import (
+    DAY,
+    HOUR,
+    Agg,
+    Aggregate,
+    Columns,
+    Context,
+    Derived,
+    Entity,
+    Feature,
+    Ratio,
+    divide,
+)
 from features.spec import Source as S
 from features.spec import Type as T
 from riskmodel.domain import ProductType, RefundReason
 
-__all__ = ["CATALOG", "FEATURE_VERSION", "feature_names", "model_features"]
+__all__ = ["CATALOG", "FAMILIES", "FEATURE_VERSION", "Family", "feature_names", "model_features"]
 
-FEATURE_VERSION = "1"
+FEATURE_VERSION = "2"
 """Raised whenever a definition changes meaning, so stored data can say what made it."""
 
 MINUTE = HOUR // 60
 WINDOWS = {"1d": DAY, "7d": 7 * DAY, "30d": 30 * DAY, "90d": 90 * DAY}
+ALL = "all"
 _LINKED = {
     Entity.DEVICE: "device",
     Entity.IP: "ip",
     Entity.PAYMENT_ACCOUNT: "payment account",
 }
+# How each entity is named in feature names and in words.
+_PREFIX = {
+    Entity.USER: "user",
+    Entity.ORDER: "order",
+    Entity.DEVICE: "device",
+    Entity.IP: "ip",
+    Entity.PAYMENT_ACCOUNT: "payment_account",
+    Entity.SELLER: "seller",
+    Entity.PRODUCT: "product",
+}
+_WORDS = {
+    Entity.USER: "the user",
+    Entity.ORDER: "the order",
+    Entity.DEVICE: "the request's device",
+    Entity.IP: "the request's IP",
+    Entity.PAYMENT_ACCOUNT: "the order's payment account",
+    Entity.SELLER: "the order's seller",
+    Entity.PRODUCT: "the order's product",
+}
+
+
+def _ratio(numerator: str, denominator: str) -> Ratio:
+    return Ratio(
+        f"{numerator}__per__{denominator}",
+        numerator,
+        denominator,
+        doc=f"{numerator} / {denominator}; null when {denominator} is 0",
+    )
 
 
 def _span(label: str) -> str:
+    """A window's words: 'the day' / 'the 7 days' before the request's own day."""
     days = int(label[:-1])
     return "the day" if days == 1 else f"the {days} days"
 
 
-def _divide(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
-    """top / bottom, null where bottom is 0 or null."""
-    top, bottom = np.asarray(top, dtype=float), np.asarray(bottom, dtype=float)
-    out = np.full(np.broadcast(top, bottom).shape, np.nan)
-    np.divide(top, bottom, out=out, where=bottom > 0)
-    return out
+def _when(label: str) -> str:
+    """When a window's events happened, in words."""
+    if label == ALL:
+        return "before the request"
+    return f"in {_span(label)} before the request's day, and on that day before the request"
 
 
-def _ratio(numerator: str, denominator: str) -> Derived:
-    def compute(c: Columns) -> np.ndarray:
-        return _divide(c[numerator], c[denominator])
+def _window(label: str) -> int | None:
+    return None if label == ALL else WINDOWS[label]
 
-    return Derived(
-        f"{numerator}__per__{denominator}",
-        compute,
-        (numerator, denominator),
-        doc=f"{numerator} / {denominator}; null when {denominator} is 0",
+
+@dataclass(frozen=True)
+class Family:
+    """Features of one kind generated for several entities and windows (window labels:
+    ``1d``, ``7d``, ``30d``, ``90d``, ``all``). ``kind`` names the generator:
+
+    - ``volume``: orders and refund requests counted and their amounts added up, and the
+      refund share (requests per order);
+    - ``verdicts``: requests judged, requests confirmed abusive (net of verdicts that
+      cleared one), and the abuse rate, all by the verdicts' time;
+    - ``new_users``: users first seen on the entity;
+    - ``latest``: hours since the latest order and refund request (whole history).
+    """
+
+    kind: str
+    entities: tuple[Entity, ...]
+    windows: tuple[str, ...] = (ALL,)
+
+    def features(self) -> Iterator[Feature]:
+        make = _KINDS[self.kind]
+        for entity in self.entities:
+            for label in self.windows:
+                yield from make(entity, label)
+
+
+def _volume(entity: Entity, label: str) -> Iterator[Feature]:
+    p, who, when, window = _PREFIX[entity], _WORDS[entity], _when(label), _window(label)
+    yield Aggregate(
+        f"{p}_orders_{label}", S.ORDERS, entity, Agg.COUNT, window,
+        doc=f"orders of {who} paid {when}",
+    )  # fmt: skip
+    yield Aggregate(
+        f"{p}_order_amount_{label}", S.ORDERS, entity, Agg.SUM, window,
+        doc=f"amount paid for orders of {who} {when}",
+    )  # fmt: skip
+    yield Aggregate(
+        f"{p}_refunds_{label}", S.REFUNDS, entity, Agg.COUNT, window,
+        doc=f"refund requests of {who} {when}",
+    )  # fmt: skip
+    yield Aggregate(
+        f"{p}_refund_amount_{label}", S.REFUNDS, entity, Agg.SUM, window,
+        doc=f"amount asked back by refund requests of {who} {when}",
+    )  # fmt: skip
+    yield _ratio(f"{p}_refunds_{label}", f"{p}_orders_{label}")
+
+
+def _verdicts(entity: Entity, label: str) -> Iterator[Feature]:
+    p, who, window = _PREFIX[entity], _WORDS[entity], _window(label)
+    when = "before the request" if label == ALL else f"by verdicts of {_span(label)} before it"
+    abuse, judged = f"{p}_confirmed_abuse_{label}", f"{p}_verdicts_{label}"
+    yield Aggregate(
+        abuse, S.ABUSE, entity, Agg.SUM, window,
+        doc=f"earlier requests of {who} whose latest verdict known says abuse, {when} "
+        "(net of verdicts clearing one)",
+    )  # fmt: skip
+    yield Aggregate(
+        judged, S.VERDICTS, entity, Agg.COUNT, window,
+        doc=f"earlier requests of {who} judged {when} (their first verdict)",
+    )  # fmt: skip
+    yield Ratio(
+        f"{p}_abuse_rate_{label}",
+        abuse,
+        judged,
+        doc=f"{abuse} / {judged}, between 0 and 1; null when nothing was judged",
+        clip=True,
     )
+
+
+def _new_users(entity: Entity, label: str) -> Iterator[Feature]:
+    p, who = _PREFIX[entity], _WORDS[entity]
+    yield Aggregate(
+        f"{p}_new_users_{label}", S.SIGHTINGS, entity, Agg.COUNT, _window(label),
+        doc=f"users first seen on {who} {_when(label)} (ordering or asking a refund from it)",
+    )  # fmt: skip
+
+
+def _latest(entity: Entity, label: str) -> Iterator[Feature]:
+    p, who = _PREFIX[entity], _WORDS[entity]
+    for source, what, noun in ((S.ORDERS, "order", "order"), (S.REFUNDS, "refund", "request")):
+        yield Aggregate(
+            f"{p}_hours_since_last_{what}", source, entity, Agg.HOURS_SINCE_LAST,
+            doc=f"hours since the latest {noun} of {who} before the request; null if none",
+        )  # fmt: skip
+
+
+_KINDS: dict[str, Callable[[Entity, str], Iterator[Feature]]] = {
+    "volume": _volume,
+    "verdicts": _verdicts,
+    "new_users": _new_users,
+    "latest": _latest,
+}
+
+_LINKS = (Entity.DEVICE, Entity.IP, Entity.PAYMENT_ACCOUNT)
+_LARGE = (Entity.SELLER, Entity.PRODUCT)
+_EVERY = (Entity.USER, *_LINKS, *_LARGE)
+
+FAMILIES: tuple[Family, ...] = (
+    Family("volume", (Entity.USER,), ("1d", "7d", "30d", "90d", ALL)),
+    Family("volume", (*_LINKS, *_LARGE), ("1d", "7d", "30d", "90d")),
+    Family("verdicts", _EVERY, ("7d", "30d", "90d", ALL)),
+    Family("verdicts", (Entity.ORDER,), (ALL,)),
+    Family("new_users", _LINKS, ("1d", "7d", "30d")),
+    Family("latest", _EVERY),
+)
+"""The generated part of the catalogue. Large entities (a public IP, a big seller, a popular
+product) are read from day tiles online, whose cost grows with the window: their volume
+windows stop at 90 days."""
 
 
 def _user_behaviour() -> Iterator[Feature]:
@@ -72,37 +224,6 @@ def _user_behaviour() -> Iterator[Feature]:
         "user_phone_verified",
         "1 if the user's phone is verified, 0 if not, null if unknown",
     )
-    for label, window in WINDOWS.items():
-        yield Aggregate(
-            f"user_orders_{label}",
-            S.ORDERS,
-            Entity.USER,
-            Agg.COUNT,
-            window,
-            doc=f"orders the user paid in {_span(label)} before the request",
-        )
-        yield Aggregate(
-            f"user_order_amount_{label}",
-            S.ORDERS,
-            Entity.USER,
-            Agg.SUM,
-            window,
-            doc=f"amount the user paid in {_span(label)} before the request",
-        )
-    yield Aggregate(
-        "user_orders_all",
-        S.ORDERS,
-        Entity.USER,
-        Agg.COUNT,
-        doc="orders the user paid before the request",
-    )
-    yield Aggregate(
-        "user_order_amount_all",
-        S.ORDERS,
-        Entity.USER,
-        Agg.SUM,
-        doc="amount the user paid before the request",
-    )
     for entity, word in _LINKED.items():
         short = word.replace(" ", "_")
         yield Aggregate(
@@ -112,7 +233,7 @@ def _user_behaviour() -> Iterator[Feature]:
             Agg.DISTINCT,
             30 * DAY,
             of=entity.value,
-            doc=f"distinct {word}s on the user's orders in the 30 days before the request",
+            doc=f"distinct {word}s on the user's orders {_when('30d')}",
         )
     for product in ProductType:
         count = f"user_orders_{product.value}_all"
@@ -124,52 +245,19 @@ def _user_behaviour() -> Iterator[Feature]:
             where=("product_type", product.value),
             doc=f"{product.value} orders the user paid before the request",
         )
-        yield Derived(
+        yield Ratio(
             f"user_share_{product.value}",
-            _share(count),
-            (count, "user_orders_all"),
+            count,
+            "user_orders_all",
             doc=f"share of the user's orders that were {product.value}; null before any",
         )
-    yield Aggregate(
-        "user_hours_since_last_order",
-        S.ORDERS,
-        Entity.USER,
-        Agg.HOURS_SINCE_LAST,
-        doc="hours since the user's latest order before the request; null if none",
-    )
 
 
 Formula = Callable[[Columns], np.ndarray]
 
 
-def _share(count: str) -> Formula:
-    def compute(c: Columns) -> np.ndarray:
-        return _divide(c[count], c["user_orders_all"])
-
-    return compute
-
-
 def _refund_history() -> Iterator[Feature]:
-    for label, window in [*WINDOWS.items(), ("all", None)]:
-        words = "before the request" if window is None else f"in {_span(label)} before it"
-        yield Aggregate(
-            f"user_refunds_{label}",
-            S.REFUNDS,
-            Entity.USER,
-            Agg.COUNT,
-            window,
-            doc=f"refund requests the user made {words}",
-        )
-        yield Aggregate(
-            f"user_refund_amount_{label}",
-            S.REFUNDS,
-            Entity.USER,
-            Agg.SUM,
-            window,
-            doc=f"amount the user asked back {words}",
-        )
-    for label in ("90d", "all"):
-        yield _ratio(f"user_refunds_{label}", f"user_orders_{label}")
+    for label in ("90d", ALL):
         yield _ratio(f"user_refund_amount_{label}", f"user_order_amount_{label}")
     for decision in ("review", "block"):
         yield Aggregate(
@@ -180,13 +268,6 @@ def _refund_history() -> Iterator[Feature]:
             where=("decision", decision),
             doc=f"earlier requests of the user this service decided {decision}",
         )
-    yield Aggregate(
-        "user_confirmed_abuse_all",
-        S.ABUSE,
-        Entity.USER,
-        Agg.SUM,
-        doc="earlier requests of the user whose latest label known before the request says abuse",
-    )
     for reason in RefundReason:
         yield Aggregate(
             f"user_refunds_{reason.value}_all",
@@ -196,13 +277,6 @@ def _refund_history() -> Iterator[Feature]:
             where=("reason", reason.value),
             doc=f"earlier refund requests of the user with reason {reason.value}",
         )
-    yield Aggregate(
-        "user_hours_since_last_refund",
-        S.REFUNDS,
-        Entity.USER,
-        Agg.HOURS_SINCE_LAST,
-        doc="hours since the user's latest refund request; null if none",
-    )
 
 
 def _known(c: Columns, column: str) -> np.ndarray:
@@ -231,7 +305,7 @@ def _membership(c: Columns, values: np.ndarray) -> np.ndarray:
 
 def _entitlement(c: Columns) -> np.ndarray:
     days = c["order_service_days"].astype(float)
-    left = _divide(np.clip(days - c["order_days_used_seen"], 0, None), days)
+    left = divide(np.clip(days - c["order_days_used_seen"], 0, None), days)
     return _membership(c, np.round(c["order_amount"] * left, 2))
 
 
@@ -266,12 +340,35 @@ def _order_context() -> Iterator[Feature]:
         "how the order was paid; null if unknown",
         ("alipay", "wechat_pay", "bank_card", "balance"),
     )
-    yield _copy("request_amount", "amount", "amount asked back")
-    yield _copy("order_amount", "order_amount", "amount paid for the order")
-    yield Context(
+    yield _copy("request_amount", "amount", "amount asked back, in the order's currency")
+    yield _copy("order_amount", "order_amount", "amount paid for the order, in its currency")
+    yield _copy(
+        "request_amount_base", "amount_base", "amount asked back, in the reporting currency"
+    )
+    yield _copy(
+        "order_amount_base",
+        "order_amount_base",
+        "amount paid for the order, in the reporting currency",
+    )
+    for entity, label in _TYPICAL:
+        p = _PREFIX[entity]
+        mean = f"{p}_mean_order_amount_{label}"
+        yield Ratio(
+            mean,
+            f"{p}_order_amount_{label}",
+            f"{p}_orders_{label}",
+            doc=f"mean amount of an order of {_WORDS[entity]} {_when(label)}; null before any",
+        )
+        yield Ratio(
+            f"order_amount_vs_{p}_mean_{label}",
+            "order_amount_base",
+            mean,
+            doc=f"amount paid for the order / {mean}; null before any",
+        )
+    yield Ratio(
         "requested_share_of_paid",
-        lambda c: _divide(c["amount"], c["order_amount"]),
-        ("amount", "order_amount"),
+        "amount",
+        "order_amount",
         doc="amount asked back / amount paid; null for a free order",
     )
     yield Context(
@@ -340,8 +437,17 @@ def _order_context() -> Iterator[Feature]:
         S.REFUNDS,
         Entity.ORDER,
         Agg.SUM,
-        doc="amount already asked back on the same order",
+        doc="amount already asked back on the same order, in its currency",
     )
+
+
+# The typical amounts an order's is set against: the user's own, the seller's, the product's.
+_TYPICAL = (
+    (Entity.USER, "30d"),
+    (Entity.USER, ALL),
+    (Entity.SELLER, "30d"),
+    (Entity.PRODUCT, "90d"),
+)
 
 
 def _linked_entities() -> Iterator[Feature]:
@@ -370,20 +476,6 @@ def _linked_entities() -> Iterator[Feature]:
             (f"{short}_newest_registration", "requested_at"),
             doc=f"age in days of the youngest account seen on the {word}; null if none",
         )
-        yield Aggregate(
-            f"{short}_refunds_all",
-            S.REFUNDS,
-            Entity(entity),
-            Agg.COUNT,
-            doc=f"refund requests made from the {word} before the request (any user)",
-        )
-        yield Aggregate(
-            f"{short}_confirmed_abuse_all",
-            S.ABUSE,
-            Entity(entity),
-            Agg.SUM,
-            doc=f"requests from the {word} whose latest label known before the request says abuse",
-        )
 
 
 def _age_from(newest: str) -> Formula:
@@ -396,37 +488,33 @@ def _age_from(newest: str) -> Formula:
 
 def _seller() -> Iterator[Feature]:
     yield Aggregate(
-        "seller_orders_30d",
-        S.ORDERS,
-        Entity.SELLER,
-        Agg.COUNT,
-        30 * DAY,
-        doc="orders of the seller in the 30 days before the request; null without a seller",
-    )
-    yield Aggregate(
-        "seller_refunds_30d",
-        S.REFUNDS,
-        Entity.SELLER,
-        Agg.COUNT,
-        30 * DAY,
-        doc="refund requests on the seller's orders in the 30 days before the request",
-    )
-    yield Aggregate(
         "seller_invalid_code_refunds_30d",
         S.REFUNDS,
         Entity.SELLER,
         Agg.COUNT,
         30 * DAY,
         where=("reason", RefundReason.INVALID_CODE.value),
-        doc="invalid_code refund requests on the seller's orders in the 30 days before",
+        doc=f"invalid_code refund requests on the seller's orders {_when('30d')}",
     )
-    yield _ratio("seller_refunds_30d", "seller_orders_30d")
     yield _ratio("seller_invalid_code_refunds_30d", "seller_refunds_30d")
+
+
+def _families() -> Iterator[Feature]:
+    for family in FAMILIES:
+        yield from family.features()
 
 
 def _build() -> dict[str, Feature]:
     catalog: dict[str, Feature] = {}
-    for group in (_user_behaviour, _refund_history, _order_context, _linked_entities, _seller):
+    groups = (
+        _user_behaviour,
+        _families,
+        _refund_history,
+        _order_context,
+        _linked_entities,
+        _seller,
+    )
+    for group in groups:
         for feature in group():
             if feature.name in catalog:
                 raise ValueError(f"feature {feature.name!r} is declared twice")

@@ -10,7 +10,7 @@ from typing import Any
 from features.catalog import CATALOG
 from features.history import load_history
 from features.offline import build_features
-from features.spec import Aggregate, Context, Derived
+from features.spec import Aggregate, Context, Feature, Ratio
 from riskmodel.cli import add_database_option
 from riskmodel.errors import DataError
 
@@ -54,12 +54,15 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe(feature: Aggregate | Context | Derived) -> tuple[str, str, str]:
+def _describe(feature: Feature) -> tuple[str, str, str]:
     if isinstance(feature, Aggregate):
-        window = "all history" if feature.window_days is None else f"{feature.window_days:g} days"
+        days = feature.window_days
+        window = "all history" if days is None else f"{days:g} day{'s' if days != 1 else ''}"
         return feature.entity.value, f"{feature.source.value}: {feature.agg.value}", window
     if isinstance(feature, Context):
         return "request", "context", "at request"
+    if isinstance(feature, Ratio):
+        return "-", "ratio", "-"
     return "-", "derived", "-"
 
 

@@ -30,8 +30,10 @@ __all__ = [
     "Events",
     "History",
     "Sources",
+    "base_amounts",
     "dense_rank",
     "load_history",
+    "rates_of",
     "request_entity",
     "request_frame",
 ]
@@ -41,7 +43,9 @@ ORDER_COLUMNS = (
     "product_type",
     "amount",
     "paid_at",
+    "currency",
     "seller_id",
+    "product_id",
     "payment_method",
     "payment_account",
     "device_id",
@@ -52,7 +56,7 @@ ORDER_COLUMNS = (
 )
 """Order columns a request carries, as ``order_<name>``."""
 
-_TABLES = ("users", "orders", "usage", "refund_requests", "labels", "decisions")
+_TABLES = ("users", "orders", "usage", "refund_requests", "labels", "decisions", "rates")
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class History:
     refund_requests: pd.DataFrame
     labels: pd.DataFrame
     decisions: pd.DataFrame
+    rates: pd.DataFrame
 
     @classmethod
     def empty(cls) -> History:
@@ -108,6 +113,24 @@ def _obj(series: pd.Series) -> np.ndarray:
     return series.astype(object).where(series.notna(), None).to_numpy(dtype=object)
 
 
+def rates_of(history: History, currencies: pd.Series) -> np.ndarray:
+    """The stored rate (integer millionths, float64) of each currency; NaN where none."""
+    at = _positions(currencies, history.rates["currency"])
+    rates = _num(history.rates["rate"])
+    return np.where(at >= 0, rates[np.maximum(at, 0)] if len(rates) else np.nan, np.nan)
+
+
+def base_amounts(cents: np.ndarray, rates: np.ndarray) -> np.ndarray:
+    """Amounts in cents of the reporting currency (``riskmodel.store.base_amount``),
+    int64 arithmetic as in the store's SQL; NaN stays NaN."""
+    known = ~np.isnan(cents)
+    out = cents.copy()
+    convert = known & ~np.isnan(rates) & (rates != dataset.RATE_UNIT)
+    whole = cents[convert].astype(np.int64) * rates[convert].astype(np.int64)
+    out[convert] = (whole // dataset.RATE_UNIT).astype(float)
+    return out
+
+
 def _positions(values: pd.Series, keys: pd.Series) -> np.ndarray:
     """Row of ``keys`` holding each of ``values`` (-1 if none), by an Arrow hash lookup:
     several times faster than a pandas reindex or merge on millions of string keys."""
@@ -144,11 +167,14 @@ def request_frame(
         columns[name] = _obj(requests[name])
     for name in ("requested_at", "amount", "days_used_claimed"):
         columns[name] = _num(requests[name])
-    columns["amount"] = columns["amount"] / 100
     for name in ORDER_COLUMNS:
         values = order_rows[name]
         numeric = name in ("amount", "paid_at", "delivered_at", "redeemed_at", "service_days")
         columns[f"order_{name}"] = _num(values) if numeric else _obj(values)
+    rates = rates_of(history, order_rows["currency"])
+    columns["amount_base"] = base_amounts(columns["amount"], rates) / 100
+    columns["order_amount_base"] = base_amounts(columns["order_amount"], rates) / 100
+    columns["amount"] = columns["amount"] / 100
     columns["order_amount"] = columns["order_amount"] / 100
     columns["user_registered_at"] = _num(user_rows["registered_at"])
     verified = user_rows["phone_verified"]
@@ -161,7 +187,7 @@ def request_frame(
 
 def request_entity(columns: dict[str, np.ndarray], entity: Entity) -> np.ndarray:
     """The value each request has for ``entity`` (its own field, or its order's)."""
-    if entity in (Entity.PAYMENT_ACCOUNT, Entity.SELLER):
+    if entity.on_order:
         return columns[f"order_{entity.value}"]
     return columns[entity.value]
 
@@ -216,7 +242,9 @@ class Sources:
     def __init__(self, history: History) -> None:
         self.history = history
         self._refunds: pd.DataFrame | None = None
-        self._lock = threading.Lock()
+        self._order_amounts: np.ndarray | None = None
+        self._verdicts: pd.DataFrame | None = None
+        self._lock = threading.RLock()
         self._order_rows: pd.DataFrame | None = None
         self._users_of: dict[str, np.ndarray] = {}
         self._ranks: dict[object, tuple[np.ndarray, np.ndarray]] = {}
@@ -232,7 +260,8 @@ class Sources:
 
     @property
     def refunds(self) -> pd.DataFrame:
-        """Refund requests with their order's payment account and seller."""
+        """Refund requests with their order's payment account, seller and product, and
+        their amount in cents of the reporting currency (``base_amount``)."""
         with self._lock:  # several sources read it, possibly from several threads
             return self._joined_refunds()
 
@@ -240,23 +269,55 @@ class Sources:
         if self._refunds is None:
             requests = self.history.refund_requests
             theirs = self.order_rows(requests)
+            rates = rates_of(self.history, theirs["currency"])
             self._refunds = requests.reset_index(drop=True).assign(
-                payment_account=theirs["payment_account"], seller_id=theirs["seller_id"]
+                payment_account=theirs["payment_account"],
+                seller_id=theirs["seller_id"],
+                product_id=theirs["product_id"],
+                base_amount=base_amounts(_num(requests["amount"]), rates),
             )
         return self._refunds
 
-    def abuse_changes(self) -> pd.DataFrame:
-        """One row per label that changes what is known of a request (+1 abuse, -1 cleared)."""
-        labels = self.history.labels[["request_id", "labeled_at", "is_abuse"]].copy()
+    def order_amounts(self) -> np.ndarray:
+        """Each order's amount in cents of the reporting currency (a column beside the
+        orders rather than in a copy of them: the orders are the largest table)."""
+        with self._lock:
+            if self._order_amounts is None:
+                orders = self.history.orders
+                rates = rates_of(self.history, orders["currency"])
+                self._order_amounts = base_amounts(_num(orders["amount"]), rates)
+            return self._order_amounts
+
+    def verdicts(self) -> pd.DataFrame:
+        """What the verdicts say of each request, once per time it changes (the store's
+        ``abuse_changes``): ``delta`` +1 now abuse, -1 cleared; ``judged`` 1 for the first
+        verdict. A verdict dated before its request counts from the request's time."""
+        with self._lock:
+            if self._verdicts is None:
+                self._verdicts = self._verdict_changes()
+            return self._verdicts
+
+    def _verdict_changes(self) -> pd.DataFrame:
+        requests = self._joined_refunds()
+        labels = self.history.labels[["request_id", "labeled_at", "is_abuse"]]
+        labels = labels.merge(requests[["request_id", "requested_at"]], on="request_id")
         labels["state"] = labels["is_abuse"].astype(bool).astype("int64")
         labels = labels.sort_values(["request_id", "labeled_at"], kind="stable")
-        previous = labels.groupby("request_id", sort=False)["state"].shift(1, fill_value=0)
-        labels["delta"] = labels["state"] - previous
-        changes = labels[labels["delta"] != 0]
-        requests = self.refunds[
-            ["request_id", "user_id", "device_id", "ip", "payment_account", "seller_id"]
-        ]
-        return changes.merge(requests, on="request_id", how="inner")
+        by_request = labels.groupby("request_id", sort=False)
+        labels["delta"] = labels["state"] - by_request["state"].shift(1, fill_value=0)
+        labels["judged"] = (by_request.cumcount() == 0).astype("int64")
+        at = pd.to_numeric(labels["labeled_at"]).to_numpy(dtype=np.int64)
+        asked = pd.to_numeric(labels["requested_at"]).to_numpy(dtype=np.int64)
+        labels["labeled_at"] = np.maximum(at, asked)
+        # Verdicts moved to their request's time may share an instant: one change for both.
+        changes = (
+            labels.groupby(["request_id", "labeled_at"], sort=False)[["delta", "judged"]]
+            .sum()
+            .reset_index()
+        )
+        changes = changes[(changes["delta"] != 0) | (changes["judged"] != 0)]
+        keys = ["request_id", *(e.value for e in Entity)]
+        return changes.merge(requests[keys], on="request_id", how="inner")
 
     def _user_codes(self, frame: pd.DataFrame) -> np.ndarray:
         """Each row's user as a row number of ``history.users`` (-1: unknown user)."""
@@ -318,13 +379,19 @@ class Sources:
         """
         history = self.history
         frame: pd.DataFrame
-        value: str | None
+        value: str | np.ndarray | None
         if source is Source.ORDERS:
-            frame, time, value = history.orders, "paid_at", "amount"
+            frame, time, value = history.orders, "paid_at", self.order_amounts()
         elif source is Source.REFUNDS:
-            frame, time, value = self.refunds, "requested_at", "amount"
+            # An order's requests share its currency: they add up as they are.
+            amount = "amount" if entity is Entity.ORDER else "base_amount"
+            frame, time, value = self.refunds, "requested_at", amount
         elif source is Source.ABUSE:
-            frame, time, value = self.abuse_changes(), "labeled_at", "delta"
+            changes = self.verdicts()
+            frame, time, value = changes[changes["delta"] != 0], "labeled_at", "delta"
+        elif source is Source.VERDICTS:
+            changes = self.verdicts()
+            frame, time, value = changes[changes["judged"] != 0], "labeled_at", "judged"
         elif source is Source.DECISIONS:
             users = history.refund_requests[["request_id", "user_id"]]
             frame = history.decisions.merge(users, on="request_id", how="inner")
@@ -344,15 +411,16 @@ class Sources:
             pa.array(frame[entity.value], type=pa.string(), from_pandas=True), value_set=wanted
         ).to_numpy(zero_copy_only=False)
         keep = ~np.isnan(found)
+        if value is None:
+            values = np.ones(int(keep.sum()), dtype=np.int64)
+        elif isinstance(value, str):
+            values = pd.to_numeric(frame[value]).to_numpy(dtype=np.int64)[keep]
+        else:
+            values = value[keep].astype(np.int64)
         # Only the columns read: filtering a wide table copies every column it keeps.
-        frame = frame[[*([] if value is None else [value]), *attributes]]
+        frame = frame[list(attributes)]
         if not keep.all():
             frame = frame[keep]
-        values = (
-            np.ones(len(frame), dtype=np.int64)
-            if value is None
-            else pd.to_numeric(frame[value]).to_numpy(dtype=np.int64)
-        )
         return Events(
             code=found[keep].astype(np.int64),
             time=times[keep],

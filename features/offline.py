@@ -35,7 +35,18 @@ from features.history import (
     request_entity,
     request_frame,
 )
-from features.spec import HOUR, Agg, Aggregate, Context, Derived, Entity, Feature, Source, Type
+from features.spec import (
+    HOUR,
+    Agg,
+    Aggregate,
+    Computed,
+    Context,
+    Entity,
+    Feature,
+    Source,
+    Type,
+    window_start,
+)
 
 __all__ = ["build_features", "compute_columns"]
 
@@ -107,7 +118,7 @@ def compute_columns(
         for result in pool.map(fold, order):
             columns.update(result)
     for feature in wanted:
-        if isinstance(feature, Context | Derived):
+        if isinstance(feature, Computed):
             columns[feature.name] = feature.compute(columns)
     return columns
 
@@ -122,6 +133,7 @@ _WEIGHT = {
     Source.USAGE: 4,
     Source.REFUNDS: 3,
     Source.ABUSE: 2,
+    Source.VERDICTS: 2,
     Source.DECISIONS: 1,
 }
 
@@ -164,6 +176,10 @@ class _Keys:
         self.by_key = np.lexsort((times, self.query))
 
 
+NOW = 0
+"""``_Stream.position``'s bound at the request's own time (a window is never empty)."""
+
+
 class _Stream:
     """Events of one (source, entity), sorted, and the requests that query them."""
 
@@ -196,15 +212,17 @@ class _Stream:
         self._prefix: dict[tuple[str, tuple[str, str] | None], np.ndarray] = {}
 
     def position(self, window: int | None) -> np.ndarray:
-        """Per request: events ordered before (its key, t - window); None: its key's start."""
+        """Per request: events ordered before (its key, its window's start); None: its
+        key's start; ``NOW``: its own time."""
         if window not in self._positions:
             if window is None:
                 needles = self.query * self.span
             else:
+                times = self.t[self.by_time]
+                # Day-aligned starts keep the requests' order by time.
+                bound = times if window == NOW else window_start(times, window)
                 rank = np.empty(len(self.t), dtype=np.int64)
-                rank[self.by_time] = np.searchsorted(
-                    self.distinct_times, self.t[self.by_time] - window
-                )
+                rank[self.by_time] = np.searchsorted(self.distinct_times, bound)
                 needles = self.query * self.span + rank
             found = np.empty(len(needles), dtype=np.int64)
             found[self.by_key] = np.searchsorted(self.composite, needles[self.by_key])
@@ -231,7 +249,7 @@ class _Stream:
         return self._prefix[kind, where]
 
     def aggregate(self, feature: Aggregate) -> np.ndarray:
-        hi = self.position(0)
+        hi = self.position(NOW)
         lo = self.position(feature.window)
         if len(self.times) == 0:
             empty = feature.agg in (Agg.HOURS_SINCE_LAST, Agg.MAX)

@@ -1,12 +1,16 @@
 """The online engine: the features of one request, read from the store at request time.
 
-Each (source, entity) group of aggregates becomes one SQL query that folds every window
-and filter of the group in a single pass over the entity's events before the request
-(an index range scan on ``(entity, time)``). Two kinds of group would read without bound
-for a large entity, and read the store's daily tiles instead: a seller's windowed counts
-(``seller_days``) and the users seen on a device, IP or payment account
-(``sighting_days``), and read at most two part days' events. Context and derived
-formulas are the same numpy functions the offline engine runs, called on one row.
+Every (source, entity) group of aggregates becomes one sub-select that folds every window
+and filter of the group, and all of them run as one statement: one round trip. Entities
+that can grow without bound (a public IP, a large seller, a popular product:
+``riskmodel.store.TILED``) are read from the store's day tiles: the whole days of a window
+from ``entity_days`` or ``sighting_days``, and only the request's own day (and anything
+before the epoch, which is never tiled) from the events, so a decision's cost does not
+grow with the size of what it touches. Tiles are summed in *bands*, the days between one
+window's start and the next (``_bands``): a plain range sum per band, where a conditional
+sum per window and row cost three times as much. A user's and an order's events are few
+and are read as they are. Context, ratio and derived formulas are the ones the offline
+engine runs, called on one row.
 
     >>> from features.online import online_features
     >>> from riskmodel.store import open_store
@@ -26,33 +30,51 @@ import numpy as np
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    CompoundSelect,
     Connection,
-    FromClause,
+    Numeric,
     Select,
     String,
     and_,
     bindparam,
     case,
+    cast,
     distinct,
     func,
-    literal,
+    literal_column,
+    null,
     select,
-    true,
     union_all,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 
 from features.catalog import CATALOG
-from features.history import ORDER_COLUMNS, request_entity
+from features.history import ORDER_COLUMNS, base_amounts, request_entity
 from features.offline import _with_inputs
-from features.spec import HOUR, Agg, Aggregate, Context, Derived, Entity, Source, Type
+from features.spec import (
+    DAY,
+    HOUR,
+    Agg,
+    Aggregate,
+    Computed,
+    Context,
+    Derived,
+    Entity,
+    Ratio,
+    Source,
+    Type,
+    divide,
+    window_start,
+)
 from riskmodel.store import (
     ABUSE_KEYS,
+    BASE_AMOUNT,
     EVENT_TABLES,
     SIGHTED,
-    TILE_US,
+    TILED,
     abuse_changes,
     decisions,
-    seller_days,
+    entity_days,
     sighting_days,
     sightings,
 )
@@ -62,15 +84,43 @@ __all__ = ["online_features"]
 _orders = EVENT_TABLES["orders"]
 _refunds = EVENT_TABLES["refund_requests"]
 _usage = EVENT_TABLES["usage"]
-_labels = EVENT_TABLES["labels"]
 _users = EVENT_TABLES["users"]
+_rates = EVENT_TABLES["rates"]
 
-_ORDER_SIDE = (Entity.PAYMENT_ACCOUNT, Entity.SELLER)
 _T = bindparam("t", type_=BigInteger)
+_TILES_TO = bindparam("tiles_to", type_=BigInteger)  # t's day: tiles end before it
+_TAIL = bindparam("tail_start", type_=BigInteger)  # t's day starts: events from here to t
+_HEAD = bindparam("head_end", type_=BigInteger)  # events before the epoch end here
+
+# The tile sources of ``entity_days`` each tiled source is counted in.
+_TILE_SOURCE = {
+    Source.ORDERS: "orders",
+    Source.REFUNDS: "refund_requests",
+    Source.ABUSE: "abuse",
+    Source.VERDICTS: "verdicts",
+}
+
+
+def _const(value: int | str) -> Any:
+    """A constant written into the SQL, not bound: the statement binds only what changes
+    from one request to the next (hundreds of constants cost more to bind than to read)."""
+    if isinstance(value, str):
+        if "'" in value:
+            raise ValueError(f"not a constant this engine writes: {value!r}")
+        return literal_column(f"'{value}'", String)
+    return literal_column(str(int(value)), BigInteger)
 
 
 def _key(entity: Entity) -> Any:
     return bindparam(f"key_{entity.value}", type_=String)
+
+
+def _start(window: int) -> Any:
+    return bindparam(f"start_{window}", type_=BigInteger)
+
+
+def _tiles_from(window: int) -> Any:
+    return bindparam(f"tiles_from_{window}", type_=BigInteger)
 
 
 def online_features(
@@ -85,10 +135,7 @@ def online_features(
     plan = _plan(tuple(CATALOG) if names is None else tuple(names))
     columns = _request_columns(conn, request)
     t = int(request["requested_at"])
-    parameters: dict[str, Any] = {"t": t}
-    for window in plan.tiled_windows:
-        parameters.update(_tile_bounds(t, window))
-    parameters.update(_sighting_bounds(t))
+    parameters = _bounds(t, plan.windows)
     asked = []
     for index, entity in enumerate(plan.entities):
         key = request_entity(columns, entity)[0]
@@ -100,105 +147,246 @@ def online_features(
     if asked:
         # Every group in one statement: one round trip to the database, not one per group.
         query = plan.query(tuple(asked))
-        values[query.positions] = query.finish(_run(conn, query.statement, parameters), t)
-    for position, aggregate in enumerate(plan.aggregates):
-        columns[aggregate.name] = values[position : position + 1]
-    for feature in plan.computed:
-        columns[feature.name] = feature.compute(columns)
-    return {
-        name: _category(levels, columns[name][0]) if levels is not None else float(columns[name][0])
-        for name, levels in plan.outputs
+        values[query.positions] = query.finish(_run(conn, query.statement, parameters, []), t)
+    columns.update(zip(plan.aggregate_names, values.reshape(-1, 1), strict=True))
+    for step in plan.computed:
+        step.compute_into(columns)
+    numbers = np.array([columns[name][0] for name in plan.numbers], dtype=float)
+    out = dict(zip(plan.numbers, numbers.tolist(), strict=True))
+    for name, levels in plan.categories:
+        out[name] = _category(levels, columns[name][0])
+    return {name: out[name] for name in plan.names}
+
+
+def _bounds(t: int, windows: Sequence[int]) -> dict[str, Any]:
+    """Where the history before ``t`` splits: each window's start (``window_start``) and
+    first whole day; the tiles' end (``t``'s day); the events read as they are, ``t``'s
+    own day and anything before the epoch."""
+    day = t // DAY
+    parameters: dict[str, Any] = {
+        "t": t,
+        "tiles_to": max(day, 0),
+        "tail_start": max(day * DAY, 0),
+        "head_end": min(t, 0),
     }
+    for window in windows:
+        start = window_start(t, window)
+        parameters[f"start_{window}"] = start
+        parameters[f"tiles_from_{window}"] = max(start // DAY, 0)
+    return parameters
+
+
+# --- how a group's columns become its aggregates ---------------------------------------------
 
 
 @dataclass(frozen=True)
-class _Query:
-    """The statement for some groups of a plan, and how to finish its one row."""
+class _Layout:
+    """Which of a group's columns make each of its aggregates: the sum of some columns
+    (counts and sums: no column means 0), or the largest (maxima, latest events: none
+    means null)."""
 
-    statement: Select[Any]
-    positions: np.ndarray  # where each column of the row goes among the plan's aggregates
-    zero_when_null: np.ndarray  # counts and sums: no event is 0, not null
+    columns: int
+    sums: tuple[tuple[int, ...] | None, ...]  # per aggregate; None: a maximum
+    maxima: tuple[tuple[int, ...] | None, ...]  # per aggregate; None: a sum
+
+    @classmethod
+    def direct(cls, group: Sequence[Aggregate]) -> _Layout:
+        """One column per aggregate."""
+        summed = [a.agg not in (Agg.MAX, Agg.HOURS_SINCE_LAST) for a in group]
+        return cls(
+            len(group),
+            tuple((i,) if s else None for i, s in enumerate(summed)),
+            tuple(None if s else (i,) for i, s in enumerate(summed)),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class _Query:
+    """The statement for some groups of a plan, and how its rows become aggregates: group
+    ``g``'s column ``c`` is cell ``g * width + c`` of the rows laid end to end."""
+
+    statement: CompoundSelect[Any]
+    width: int
+    positions: np.ndarray  # where each aggregate it computes goes among the plan's
+    summing: np.ndarray  # (aggregates x cells) 0/1: the cells each count or sum adds
+    largest: np.ndarray  # the aggregates that are a largest value
+    largest_cells: np.ndarray  # (those x cells), padded with the cell past the end
     cents: np.ndarray  # money summed in cents, answered in currency units
     hours_since: np.ndarray  # the latest event's time, answered as hours before ``t``
 
-    def finish(self, row: Sequence[Any], t: int) -> np.ndarray:
-        """The row as feature values (the driver's None is NaN, a PostgreSQL sum a Decimal)."""
-        values = np.array(row, dtype=float)
-        values[self.zero_when_null & np.isnan(values)] = 0.0
+    def finish(self, rows: Sequence[Sequence[Any]], t: int) -> np.ndarray:
+        """The rows as feature values (the driver's None is NaN, a PostgreSQL sum a
+        Decimal)."""
+        read = np.full(self.summing.shape[1] + 1, np.nan)  # the last cell: always null
+        cells = np.array(rows, dtype=float)
+        groups = cells[:, 0].astype(np.intp)
+        read[:-1].reshape(-1, self.width)[groups] = cells[:, 1:]
+        values: np.ndarray = self.summing @ np.nan_to_num(read[:-1], nan=0.0)
+        if len(self.largest):
+            # The largest cell of each, null only if all are (fmax skips nulls).
+            values[self.largest] = np.fmax.reduce(read[self.largest_cells], axis=1)
         values[self.cents] /= 100
         values[self.hours_since] = (t - values[self.hours_since]) / HOUR
         return values
+
+
+Group = tuple[Source, Entity, tuple[Aggregate, ...]]
+
+
+@dataclass(frozen=True)
+class _One:
+    """A context or derived feature, computed as the offline engine does, on one row."""
+
+    feature: Context | Derived
+
+    def compute_into(self, columns: dict[str, np.ndarray]) -> None:
+        columns[self.feature.name] = self.feature.compute(columns)
+
+
+class _Ratios:
+    """Ratios none of which reads another, divided in one numpy operation: one at a time,
+    numpy's fixed cost per call was most of a decision's Python."""
+
+    def __init__(self, ratios: Sequence[Ratio]) -> None:
+        self.names = [r.name for r in ratios]
+        self.numerators = [r.numerator for r in ratios]
+        self.denominators = [r.denominator for r in ratios]
+        self.clipped = np.array([r.clip for r in ratios], dtype=bool)
+
+    def compute_into(self, columns: dict[str, np.ndarray]) -> None:
+        top = np.array([columns[n][0] for n in self.numerators], dtype=float)
+        bottom = np.array([columns[d][0] for d in self.denominators], dtype=float)
+        values = divide(top, bottom)
+        values[self.clipped] = np.clip(values[self.clipped], 0.0, 1.0)
+        for name, value in zip(self.names, values.reshape(-1, 1), strict=True):
+            columns[name] = value
+
+
+def _steps(computed: Sequence[Computed]) -> tuple[_One | _Ratios, ...]:
+    """The computed features in order, consecutive ratios that do not read one another
+    gathered into one step."""
+    steps: list[_One | _Ratios] = []
+    batch: list[Ratio] = []
+    for feature in computed:
+        if isinstance(feature, Ratio) and not set(feature.inputs) & {r.name for r in batch}:
+            batch.append(feature)
+            continue
+        if batch:
+            steps.append(_Ratios(batch))
+            batch = []
+        if isinstance(feature, Ratio):
+            batch.append(feature)
+        else:
+            steps.append(_One(feature))
+    if batch:
+        steps.append(_Ratios(batch))
+    return tuple(steps)
 
 
 @dataclass(frozen=True)
 class _Plan:
     """What ``online_features`` computes for a choice of features, worked out once.
 
-    ``entities`` and ``groups`` hold one (source, entity) group of aggregates each, in
-    the order of ``aggregates``; ``computed`` are the context and derived features in
-    the order they depend on each other; ``outputs`` are the names answered, each with
-    its category levels (None for a number).
+    ``entities`` and ``groups`` hold one group of aggregates each (one sub-select), in the
+    order of ``aggregates``; ``computed`` are the steps computing the context, ratio and
+    derived features in the order they depend on each other; ``windows`` every window an
+    aggregate has.
     """
 
     aggregates: tuple[Aggregate, ...]
+    aggregate_names: tuple[str, ...]
     entities: tuple[Entity, ...]
-    groups: tuple[tuple[Source, Entity, tuple[Aggregate, ...]], ...]
-    computed: tuple[Context | Derived, ...]
-    outputs: tuple[tuple[str, tuple[str, ...] | None], ...]
-    tiled_windows: tuple[int, ...]  # the windows of groups read from ``seller_days``
+    groups: tuple[Group, ...]
+    computed: tuple[_One | _Ratios, ...]
+    names: tuple[str, ...]  # answered, in this order
+    numbers: tuple[str, ...]  # those that are numbers
+    categories: tuple[tuple[str, tuple[str, ...]], ...]  # the others, with their levels
+    windows: tuple[int, ...]
     _queries: dict[tuple[int, ...], _Query] = field(default_factory=dict, compare=False)
 
     def query(self, asked: tuple[int, ...]) -> _Query:
         """The statement for the groups at ``asked`` (the others have no key)."""
         if asked not in self._queries:
-            chosen = tuple(self.groups[i] for i in asked)
-            order = {a.name: i for i, a in enumerate(self.aggregates)}
-            read = [a for _, _, group in chosen for a in group]
-            kinds = [a.agg for a in read]
-            self._queries[asked] = _Query(
-                _combined(chosen),
-                np.array([order[a.name] for a in read], dtype=np.intp),
-                np.array([k not in (Agg.MAX, Agg.HOURS_SINCE_LAST) for k in kinds]),
-                np.array([a.in_currency for a in read]),
-                np.array([k is Agg.HOURS_SINCE_LAST for k in kinds]),
-            )
+            self._queries[asked] = self._query(asked)
         return self._queries[asked]
+
+    def _query(self, asked: tuple[int, ...]) -> _Query:
+        chosen = tuple(self.groups[i] for i in asked)
+        order = {a.name: i for i, a in enumerate(self.aggregates)}
+        read = [a for _, _, group in chosen for a in group]
+        layouts = [_group_query(*group)[1] for group in chosen]
+        statement, width = _combined(chosen)
+        summing = np.zeros((len(read), width * len(chosen)))
+        maxima: list[tuple[int, tuple[int, ...]]] = []
+        row = 0
+        for number, layout in enumerate(layouts):
+            offset = number * width
+            for sums, largest in zip(layout.sums, layout.maxima, strict=True):
+                if sums is not None:
+                    summing[row, [offset + c for c in sums]] = 1.0
+                else:
+                    assert largest is not None
+                    maxima.append((row, tuple(offset + c for c in largest)))
+                row += 1
+        kinds = [a.agg for a in read]
+        longest = max((len(cells) for _, cells in maxima), default=0)
+        largest_cells = np.full((len(maxima), longest), summing.shape[1], dtype=np.intp)
+        for index, (_, cells) in enumerate(maxima):
+            largest_cells[index, : len(cells)] = cells
+        return _Query(
+            statement,
+            width,
+            np.array([order[a.name] for a in read], dtype=np.intp),
+            summing,
+            np.array([aggregate for aggregate, _ in maxima], dtype=np.intp),
+            largest_cells,
+            np.array([a.in_currency for a in read]),
+            np.array([k is Agg.HOURS_SINCE_LAST for k in kinds]),
+        )
 
 
 @cache
 def _plan(names: tuple[str, ...]) -> _Plan:
     wanted = _with_inputs(names)
-    grouped: dict[tuple[Source, Entity], list[Aggregate]] = {}
+    grouped: dict[tuple[Source, Entity, bool], list[Aggregate]] = {}
     for feature in wanted:
         if isinstance(feature, Aggregate):
-            grouped.setdefault((feature.source, feature.entity), []).append(feature)
-    groups = tuple((s, e, tuple(group)) for (s, e), group in grouped.items())
-    outputs: list[tuple[str, tuple[str, ...] | None]] = []
+            # A tiled entity's "latest event" is one index seek, apart from its tiles.
+            tiled = _tiled(feature)
+            grouped.setdefault((feature.source, feature.entity, tiled), []).append(feature)
+    groups = tuple((s, e, tuple(group)) for (s, e, _), group in grouped.items())
+    categories: list[tuple[str, tuple[str, ...]]] = []
     for name in names:
         feature = CATALOG[name]
         if feature.type is Type.CATEGORY:
             # A value outside the declared levels is unknown, as offline (build_features).
-            outputs.append((name, feature.levels if isinstance(feature, Context) else ()))
-        else:
-            outputs.append((name, None))
+            categories.append((name, feature.levels if isinstance(feature, Context) else ()))
+    aggregates = tuple(a for _, _, group in groups for a in group)
     return _Plan(
-        aggregates=tuple(a for _, _, group in groups for a in group),
+        aggregates=aggregates,
+        aggregate_names=tuple(a.name for a in aggregates),
         entities=tuple(e for _, e, _ in groups),
         groups=groups,
-        computed=tuple(f for f in wanted if isinstance(f, Context | Derived)),
-        outputs=tuple(outputs),
-        tiled_windows=tuple(
-            sorted(
-                {
-                    a.window
-                    for s, e, group in groups
-                    if _tiled(s, e, group)
-                    for a in group
-                    if a.window is not None
-                }
-            )
-        ),
+        computed=_steps([f for f in wanted if isinstance(f, Computed)]),
+        names=names,
+        numbers=tuple(n for n in names if CATALOG[n].type is not Type.CATEGORY),
+        categories=tuple(categories),
+        windows=tuple(sorted({a.window for a in aggregates if a.window is not None})),
     )
+
+
+def _tiled(aggregate: Aggregate) -> bool:
+    """Whether the aggregate is read from day tiles: a count or sum of a tiled entity's
+    orders, refund requests (of every reason or one), verdicts, or users first seen; and
+    the newest registration among those users."""
+    if aggregate.source is Source.SIGHTINGS:
+        return True
+    if aggregate.entity.value not in TILED or aggregate.source not in _TILE_SOURCE:
+        return False
+    filtered = aggregate.where is None or (
+        aggregate.source is Source.REFUNDS and aggregate.where[0] == "reason"
+    )
+    return aggregate.agg in (Agg.COUNT, Agg.SUM) and filtered
 
 
 def _category(levels: tuple[str, ...], value: Any) -> str | None:
@@ -206,21 +394,28 @@ def _category(levels: tuple[str, ...], value: Any) -> str | None:
     return value if known else None
 
 
+# --- the request and its parents ----------------------------------------------------------------
+
+
 def _request_columns(conn: Connection, request: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """The one-row equivalent of ``features.history.request_frame``."""
     found = _run(conn, _parents(), {"order_id": request["order_id"], "user_id": request["user_id"]})
-    order, (registered, verified) = found[: len(ORDER_COLUMNS)], found[len(ORDER_COLUMNS) :]
+    n = len(ORDER_COLUMNS)
+    order, (rate, registered, verified) = found[:n], found[n:]
     columns: dict[str, np.ndarray] = {}
     for name in ("request_id", "order_id", "user_id", "reason", "device_id", "ip", "channel"):
         columns[name] = np.array([request.get(name)], dtype=object)
     for name in ("requested_at", "amount", "days_used_claimed"):
         columns[name] = np.array([_number(request.get(name))])
-    columns["amount"] = columns["amount"] / 100
     numeric = {"amount", "paid_at", "delivered_at", "redeemed_at", "service_days"}
     for name, value in zip(ORDER_COLUMNS, order, strict=True):
         columns[f"order_{name}"] = (
             np.array([_number(value)]) if name in numeric else np.array([value], dtype=object)
         )
+    rates = np.array([_number(rate)])
+    columns["amount_base"] = base_amounts(columns["amount"], rates) / 100
+    columns["order_amount_base"] = base_amounts(columns["order_amount"], rates) / 100
+    columns["amount"] = columns["amount"] / 100
     columns["order_amount"] = columns["order_amount"] / 100
     columns["user_registered_at"] = np.array([_number(registered)])
     columns["user_phone_verified"] = np.array([np.nan if verified is None else float(verified)])
@@ -229,36 +424,59 @@ def _request_columns(conn: Connection, request: Mapping[str, Any]) -> dict[str, 
 
 @cache
 def _parents() -> Select[Any]:
-    """The request's order and user in one row; nulls for either one not stored."""
-    one = select(literal(1).label("one")).subquery()
+    """The request's order, its currency's rate and the user in one row; nulls for what
+    is not stored."""
+    one = select(_const(1).label("one")).subquery()
     order = _orders.c.order_id == bindparam("order_id", type_=String)
     user = _users.c.user_id == bindparam("user_id", type_=String)
-    joined = one.outerjoin(_orders, order).outerjoin(_users, user)
+    joined = (
+        one.outerjoin(_orders, order)
+        .outerjoin(_rates, _rates.c.currency == _orders.c.currency)
+        .outerjoin(_users, user)
+    )
     return select(
-        *[_orders.c[n] for n in ORDER_COLUMNS], _users.c.registered_at, _users.c.phone_verified
+        *[_orders.c[n] for n in ORDER_COLUMNS],
+        _rates.c.rate,
+        _users.c.registered_at,
+        _users.c.phone_verified,
     ).select_from(joined)
 
 
-def _run(conn: Connection, statement: Select[Any], parameters: dict[str, Any]) -> Sequence[Any]:
-    """Execute a cached statement as plain SQL with positional parameters, the one row.
+def _number(value: Any) -> float:
+    return np.nan if value is None else float(value)
+
+
+# --- running a statement ----------------------------------------------------------------------
+
+
+def _run(
+    conn: Connection,
+    statement: Select[Any] | CompoundSelect[Any],
+    parameters: dict[str, Any],
+    rows: list[Sequence[Any]] | None = None,
+) -> Any:
+    """Execute a cached statement as plain SQL: its one row, or all of them into ``rows``.
 
     SQLAlchemy's per-execution work (cache key, parameter processing) cost as much as the
-    query itself on this path; compiled once per database, the statement skips it.
-    Numbers come back as the driver gives them (a PostgreSQL sum is a Decimal).
+    query itself on this path; compiled once per database, the statement skips it. Each
+    parameter is sent once however often the statement uses it (numbered on SQLite, named
+    on PostgreSQL): the feature statement uses the request's time and keys hundreds of
+    times. Numbers come back as the driver gives them (a PostgreSQL sum is a Decimal).
     """
-    key = (statement, conn.dialect.name)
-    if key not in _COMPILED:
-        compiled = statement.compile(dialect=conn.dialect)
-        if compiled.positiontup is None:
-            raise ValueError(f"{conn.dialect.name}: the driver must use positional parameters")
-        _COMPILED[key] = (str(compiled), tuple(compiled.positiontup), dict(compiled.params))
-    sql, names, fixed = _COMPILED[key]
-    values = tuple(parameters[name] if name in parameters else fixed[name] for name in names)
+    sql, names, fixed = _compiled(conn, statement)
+    values: Any
+    if names is None:
+        values = {**fixed, **parameters}
+    else:
+        values = tuple(parameters[name] if name in parameters else fixed[name] for name in names)
     # The driver's own cursor: SQLAlchemy's result object cost a tenth of a millisecond a
     # statement to build, for one row whose columns we already know.
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(sql, values)
+        if rows is not None:
+            rows.extend(cursor.fetchall())
+            return rows
         row = cursor.fetchone()
     finally:
         cursor.close()
@@ -267,222 +485,340 @@ def _run(conn: Connection, statement: Select[Any], parameters: dict[str, Any]) -
     return tuple(row)
 
 
-# (statement, database) -> SQL text, parameter names in order, values of the fixed ones.
-_COMPILED: dict[tuple[Select[Any], str], tuple[str, tuple[str, ...], dict[str, Any]]] = {}
+def _compiled(
+    conn: Connection, statement: Select[Any] | CompoundSelect[Any]
+) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
+    """The statement's SQL for the connection's database, its parameters in order (None:
+    by name) and the values of the fixed ones."""
+    key = (statement, conn.dialect.name)
+    if key not in _COMPILED:
+        if conn.dialect.name == "sqlite":
+            compiled = statement.compile(dialect=sqlite.dialect(paramstyle="numeric"))
+            names = tuple(compiled.positiontup or ())
+        elif conn.dialect.name == "postgresql":
+            named = postgresql.psycopg.dialect(paramstyle="pyformat")  # type: ignore[no-untyped-call]
+            compiled = statement.compile(dialect=named)
+            names = None
+        else:
+            raise ValueError(f"the online engine does not know {conn.dialect.name}")
+        _COMPILED[key] = (str(compiled), names, dict(compiled.params))
+    return _COMPILED[key]
 
 
-def _number(value: Any) -> float:
-    return np.nan if value is None else float(value)
+# (statement, database) -> SQL text, parameter names in order (None: named), fixed values.
+_COMPILED: dict[
+    tuple[Select[Any] | CompoundSelect[Any], str],
+    tuple[str, tuple[str, ...] | None, dict[str, Any]],
+] = {}
 
 
 @cache
-def _combined(asked: tuple[tuple[Source, Entity, tuple[Aggregate, ...]], ...]) -> Select[Any]:
-    """The groups' one-row queries side by side, joined on nothing: one row, every column."""
-    parts = [
-        _query(source, entity, group).subquery(f"g{i}")
-        for i, (source, entity, group) in enumerate(asked)
-    ]
-    joined: Any = parts[0]
-    for part in parts[1:]:
-        joined = joined.join(part, true())
-    return select(*[column for part in parts for column in part.c]).select_from(joined)
+def _combined(asked: tuple[Group, ...]) -> tuple[CompoundSelect[Any], int]:
+    """The groups' one-row queries stacked: a row per group, its number first, its columns
+    after (padded to the widest group's); and that width. Stacked, not joined side by side:
+    SQLite ran the same sub-selects joined into one row at twice the cost of running each
+    alone."""
+    queries = [_group_query(*group) for group in asked]
+    width = max(layout.columns for _, layout in queries)
+    parts = []
+    for number, (statement, layout) in enumerate(queries):
+        own = statement.subquery(f"g{number}")
+        pads = [cast(null(), Numeric) for _ in range(width - layout.columns)]
+        columns = [*own.c, *pads]
+        parts.append(
+            select(
+                _const(number).label("g"), *[c.label(f"v{i}") for i, c in enumerate(columns)]
+            ).select_from(own)
+        )
+    return union_all(*parts), width
+
+
+# --- the events of one source ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Events:
+    """Where one source's events of one entity are: the table, its time, what COUNT counts
+    and SUM adds per event, its key column and its filters."""
+
+    table: Any
+    time: Any
+    count: Any  # 1, or a verdict change's multiplicity
+    value: Any  # None when the source has no amount
+    key: Any
+    from_: Any
+    filters: tuple[ColumnElement[bool], ...] = ()
+
+    def rows(self, entity: Entity, ranges: Sequence[Any], columns: Sequence[str]) -> _Events:
+        """The events of the key in each of the time ``ranges``, as one union (each range
+        an index range of its own), with the filter ``columns`` they need."""
+        parts = [
+            select(
+                self.time.label("time"),
+                self.count.label("count"),
+                (_const(0) if self.value is None else self.value).label("value"),
+                *[self.table.c[c] for c in columns],
+            )
+            .select_from(self.from_)
+            .where(self.key == _key(entity), *range_, *self.filters)
+            for range_ in ranges
+        ]
+        union = union_all(*parts).subquery()
+        c = union.c
+        return _Events(union, c.time, c["count"], c.value, None, union)
+
+
+def _events(source: Source, entity: Entity) -> _Events:
+    one = _const(1)
+    if source is Source.ORDERS:
+        orders = _orders.c
+        return _Events(
+            _orders, orders.paid_at, one, orders[BASE_AMOUNT], orders[entity.value], _orders
+        )
+    if source is Source.REFUNDS:
+        column = _refunds.c[f"order_{entity.value}" if entity.on_order else entity.value]
+        requests = _refunds.c
+        # An order's requests share its currency: they add up as they are.
+        amount = requests.amount if entity is Entity.ORDER else requests[BASE_AMOUNT]
+        return _Events(_refunds, requests.requested_at, one, amount, column, _refunds)
+    if source in (Source.ABUSE, Source.VERDICTS):
+        if entity.value not in ABUSE_KEYS:
+            raise ValueError(f"the store keeps no verdicts by {entity.value}")
+        changes = abuse_changes.c
+        value = changes.delta if source is Source.ABUSE else changes.judged
+        return _Events(
+            abuse_changes,
+            changes.labeled_at,
+            value,
+            value,
+            changes.entity,
+            abuse_changes,
+            (changes.entity_kind == _const(entity.value),),
+        )
+    if source is Source.USAGE:
+        return _Events(_usage, _usage.c.used_at, one, None, _usage.c[entity.value], _usage)
+    if source is Source.DECISIONS:
+        joined = decisions.join(_refunds, _refunds.c.request_id == decisions.c.request_id)
+        return _Events(
+            decisions, decisions.c.decided_at, one, None, _refunds.c[entity.value], joined
+        )
+    raise ValueError(f"no events of {source.value} by {entity.value}")
+
+
+# --- one group's statement --------------------------------------------------------------------
 
 
 @cache
-def _query(source: Source, entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any]:
-    """One statement folding every aggregate of the group; parameters ``key`` and ``t``."""
-    t, key = _T, _key(entity)
-    from_: FromClause
+def _group_query(
+    source: Source, entity: Entity, group: tuple[Aggregate, ...]
+) -> tuple[Select[Any], _Layout]:
+    """One statement folding every aggregate of the group as of ``t``, and how its
+    columns make the aggregates."""
     if source is Source.SIGHTINGS:
         return _sightings_query(entity, group)
-    if source is Source.ABUSE:
-        return _abuse_query(entity, group)
-    if _tiled(source, entity, group):
-        return _tiled_query(source, group)
-    if source is Source.ORDERS:
-        table, time, value = _orders, _orders.c.paid_at, _orders.c.amount
-        key_column = _orders.c[entity.value]
-        from_ = _orders
-    elif source is Source.REFUNDS:
-        table, time, value = _refunds, _refunds.c.requested_at, _refunds.c.amount
-        key_column, from_ = _refund_key(entity), _refunds
-    elif source is Source.USAGE:
-        table, time, value = _usage, _usage.c.used_at, None
-        key_column, from_ = _usage.c[entity.value], _usage
-    else:
-        table, time, value = decisions, decisions.c.decided_at, None
-        key_column = _refunds.c[entity.value]
-        from_ = decisions.join(_refunds, _refunds.c.request_id == decisions.c.request_id)
-    expressions = []
-    for aggregate in group:
-        conditions: list[ColumnElement[bool]] = []
-        if aggregate.window is not None:
-            conditions.append(time >= t - aggregate.window)
-        if aggregate.where is not None:
-            column, wanted = aggregate.where
-            conditions.append(table.c[column] == wanted)
-        matched = and_(*conditions) if conditions else None
-        expressions.append(_fold(aggregate, matched, time, value, table).label(aggregate.name))
-    statement = select(*expressions).select_from(from_).where(key_column == key, time < t)
-    windows = [a.window for a in group]
-    if all(w is not None for w in windows):
-        # Only the widest window's events: a large seller's whole history is not read
-        # to count its last 30 days.
-        statement = statement.where(time >= t - max(w for w in windows if w is not None))
-    return statement
+    if _tiled(group[0]):
+        return _tiled_query(source, entity, group)
+    events = _events(source, entity)
+    statement = (
+        select(*_folds(group, events))
+        .select_from(events.from_)
+        .where(events.key == _key(entity), events.time < _T, *events.filters)
+        .where(*_widest(group, events.time, _start))
+    )
+    return statement, _Layout.direct(group)
 
 
-def _fold(
-    aggregate: Aggregate,
-    matched: ColumnElement[bool] | None,
-    time: Any,
-    value: Any,
-    table: Any,
-) -> Any:
+def _folds(group: tuple[Aggregate, ...], events: _Events) -> list[Any]:
+    return [_fold(a, _matched(a, events.table, events.time), events).label(a.name) for a in group]
+
+
+def _matched(aggregate: Aggregate, table: Any, time: Any) -> ColumnElement[bool] | None:
+    """What an event must be to count: inside the window, passing the filter."""
+    conditions: list[ColumnElement[bool]] = []
+    if aggregate.window is not None:
+        conditions.append(time >= _start(aggregate.window))
+    if aggregate.where is not None:
+        column, wanted = aggregate.where
+        conditions.append(table.c[column] == _const(wanted))
+    return and_(*conditions) if conditions else None
+
+
+def _fold(aggregate: Aggregate, matched: ColumnElement[bool] | None, events: _Events) -> Any:
     def when(expression: Any, otherwise: Any = None) -> Any:
         if matched is None:
             return expression
         return case((matched, expression), else_=otherwise)
 
     if aggregate.agg is Agg.COUNT:
-        return func.sum(when(literal(1), literal(0)))
+        return func.sum(when(events.count, _const(0)))
     if aggregate.agg is Agg.SUM:
-        return func.sum(when(value, literal(0)))
+        return func.sum(when(events.value, _const(0)))
     if aggregate.agg is Agg.HOURS_SINCE_LAST:
-        return func.max(when(time))
+        return func.max(when(events.time))
     if aggregate.agg is Agg.DISTINCT:
         assert aggregate.of is not None
-        return func.count(distinct(when(table.c[aggregate.of])))
-    raise ValueError(f"{aggregate.name}: {aggregate.agg} is not supported on {table.name}")
+        return func.count(distinct(when(events.table.c[aggregate.of])))
+    raise ValueError(f"{aggregate.name}: {aggregate.agg} is not supported online")
 
 
-def _refund_key(entity: Entity) -> Any:
-    """The refund-request column holding ``entity``: the store keeps a copy of the order's
-    seller and payment account on each request (``riskmodel.store.DERIVED``)."""
-    return _refunds.c[f"order_{entity.value}" if entity in _ORDER_SIDE else entity.value]
+def _widest(group: Sequence[Aggregate], column: Any, bound: Any) -> list[Any]:
+    """The condition keeping only the group's widest window (none if one is unbounded)."""
+    windows = [a.window for a in group]
+    if any(w is None for w in windows):
+        return []
+    return [column >= bound(max(w for w in windows if w is not None))]
 
 
-def _sightings_query(entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any]:
-    """Users first seen on the entity before ``t``: the whole days' tiles of the store's
-    ``sighting_days`` before ``t``'s day, and the sightings of that day up to ``t``
-    (``_sighting_bounds``), a few hundred rows at most for any IP, however public."""
+def _bands(group: Sequence[Aggregate], day: Any) -> list[tuple[int | None, list[Any]]]:
+    """The days before ``t``'s day cut at each window's start, newest first: (the window
+    the band ends, the conditions on ``day`` of its tiles). A window's tiles are the bands
+    up to and including its own; the whole history's are all of them."""
+    windows = sorted({a.window for a in group if a.window is not None})
+    bands: list[tuple[int | None, list[Any]]] = []
+    upper = _TILES_TO
+    for window in windows:
+        bands.append((window, [day >= _tiles_from(window), day < upper]))
+        upper = _tiles_from(window)
+    if any(a.window is None for a in group):
+        bands.append((None, [day < upper]))
+    return bands
+
+
+def _in_band(aggregate: Aggregate, bands: Sequence[tuple[int | None, list[Any]]]) -> list[int]:
+    """The bands inside the aggregate's window."""
+    if aggregate.window is None:
+        return list(range(len(bands)))
+    last = [w for w, _ in bands].index(aggregate.window)
+    return list(range(last + 1))
+
+
+def _stacked(
+    width: int, largest: set[int], branches: Sequence[tuple[dict[int, Any], Any]]
+) -> Select[Any]:
+    """One select over the union of ``branches``, each filling some of ``width`` columns
+    (``(column -> expression, finish)``, ``finish`` adding its FROM and WHERE): the sum of
+    each column, or its largest value for those in ``largest``. One table for the group
+    however many parts it reads (SQLite joins at most 64)."""
+    parts = []
+    for expressions, finish in branches:
+        # What a branch leaves out adds nothing (0, or null to a maximum): one type a column.
+        columns = [
+            expressions.get(i, cast(null(), BigInteger) if i in largest else _const(0))
+            for i in range(width)
+        ]
+        parts.append(finish(select(*[c.label(f"c{i}") for i, c in enumerate(columns)])))
+    union = union_all(*parts).subquery("parts")
+    return select(
+        *[(func.max if i in largest else func.sum)(union.c[f"c{i}"]) for i in range(width)]
+    )
+
+
+def _tiled_query(
+    source: Source, entity: Entity, group: tuple[Aggregate, ...]
+) -> tuple[Select[Any], _Layout]:
+    """The group's counts and sums as whole days' tiles (``entity_days``), summed band by
+    band, plus the events of ``t``'s own day and before the epoch: a few dozen rows for any
+    entity."""
+    tiles = entity_days.c
+    bands = _bands(group, tiles.day)
+    # What each band sums: every count (n), the money (total) and each reason's count.
+    money = source in (Source.ORDERS, Source.REFUNDS)
+    measures: list[tuple[str, Any]] = [("n", tiles.n)]
+    if money and any(a.agg is Agg.SUM for a in group):
+        measures.append(("total", tiles.amount))
+    for reason in sorted({a.where[1] for a in group if a.where is not None}):
+        measures.append((reason, case((tiles.reason == _const(reason), tiles.n), else_=_const(0))))
+    width = len(bands) * len(measures)
+    branches: list[tuple[dict[int, Any], Any]] = []
+    for b, (_, conditions) in enumerate(bands):
+        expressions = {
+            b * len(measures) + m: func.sum(expression)
+            for m, (_, expression) in enumerate(measures)
+        }
+        where = (
+            tiles.entity_kind == _const(entity.value),
+            tiles.entity == _key(entity),
+            tiles.source == _const(_TILE_SOURCE[source]),
+            *conditions,
+        )
+        branches.append((expressions, lambda q, where=where: q.where(*where)))
+    events = _events(source, entity)
+    filters = sorted({a.where[0] for a in group if a.where is not None})
+    ranges = (
+        (events.time >= _TAIL, events.time < _T),
+        (events.time < _HEAD, *_widest(group, events.time, _start)),
+    )
+    rows = events.rows(entity, ranges, filters)
+    raw = {width + i: fold for i, fold in enumerate(_folds(group, rows))}
+    branches.append((raw, lambda q: q.select_from(rows.from_)))
+    names = [m for m, _ in measures]
+    sums: list[tuple[int, ...] | None] = []
+    for index, aggregate in enumerate(group):
+        if aggregate.where is not None:
+            measure = names.index(aggregate.where[1])
+        elif aggregate.agg is Agg.SUM and money:
+            measure = names.index("total")
+        else:
+            measure = 0
+        columns = [b * len(measures) + measure for b in _in_band(aggregate, bands)]
+        sums.append((*columns, width + index))
+    statement = _stacked(width + len(group), set(), branches)
+    return statement, _Layout(width + len(group), tuple(sums), tuple(None for _ in group))
+
+
+def _sightings_query(entity: Entity, group: tuple[Aggregate, ...]) -> tuple[Select[Any], _Layout]:
+    """Users first seen on the entity before ``t`` (in a window, or ever) and the newest
+    registration among them: the whole days' tiles of ``sighting_days`` band by band, plus
+    the sightings of ``t``'s own day and before the epoch."""
     if entity.value not in SIGHTED:
         raise ValueError(f"the store keeps no sightings of {entity.value}")
     tiles, seen, key = sighting_days.c, sightings.c, _key(entity)
-    parts = union_all(
-        select(tiles.users.label("n"), tiles.newest_registration.label("newest")).where(
-            tiles.entity_kind == entity.value,
-            tiles.entity == key,
-            tiles.day < bindparam("sighting_tiles_to", type_=BigInteger),
-        ),
-        select(literal(1).label("n"), seen.registered_at.label("newest")).where(
-            seen.entity_kind == entity.value,
-            seen.entity == key,
-            seen.first_seen_at < bindparam("sighting_head_end", type_=BigInteger),
-        ),
-        select(literal(1).label("n"), seen.registered_at.label("newest")).where(
-            seen.entity_kind == entity.value,
-            seen.entity == key,
-            seen.first_seen_at >= bindparam("sighting_tail_start", type_=BigInteger),
-            seen.first_seen_at < _T,
-        ),
-    ).subquery()
-    return select(
+    kind = _const(entity.value)
+    bands = _bands(group, tiles.day)
+    width = 2 * len(bands)
+    branches: list[tuple[dict[int, Any], Any]] = []
+    for b, (_, conditions) in enumerate(bands):
+        expressions = {
+            2 * b: func.sum(tiles.users),
+            2 * b + 1: func.max(tiles.newest_registration),
+        }
+        where = (tiles.entity_kind == kind, tiles.entity == key, *conditions)
+        branches.append((expressions, lambda q, where=where: q.where(*where)))
+    ranges = (
+        (seen.first_seen_at >= _TAIL, seen.first_seen_at < _T),
+        (seen.first_seen_at < _HEAD, *_widest(group, seen.first_seen_at, _start)),
+    )
+    rows = union_all(
         *[
-            (func.sum(parts.c.n) if a.agg is Agg.COUNT else func.max(parts.c.newest)).label(a.name)
-            for a in group
+            select(seen.first_seen_at.label("at"), seen.registered_at.label("newest")).where(
+                seen.entity_kind == kind, seen.entity == key, *range_
+            )
+            for range_ in ranges
         ]
-    )
-
-
-def _sighting_bounds(t: int) -> dict[str, int]:
-    """Where the history before ``t`` splits for the sightings: before the epoch (never
-    tiled), the whole days' tiles, ``t``'s own day."""
-    if t < 0:
-        return {"sighting_head_end": t, "sighting_tiles_to": 0, "sighting_tail_start": t}
-    day = t // TILE_US
-    return {"sighting_head_end": 0, "sighting_tiles_to": day, "sighting_tail_start": day * TILE_US}
-
-
-def _abuse_query(entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any]:
-    """Requests of the entity whose latest label before ``t`` says abuse: the sum of the
-    label changes the store keeps per entity (``riskmodel.store.abuse_changes``)."""
-    if entity.value not in ABUSE_KEYS:
-        raise ValueError(f"the store keeps no abuse changes by {entity.value}")
-    changes = abuse_changes.c
-    return select(*[func.sum(changes.delta).label(a.name) for a in group]).where(
-        changes.entity_kind == entity.value,
-        changes.entity == _key(entity),
-        changes.labeled_at < _T,
-    )
-
-
-def _tiled(source: Source, entity: Entity, group: tuple[Aggregate, ...]) -> bool:
-    """Whether the group is read from the sellers' daily counts (``seller_days``): counts
-    over a window, of every event or of one refund reason."""
-    return (
-        entity is Entity.SELLER
-        and source in (Source.ORDERS, Source.REFUNDS)
-        and all(
-            a.agg is Agg.COUNT
-            and a.window is not None
-            and (a.where is None or (source is Source.REFUNDS and a.where[0] == "reason"))
-            for a in group
-        )
-    )
-
-
-def _tile_bounds(t: int, window: int) -> dict[str, int]:
-    """Where the window before ``t`` splits: whole days ``[tiles_from, tiles_to)`` counted
-    from the tiles, the part days before and after them from the events. A window with no
-    whole day, or reaching before the epoch, is read from the events alone."""
-    start = t - window
-    first, last = -(-start // TILE_US), t // TILE_US
-    if start < 0 or first > last:
-        first = last = 0
-        head_end = tail_start = t
-    else:
-        head_end, tail_start = first * TILE_US, last * TILE_US
-    return {
-        f"tiles_from_{window}": first,
-        f"tiles_to_{window}": last,
-        f"head_end_{window}": head_end,
-        f"tail_start_{window}": tail_start,
-    }
-
-
-def _tiled_query(source: Source, group: tuple[Aggregate, ...]) -> Select[Any]:
-    """The group's counts as whole days' tiles plus the events of the part days at each end
-    of the window (``_tile_bounds``): a few hundred rows for any seller, however large."""
-    if source is Source.ORDERS:
-        table, time, key_column = _orders, _orders.c.paid_at, _orders.c.seller_id
-    else:
-        table, time, key_column = _refunds, _refunds.c.requested_at, _refunds.c.order_seller_id
-    key, tiles = _key(Entity.SELLER), seller_days.c
-    expressions = []
-    for aggregate in group:
-        window = aggregate.window
-        assert window is not None  # _tiled
-        days = select(func.coalesce(func.sum(tiles.n), 0)).where(
-            tiles.source == table.name,
-            tiles.seller_id == key,
-            tiles.day >= bindparam(f"tiles_from_{window}", type_=BigInteger),
-            tiles.day < bindparam(f"tiles_to_{window}", type_=BigInteger),
-        )
-        head = select(func.count()).where(
-            key_column == key,
-            time >= _T - window,
-            time < bindparam(f"head_end_{window}", type_=BigInteger),
-        )
-        tail = select(func.count()).where(
-            key_column == key,
-            time >= bindparam(f"tail_start_{window}", type_=BigInteger),
-            time < _T,
-        )
-        if aggregate.where is not None:
-            days = days.where(tiles.reason == aggregate.where[1])
-            head = head.where(table.c.reason == aggregate.where[1])
-            tail = tail.where(table.c.reason == aggregate.where[1])
-        total = days.scalar_subquery() + head.scalar_subquery() + tail.scalar_subquery()
-        expressions.append(total.label(aggregate.name))
-    return select(*expressions)
+    ).subquery("seen")
+    raw: dict[int, Any] = {}
+    largest = {2 * b + 1 for b in range(len(bands))}
+    for index, aggregate in enumerate(group):
+        if aggregate.agg is Agg.COUNT:
+            counted: Any = _const(1)
+            if aggregate.window is not None:
+                counted = case((rows.c.at >= _start(aggregate.window), counted), else_=_const(0))
+            raw[width + index] = func.sum(counted)
+        elif aggregate.agg is Agg.MAX:
+            raw[width + index] = func.max(rows.c.newest)
+            largest.add(width + index)
+        else:
+            raise ValueError(f"{aggregate.name}: {aggregate.agg} is not kept for sightings")
+    branches.append((raw, lambda q: q.select_from(rows)))
+    sums: list[tuple[int, ...] | None] = []
+    maxima: list[tuple[int, ...] | None] = []
+    for index, aggregate in enumerate(group):
+        inside = _in_band(aggregate, bands)
+        if aggregate.agg is Agg.COUNT:
+            sums.append((*[2 * b for b in inside], width + index))
+            maxima.append(None)
+        else:
+            sums.append(None)
+            maxima.append((*[2 * b + 1 for b in inside], width + index))
+    statement = _stacked(width + len(group), largest, branches)
+    return statement, _Layout(width + len(group), tuple(sums), tuple(maxima))

@@ -3,22 +3,29 @@
 A feature is one of three kinds, each executed by both engines (``features.offline`` over
 many requests at once, ``features.online`` for one request from the store):
 
-- ``Aggregate``: events of one *source* (orders, refund requests, abuse labels, decisions,
+- ``Aggregate``: events of one *source* (orders, refund requests, verdicts, decisions,
   usage days, entity sightings) that share the request's *entity* (its user, device, IP,
-  payment account, seller or order), folded by an *aggregation* over a *window* that ends
-  just before the request. Point in time by construction: an event counts only if its time
-  is strictly before ``requested_at`` and, for a window of ``w``, not before
-  ``requested_at - w``.
+  payment account, seller, product or order), folded by an *aggregation* over a *window*
+  that ends just before the request. Point in time by construction: an event counts only
+  if its time is strictly before ``requested_at``. Windows are whole UTC days: a window of
+  ``w`` days holds the ``w`` days before the request's own day and that day up to the
+  request (``window_start``), so that a large entity's counts can be read from daily
+  totals, and online and offline agree to the microsecond.
 - ``Context``: a value of the request itself and its order, as known at ``requested_at``.
-- ``Derived``: a formula over other features (ratios, shares, entitlements).
+- ``Ratio``: one feature over another (a share, a rate, an amount against a mean), null
+  where the denominator is not positive; declared rather than written as a formula, so the
+  online engine divides all of a request's ratios in one numpy operation.
+- ``Derived``: any other formula over other features (ages, entitlements).
 
 ``Context`` and ``Derived`` formulas are numpy functions over columns; the offline engine
 calls them on a million rows, the online engine on one, so both give the same value.
 
-    >>> from features.spec import Aggregate, Agg, Source, DAY
+    >>> from features.spec import Aggregate, Agg, Source, DAY, window_start
     >>> Aggregate("user_orders_7d", Source.ORDERS, "user_id", Agg.COUNT, window=7 * DAY,
     ...           doc="orders paid by the user in the 7 days before the request").window_days
     7.0
+    >>> window_start(10 * DAY + 5, 7 * DAY) == 3 * DAY
+    True
 """
 
 from __future__ import annotations
@@ -34,16 +41,27 @@ __all__ = [
     "HOUR",
     "Agg",
     "Aggregate",
+    "Computed",
     "Context",
     "Derived",
     "Entity",
     "Feature",
+    "Ratio",
     "Source",
     "Type",
+    "divide",
+    "window_start",
 ]
 
 HOUR = 3_600_000_000  # microseconds, the store's unit
 DAY = 24 * HOUR
+
+
+def window_start(t: int, window: int) -> int:
+    """The first instant of a window of ``window`` (whole days) before time ``t``: the
+    start of ``t``'s UTC day, ``window`` earlier. Works on numpy arrays too."""
+    return t // DAY * DAY - window
+
 
 Columns = Mapping[str, np.ndarray]
 
@@ -53,9 +71,12 @@ class Source(StrEnum):
 
     - ``orders``: orders, at ``paid_at``; value ``amount`` in currency units.
     - ``refunds``: refund requests, at ``requested_at``; value ``amount``.
-    - ``abuse``: changes in what the labels say of a refund request, at ``labeled_at``;
+    - ``abuse``: changes in what the labels say of a refund request, at the verdict's
+      time (``labeled_at``, or the request's time if the verdict is dated before it);
       value +1 when a request becomes confirmed abuse, -1 when a later label clears it.
       Summed over all time this counts requests whose latest label known says abuse.
+    - ``verdicts``: the first verdict on each refund request, at its time, value 1:
+      how many of an entity's requests have been judged, the denominator of an abuse rate.
     - ``decisions``: the service's earlier decisions, at ``decided_at``.
     - ``usage``: days a membership was used, at ``used_at``.
     - ``sightings``: the first time a user was seen (ordering or asking a refund) on a
@@ -65,6 +86,7 @@ class Source(StrEnum):
     ORDERS = "orders"
     REFUNDS = "refunds"
     ABUSE = "abuse"
+    VERDICTS = "verdicts"
     DECISIONS = "decisions"
     USAGE = "usage"
     SIGHTINGS = "sightings"
@@ -79,6 +101,15 @@ class Entity(StrEnum):
     IP = "ip"
     PAYMENT_ACCOUNT = "payment_account"
     SELLER = "seller_id"
+    PRODUCT = "product_id"
+
+    @property
+    def on_order(self) -> bool:
+        """Whether a request carries the entity through its order, not its own fields."""
+        return self in ORDER_SIDE
+
+
+ORDER_SIDE = frozenset({Entity.PAYMENT_ACCOUNT, Entity.SELLER, Entity.PRODUCT})
 
 
 class Agg(StrEnum):
@@ -112,6 +143,8 @@ class Aggregate:
             raise ValueError(f"{self.name}: a distinct count needs 'of'")
         if self.agg is Agg.MAX and self.window is not None:
             raise ValueError(f"{self.name}: a maximum is over the whole history only")
+        if self.window is not None and (self.window <= 0 or self.window % DAY):
+            raise ValueError(f"{self.name}: a window is a positive number of whole days")
 
     @property
     def in_currency(self) -> bool:
@@ -152,4 +185,38 @@ class Derived:
     internal: bool = False
 
 
-Feature = Aggregate | Context | Derived
+@dataclass(frozen=True)
+class Ratio:
+    name: str
+    numerator: str
+    denominator: str
+    doc: str = ""
+    clip: bool = False  # a rate: kept within [0, 1]
+    type: Type = Type.NUMBER
+    internal: bool = False
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (self.numerator, self.denominator)
+
+    def compute(self, c: Columns) -> np.ndarray:
+        return divide(c[self.numerator], c[self.denominator], clip=self.clip)
+
+
+def divide(top: np.ndarray, bottom: np.ndarray, *, clip: bool = False) -> np.ndarray:
+    """top / bottom, null where bottom is not positive or null; within [0, 1] if ``clip``.
+
+    >>> divide(np.array([1.0, 1.0, 3.0]), np.array([2.0, 0.0, 2.0]), clip=True).tolist()
+    [0.5, nan, 1.0]
+    """
+    bottom = np.asarray(bottom, dtype=float)
+    # Dividing by NaN gives NaN without a warning: cheaper than a masked divide.
+    out: np.ndarray = np.asarray(top, dtype=float) / np.where(bottom > 0, bottom, np.nan)
+    if clip:
+        out = np.clip(out, 0.0, 1.0)
+    return out
+
+
+Feature = Aggregate | Context | Derived | Ratio
+Computed = Context | Derived | Ratio
+"""Features computed from others, after the aggregates."""

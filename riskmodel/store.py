@@ -46,6 +46,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     literal,
     literal_column,
     or_,
@@ -67,22 +68,27 @@ from riskmodel.errors import SchemaVersionError, StoreError
 
 __all__ = [
     "ABUSE_KEYS",
+    "BASE_AMOUNT",
     "DEFAULT_DATABASE_URL",
     "DERIVED",
     "EVENT_TABLES",
     "SCHEMA_VERSION",
     "SIGHTED",
+    "TILED",
+    "TILE_SOURCES",
     "TILE_US",
-    "SellerDays",
     "Stale",
     "TileCounts",
+    "Tiles",
     "abuse_changes",
     "analyze",
+    "base_amount",
     "columns_of",
     "count_in_tiles",
     "create_database",
     "decisions",
     "drop_everything",
+    "entity_days",
     "fetch_by_key",
     "insert_request",
     "metadata",
@@ -90,12 +96,11 @@ __all__ = [
     "read_table",
     "refresh_abuse_changes",
     "refresh_derived",
-    "refresh_seller_days",
+    "refresh_entity_days",
     "refresh_sighting_days",
     "refresh_sightings",
     "resolve_database_url",
     "schema_info",
-    "seller_days",
     "sighting_days",
     "sightings",
     "table_counts",
@@ -126,37 +131,53 @@ _TYPES: dict[Kind, Callable[[], TypeEngine[Any]]] = {
 }
 
 # Each index serves a question the feature pipeline asks: "every event of user / device /
-# IP / payment account / seller X before time T".
+# IP / payment account / seller / product X before time T". Those of the entities read
+# from day tiles (``TILED``) also hold what the features read of the request's own day
+# (the amount, the reason), so that part is read from the index alone: for the largest
+# seller, a hundred table lookups a request fewer.
 _INDEXES: dict[str, tuple[tuple[str, ...], ...]] = {
     "orders": (
         ("user_id", "paid_at"),
         ("device_id", "paid_at"),
-        ("ip", "paid_at"),
+        ("ip", "paid_at", "base_amount"),
         ("payment_account", "paid_at"),
-        ("seller_id", "paid_at"),
+        ("seller_id", "paid_at", "base_amount"),
+        ("product_id", "paid_at", "base_amount"),
     ),
     "refund_requests": (
         ("user_id", "requested_at"),
         ("order_id", "requested_at"),
         ("device_id", "requested_at"),
-        ("ip", "requested_at"),
+        ("ip", "requested_at", "reason", "base_amount"),
     ),
     "labels": (("labeled_at",),),
 }
 
 # Store-only copies of a parent's columns, kept so that "every refund request on the orders
-# of seller / payment account X before T" is one index range scan, not a join over all of
-# X's orders (measured: 8 ms a query for a large seller). Filled from the order whenever
-# a request is written; the dataset contract does not carry them.
+# of seller / payment account / product X before T" is one index range scan, not a join
+# over all of X's orders (measured: 8 ms a query for a large seller). Filled from the order
+# whenever a request is written; the dataset contract does not carry them.
 DERIVED: dict[str, dict[str, str]] = {
-    "refund_requests": {"order_seller_id": "seller_id", "order_payment_account": "payment_account"},
+    "refund_requests": {
+        "order_seller_id": "seller_id",
+        "order_payment_account": "payment_account",
+        "order_product_id": "product_id",
+    },
 }
 _DERIVED_INDEXES = {
     "refund_requests": (
-        ("order_seller_id", "requested_at"),
+        ("order_seller_id", "requested_at", "reason", "base_amount"),
         ("order_payment_account", "requested_at"),
+        ("order_product_id", "requested_at", "reason", "base_amount"),
     ),
 }
+
+BASE_AMOUNT = "base_amount"
+"""A store-only column of orders and refund requests: the amount in cents of the reporting
+currency (``amount * rate // RATE_UNIT``, the rate of the order's currency; the amount as
+it is without a rate). Every sum of amounts the features take adds these, never amounts
+of different currencies."""
+_CONVERTED = ("orders", "refund_requests")
 
 
 def _event_table(spec: dataset.Table) -> Table:
@@ -171,14 +192,27 @@ def _event_table(spec: dataset.Table) -> Table:
     ]
     columns.append(Column(EXTRA, Text, nullable=True))
     columns += [Column(name, String(128), nullable=True) for name in DERIVED.get(spec.name, {})]
+    if spec.name in _CONVERTED:
+        columns.append(Column(BASE_AMOUNT, BigInteger, nullable=True))
     wanted = (*_INDEXES.get(spec.name, ()), *_DERIVED_INDEXES.get(spec.name, ()))
-    indexes = [Index(f"ix_{spec.name}_{'_'.join(cols)}", *cols) for cols in wanted]
+    indexes = [Index(_index_name(spec.name, cols), *cols) for cols in wanted]
     return Table(spec.name, metadata, *columns, *indexes)
 
 
+def _index_name(table: str, columns: Sequence[str]) -> str:
+    """``ix_<table>_<key>_<time>``, and ``_covering`` when it holds more (PostgreSQL's
+    names stop at 63 characters)."""
+    return f"ix_{table}_{'_'.join(columns[:2])}" + ("_covering" if len(columns) > 2 else "")
+
+
+def _derived_columns(table: str) -> list[str]:
+    """The store-only columns of an event table: copies and converted amounts."""
+    return [*DERIVED.get(table, {}), *([BASE_AMOUNT] if table in _CONVERTED else [])]
+
+
 def columns_of(table: str) -> list[str]:
-    """The columns a caller writes and reads: all but the store's derived copies."""
-    derived = DERIVED.get(table, {})
+    """The columns a caller writes and reads: all but the store's derived columns."""
+    derived = set(_derived_columns(table))
     return [c.name for c in metadata.tables[table].columns if c.name not in derived]
 
 
@@ -226,13 +260,23 @@ sightings = Table(
     Index("ix_sightings_user", "user_id"),
 )
 
-ABUSE_KEYS = ("user_id", "device_id", "ip", "payment_account")
-"""Entities whose confirmed abuse the store tracks."""
+ABUSE_KEYS = (
+    "user_id",
+    "order_id",
+    "device_id",
+    "ip",
+    "payment_account",
+    "seller_id",
+    "product_id",
+)
+"""Entities whose verdicts the store tracks."""
 
-# Every label that changes what is known of a request (+1: now abuse, -1: cleared), once
-# per entity of the request. "Requests from IP X whose latest label before T says abuse"
-# is then the sum of one short index range, where it was a window function over every
-# labelled request ever made from X (measured: up to 8 ms for a public IP).
+# What the verdicts say of each request, once per entity of the request: a row where a
+# verdict changes what is known (``delta`` +1: now abuse, -1: cleared) or is the request's
+# first (``judged`` 1), at the verdict's time (its request's time if it is dated before
+# it). "Requests from IP X whose latest verdict before T says abuse" is then the sum of
+# one short index range, where it was a window function over every labelled request ever
+# made from X (measured: up to 8 ms for a public IP), and "requests judged" its count.
 abuse_changes = Table(
     "abuse_changes",
     metadata,
@@ -241,34 +285,46 @@ abuse_changes = Table(
     Column("request_id", String(128), primary_key=True),
     Column("labeled_at", BigInteger, primary_key=True),
     Column("delta", Integer, nullable=False),
-    Index("ix_abuse_changes_seen", "entity_kind", "entity", "labeled_at", "delta"),
+    Column("judged", Integer, nullable=False),
+    Index("ix_abuse_changes_seen", "entity_kind", "entity", "labeled_at", "delta", "judged"),
     Index("ix_abuse_changes_request", "request_id"),
 )
 
 TILE_US = 86_400_000_000
-"""The width of a ``seller_days`` or ``sighting_days`` tile: one UTC day, in microseconds."""
+"""The width of a day tile (``entity_days``, ``sighting_days``): one UTC day, in
+microseconds."""
 
 # Written out, not bound: PostgreSQL groups by the day only if the select list's and the
 # GROUP BY's expressions are the same text.
 _TILE = literal_column(str(TILE_US), BigInteger)
 
-# Each seller's orders and refund requests counted per UTC day (refund requests per reason
-# too; an order's reason is ''). "The seller's orders in the 30 days before T" is then the
-# sum of the whole days' tiles inside the window plus the events of the two part days at
-# its ends, a few hundred rows at most, where it was a scan of every event in the window:
-# for the simulation's largest seller, 6,400 orders and about a quarter of a decision's
-# feature query. Events before the epoch are not tiled (``features.online`` never asks
-# tiles for them). Maintained on every write of orders and refund requests, and rebuilt
-# from them whenever in doubt, like the sightings.
-seller_days = Table(
-    "seller_days",
+TILED = ("ip", "seller_id", "product_id")
+"""Entities whose events the store also counts per day: a public IP, a large seller or a
+popular product has thousands of events in a window, and its day tiles a few dozen. A
+device or payment account belongs to a person or a household: its few events are read
+faster as they are."""
+
+# Each tiled entity's orders, refund requests (per reason; an order's reason is ''),
+# verdict changes (``abuse``: the sum of ``delta``) and first verdicts (``verdicts``) per
+# UTC day, with the amounts in cents of the reporting currency. "The seller's orders in
+# the 30 days before T" is then the sum of the whole days' tiles inside the window plus the
+# events of T's own day, a few dozen rows, where it was a scan of every event in the
+# window (for the simulation's largest seller, 6,400 orders). Events before the epoch are
+# not tiled (``features.online`` reads them from the events). Maintained on every write of
+# orders, refund requests and labels, and rebuilt from them whenever in doubt.
+entity_days = Table(
+    "entity_days",
     metadata,
+    Column("entity_kind", String(32), primary_key=True),
+    Column("entity", String(128), primary_key=True),
     Column("source", String(32), primary_key=True),
-    Column("seller_id", String(128), primary_key=True),
     Column("day", BigInteger, primary_key=True),
     Column("reason", String(32), primary_key=True),
     Column("n", BigInteger, nullable=False),
+    Column("amount", BigInteger, nullable=False),
 )
+TILE_SOURCES = ("orders", "refund_requests", "abuse", "verdicts")
+"""The ``source`` values of ``entity_days``."""
 
 # The sightings counted per UTC day of first sight, with the newest registration among
 # them. "Users seen on IP X before T" is then the sum of the whole days' tiles before T's
@@ -291,40 +347,12 @@ schema_info = Table(
     Column("version", Integer, nullable=False),
 )
 
-
-def _add_derived_copies(conn: Connection) -> None:
-    """Version 1 -> 2: refund requests carry their order's seller and payment account."""
-    requests = EVENT_TABLES["refund_requests"]
-    for name in DERIVED["refund_requests"]:
-        conn.exec_driver_sql(f"ALTER TABLE refund_requests ADD COLUMN {name} VARCHAR(128)")
-    conn.execute(_fill_statement(requests, by=None))
-    for index in requests.indexes:
-        if index.name in {
-            f"ix_refund_requests_{'_'.join(c)}" for c in _DERIVED_INDEXES["refund_requests"]
-        }:
-            index.create(conn)
+_DERIVED_TABLES = (sightings, abuse_changes, entity_days, sighting_days)
 
 
-def _add_sightings(conn: Connection) -> None:
-    """Version 2 -> 3: sightings and abuse changes, built from the events already stored;
-    decisions record the hash of the policy file they were made with."""
+def _add_policy_hash(conn: Connection) -> None:
+    """Version 2 -> 3: decisions record the hash of the policy file they were made with."""
     conn.exec_driver_sql("ALTER TABLE decisions ADD COLUMN policy_hash VARCHAR(64)")
-    sightings.create(conn)
-    abuse_changes.create(conn)
-    refresh_sightings(conn, None, days=False)
-    refresh_abuse_changes(conn, None)
-
-
-def _add_seller_days(conn: Connection) -> None:
-    """Version 3 -> 4: sellers' daily counts, built from the events already stored."""
-    seller_days.create(conn)
-    refresh_seller_days(conn, None)
-
-
-def _add_sighting_days(conn: Connection) -> None:
-    """Version 4 -> 5: sightings counted per day, built from the sightings stored."""
-    sighting_days.create(conn)
-    refresh_sighting_days(conn, None)
 
 
 def _add_rates(conn: Connection) -> None:
@@ -332,14 +360,50 @@ def _add_rates(conn: Connection) -> None:
     EVENT_TABLES["rates"].create(conn)
 
 
-# version -> step that upgrades a database from that version to the next one.
+def _nothing(conn: Connection) -> None:
+    """A version that changed derived data only (rebuilt after the steps)."""
+
+
+# version -> step that upgrades a database from that version to the next one. Steps change
+# what callers store; the store's derived columns and tables are rebuilt from the events
+# once the steps have run (``_rebuild_derived``), so a step never has to.
 _MIGRATIONS: dict[int, Callable[[Connection], None]] = {
-    1: _add_derived_copies,
-    2: _add_sightings,
-    3: _add_seller_days,
-    4: _add_sighting_days,
-    5: _add_rates,
+    1: _nothing,  # 2: refund requests' copies of their order's columns
+    2: _add_policy_hash,  # 3: and sightings, abuse changes
+    3: _nothing,  # 4: sellers' day tiles
+    4: _nothing,  # 5: sightings' day tiles
+    5: _add_rates,  # 6: and amounts in the reporting currency, every entity's day tiles
 }
+
+
+def _rebuild_derived(conn: Connection) -> None:
+    """Bring every derived column, index and table to the current schema and fill them
+    from the events (after a migration)."""
+    found = inspect(conn)
+    for name in EVENT_TABLES:
+        present = {c["name"] for c in found.get_columns(name)}
+        table = EVENT_TABLES[name]
+        for column in _derived_columns(name):
+            if column not in present:
+                kind = table.c[column].type.compile(conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN {column} {kind}")
+        indexes = {str(i["name"]) for i in found.get_indexes(name)}
+        current = {str(index.name) for index in table.indexes}
+        for gone in sorted(indexes - current):
+            if gone.startswith(f"ix_{name}_"):  # an earlier version's
+                conn.exec_driver_sql(f"DROP INDEX {gone}")
+        for index in table.indexes:
+            if index.name not in indexes:
+                index.create(conn)
+    conn.exec_driver_sql("DROP TABLE IF EXISTS seller_days")
+    for derived in _DERIVED_TABLES:
+        derived.drop(conn, checkfirst=True)
+        derived.create(conn)
+    for name in _CONVERTED:
+        conn.execute(_fill_statement(EVENT_TABLES[name], by=None))
+    refresh_sightings(conn, None)
+    refresh_abuse_changes(conn, None)
+    refresh_entity_days(conn, None)
 
 
 def resolve_database_url(url: str | None = None) -> str:
@@ -408,6 +472,7 @@ def _ensure_schema(engine: Engine) -> None:
             for version in range(found, SCHEMA_VERSION):
                 _MIGRATIONS[version](conn)
             if found != SCHEMA_VERSION:
+                _rebuild_derived(conn)
                 conn.execute(schema_info.update().values(version=SCHEMA_VERSION))
     except SchemaVersionError:
         raise
@@ -438,13 +503,13 @@ def _chunks(rows: list[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, 
         yield rows[start : start + size]
 
 
-SellerDays = set[tuple[str, int]]
-"""(seller, day) tiles of ``seller_days``."""
+Tiles = set[tuple[str, str, int]]
+"""(entity kind, entity, day) tiles of ``entity_days`` or ``sighting_days``."""
 
 
 @dataclass
 class Stale:
-    """Keys whose derived data (sightings, abuse changes, seller days) awaits a refresh;
+    """Keys whose derived data (sightings, abuse changes, day tiles) awaits a refresh;
     None is all.
 
     A caller writing several tables in one transaction collects them here and refreshes
@@ -453,11 +518,9 @@ class Stale:
 
     users: set[str] | None = field(default_factory=set)
     requests: set[str] | None = field(default_factory=set)
-    days: SellerDays | None = field(default_factory=set)
+    days: Tiles | None = field(default_factory=set)
 
-    def add(
-        self, users: set[str] | None, requests: set[str] | None, days: SellerDays | None
-    ) -> None:
+    def add(self, users: set[str] | None, requests: set[str] | None, days: Tiles | None) -> None:
         self.users = None if users is None or self.users is None else self.users | users
         self.requests = (
             None if requests is None or self.requests is None else self.requests | requests
@@ -505,7 +568,8 @@ def upsert(conn: Connection, table: str, frame: pd.DataFrame, stale: Stale | Non
         pending.add(
             users if table in _SIGHTING_SOURCES else set(),
             requests if table in _LABEL_SOURCES else set(),
-            days if table in _TILED_SOURCES else set(),
+            # New rates change every converted amount, and so every tile's.
+            None if table == "rates" else days if table in _TILED_SOURCES else set(),
         )
         if stale is None:
             refresh_derived(conn, pending)
@@ -513,13 +577,13 @@ def upsert(conn: Connection, table: str, frame: pd.DataFrame, stale: Stale | Non
 
 
 def refresh_derived(conn: Connection, stale: Stale) -> None:
-    """Bring the sightings, abuse changes and seller days of the ``stale`` keys up to date."""
+    """Bring the sightings, abuse changes and day tiles of the ``stale`` keys up to date."""
     if stale.users is None or stale.users:
         refresh_sightings(conn, stale.users)
     if stale.requests is None or stale.requests:
         refresh_abuse_changes(conn, stale.requests)
     if stale.days is None or stale.days:
-        refresh_seller_days(conn, stale.days)
+        refresh_entity_days(conn, stale.days, _EVENT_SOURCES)
     stale.users, stale.requests, stale.days = set(), set(), set()
 
 
@@ -563,9 +627,9 @@ def _users_touched(conn: Connection, target: Table, frame: pd.DataFrame) -> set[
 _TILED_SOURCES = ("orders", "refund_requests")
 
 
-def _days_touched(conn: Connection, target: Table, frame: pd.DataFrame) -> SellerDays | None:
-    """The (seller, day) tiles holding the stored rows of ``frame``'s keys: an order's and
-    its refund requests', or a refund request's. None means every tile."""
+def _days_touched(conn: Connection, target: Table, frame: pd.DataFrame) -> Tiles | None:
+    """The tiles holding the stored rows of ``frame``'s keys: an order's and its refund
+    requests', or a refund request's. None means every tile."""
     if target.name not in _TILED_SOURCES or frame.empty:
         return set()
     if len(frame) >= _REBUILD_FROM:
@@ -573,16 +637,18 @@ def _days_touched(conn: Connection, target: Table, frame: pd.DataFrame) -> Selle
     ids = frame[target.primary_key.columns.values()[0].name].tolist()
     found = []
     if target.name == "orders":
-        found.append(fetch_by_key(conn, "orders", "order_id", ids, ["seller_id", "paid_at"]))
+        found.append(fetch_by_key(conn, "orders", "order_id", ids, [*TILED, "paid_at"]))
     by = "order_id" if target.name == "orders" else "request_id"
-    found.append(
-        fetch_by_key(conn, "refund_requests", by, ids, ["order_seller_id", "requested_at"])
-    )
-    days: SellerDays = set()
+    columns = [_on_request(kind).name for kind in TILED]
+    found.append(fetch_by_key(conn, "refund_requests", by, ids, [*columns, "requested_at"]))
+    days: Tiles = set()
     for rows in found:
-        for seller, at in rows.itertuples(index=False):
-            if isinstance(seller, str) and at >= 0:  # a missing seller may come back as NaN
-                days.add((seller, int(at) // TILE_US))
+        for *keys, at in rows.itertuples(index=False):
+            if at < 0:
+                continue
+            for kind, entity in zip(TILED, keys, strict=True):
+                if isinstance(entity, str):  # a missing one may come back as NaN
+                    days.add((kind, entity, int(at) // TILE_US))
     return None if len(days) >= _REBUILD_FROM else days
 
 
@@ -657,8 +723,8 @@ def _sighting_tiles(conn: Connection, users: Any) -> SightingDays:
 
 
 # A connection-local list of (entity kind, entity, day) tiles.
-_touched_sighting_days = Table(
-    "touched_sighting_days",
+_touched_tiles = Table(
+    "touched_tiles",
     MetaData(),
     Column("entity_kind", String(32), primary_key=True),
     Column("entity", String(128), primary_key=True),
@@ -680,7 +746,7 @@ def refresh_sighting_days(conn: Connection, tiles: Iterable[tuple[str, str, int]
     if wanted is None:
         conn.execute(sighting_days.delete())
     else:
-        staged = _stage_rows(conn, _touched_sighting_days, wanted)
+        staged = _stage_rows(conn, _touched_tiles, wanted)
         tile = tuple_(sighting_days.c.entity_kind, sighting_days.c.entity, sighting_days.c.day)
         conn.execute(sighting_days.delete().where(tile.in_(select(*staged.c))))
         # Each staged tile's sightings: one range of the sightings index.
@@ -711,22 +777,14 @@ _touched = Table(
 )
 
 
+_ORDER_SIDE = frozenset(DERIVED["refund_requests"].values())
+
+
 def _on_request(kind: str) -> Any:
-    """The refund-request column holding an entity: the request's own device and IP, its
-    order's payment account (the store's copy)."""
+    """The refund-request column holding an entity: the request's own user, device and IP,
+    its order's payment account, seller and product (the store's copies)."""
     requests = EVENT_TABLES["refund_requests"]
-    return requests.c["order_payment_account" if kind == "payment_account" else kind]
-
-
-def _clear(conn: Connection, derived: Table, column: str, keys: list[str] | None) -> Any:
-    """Delete the derived rows of ``keys`` (every row when None) before their recompute;
-    a select of the staged keys to restrict the recompute to, or None for everything."""
-    if keys is None:
-        conn.execute(derived.delete())
-        return None
-    staged = _stage(conn, keys)
-    conn.execute(derived.delete().where(derived.c[column].in_(staged)))
-    return staged
+    return requests.c[f"order_{kind}" if kind in _ORDER_SIDE else kind]
 
 
 def _stage(conn: Connection, keys: list[str]) -> Any:
@@ -752,100 +810,176 @@ def _stage_rows(conn: Connection, staging: Table, rows: list[tuple[Any, ...]]) -
 
 
 def refresh_abuse_changes(conn: Connection, requests: Iterable[str] | None) -> None:
-    """Recompute the abuse changes of ``requests`` (all when None) from labels and requests."""
+    """Recompute the abuse changes of ``requests`` (all when None) from labels and
+    requests, and the verdict tiles they fall in, before and after."""
     labels, stored = EVENT_TABLES["labels"], EVENT_TABLES["refund_requests"]
-    state = case((labels.c.is_abuse.is_(True), 1), else_=0)
-    previous = func.lag(state, 1, 0).over(
-        partition_by=labels.c.request_id, order_by=labels.c.labeled_at
-    )
-    changes = select(labels.c.request_id, labels.c.labeled_at, (state - previous).label("delta"))
-    keys = []
-    for kind in ABUSE_KEYS:
-        column = _on_request(kind)
-        keys.append(
-            select(
-                literal(kind, String(32)).label("kind"),
-                column.label("entity"),
-                stored.c.request_id.label("request_id"),
-            ).where(column.is_not(None))
-        )
     wanted = None if requests is None else sorted(set(requests))
     if wanted == []:
         return
-    staged = _clear(conn, abuse_changes, "request_id", wanted)
+    staged = None if wanted is None else _stage(conn, wanted)
+    tiles = None if staged is None else _verdict_tiles(conn, staged)
+    if staged is None:
+        conn.execute(abuse_changes.delete())
+    else:
+        conn.execute(abuse_changes.delete().where(abuse_changes.c.request_id.in_(staged)))
+    state = case((labels.c.is_abuse.is_(True), 1), else_=0)
+    by, when = labels.c.request_id, labels.c.labeled_at
+    # A verdict dated before its request counts from the request's time: it cannot have
+    # been known earlier, and counting it earlier would show a request its own verdict.
+    at = case(
+        (labels.c.labeled_at < stored.c.requested_at, stored.c.requested_at),
+        else_=labels.c.labeled_at,
+    )
+    steps = select(
+        labels.c.request_id,
+        at.label("at"),
+        (state - func.lag(state, 1, 0).over(partition_by=by, order_by=when)).label("delta"),
+        case((func.row_number().over(partition_by=by, order_by=when) == 1, 1), else_=0).label(
+            "judged"
+        ),
+    ).select_from(labels.join(stored, stored.c.request_id == labels.c.request_id))
     if staged is not None:
-        changes = changes.where(labels.c.request_id.in_(staged))
-        keys = [q.where(stored.c.request_id.in_(staged)) for q in keys]
+        steps = steps.where(labels.c.request_id.in_(staged))
+    step = steps.subquery()
+    # Two verdicts moved to the request's time fall on one instant: one change between them.
+    changes = (
+        select(
+            step.c.request_id,
+            step.c.at,
+            func.sum(step.c.delta).label("delta"),
+            func.sum(step.c.judged).label("judged"),
+        )
+        .group_by(step.c.request_id, step.c.at)
+        .subquery()
+    )
+    keys = []
+    for kind in ABUSE_KEYS:
+        column = _on_request(kind)
+        query = select(
+            literal(kind, String(32)).label("kind"),
+            column.label("entity"),
+            stored.c.request_id.label("request_id"),
+        ).where(column.is_not(None))
+        keys.append(query if staged is None else query.where(stored.c.request_id.in_(staged)))
     entities = union_all(*keys).subquery()
-    known = changes.subquery()
     conn.execute(
         abuse_changes.insert().from_select(
-            ["entity_kind", "entity", "request_id", "labeled_at", "delta"],
+            ["entity_kind", "entity", "request_id", "labeled_at", "delta", "judged"],
             select(
                 entities.c.kind,
                 entities.c.entity,
-                known.c.request_id,
-                known.c.labeled_at,
-                known.c.delta,
+                changes.c.request_id,
+                changes.c.at,
+                changes.c.delta,
+                changes.c.judged,
             )
-            .select_from(known.join(entities, entities.c.request_id == known.c.request_id))
-            .where(known.c.delta != 0),
+            .select_from(changes.join(entities, entities.c.request_id == changes.c.request_id))
+            .where(or_(changes.c.delta != 0, changes.c.judged != 0)),
         )
     )
+    if tiles is not None and staged is not None:
+        tiles |= _verdict_tiles(conn, staged)
+    refresh_entity_days(conn, tiles, _VERDICT_SOURCES)
 
 
-# A connection-local list of (seller, day) tiles, as ``touched_keys`` is of keys.
-_touched_days = Table(
-    "touched_days",
-    MetaData(),
-    Column("seller_id", String(128), primary_key=True),
-    Column("day", BigInteger, primary_key=True),
-    prefixes=["TEMPORARY"],
-)
+def _verdict_tiles(conn: Connection, requests: Any) -> Tiles:
+    """The tiles holding the abuse changes of ``requests`` (a select of request ids)."""
+    day = abuse_changes.c.labeled_at // _TILE
+    rows = conn.execute(
+        select(abuse_changes.c.entity_kind, abuse_changes.c.entity, day)
+        .where(
+            abuse_changes.c.request_id.in_(requests),
+            abuse_changes.c.entity_kind.in_(TILED),
+            abuse_changes.c.labeled_at >= 0,
+        )
+        .distinct()
+    )
+    return {(str(kind), str(entity), int(d)) for kind, entity, d in rows}
 
 
-def refresh_seller_days(conn: Connection, days: Iterable[tuple[str, int]] | None) -> None:
-    """Recompute the ``seller_days`` tiles of ``days`` (every tile when None) from the events."""
-    orders, requests = EVENT_TABLES["orders"], EVENT_TABLES["refund_requests"]
-    parts = [
-        (literal("orders", String(32)), orders.c.seller_id, orders.c.paid_at, literal("")),
-        (
-            literal("refund_requests", String(32)),
-            requests.c.order_seller_id,
-            requests.c.requested_at,
-            requests.c.reason,
-        ),
-    ]
+_EVENT_SOURCES = ("orders", "refund_requests")
+_VERDICT_SOURCES = ("abuse", "verdicts")
+
+
+def _tile_parts(sources: Sequence[str]) -> list[tuple[str, str, Any, Any, Any, Any, Any]]:
+    """Per source and tiled entity: (source, kind, entity column, time, reason, n, amount)
+    of the rows ``entity_days`` counts."""
+    orders, requests, changes = (
+        EVENT_TABLES["orders"],
+        EVENT_TABLES["refund_requests"],
+        abuse_changes.c,
+    )
+    parts: list[tuple[str, str, Any, Any, Any, Any, Any]] = []
+    for kind in TILED:
+        if "orders" in sources:
+            parts.append(
+                ("orders", kind, orders.c[kind], orders.c.paid_at, literal(""), literal(1),
+                 orders.c[BASE_AMOUNT])
+            )  # fmt: skip
+        if "refund_requests" in sources:
+            parts.append(
+                ("refund_requests", kind, _on_request(kind), requests.c.requested_at,
+                 requests.c.reason, literal(1), requests.c[BASE_AMOUNT])
+            )  # fmt: skip
+        for source, count in (("abuse", changes.delta), ("verdicts", changes.judged)):
+            if source in sources:
+                parts.append(
+                    (source, kind, changes.entity, changes.labeled_at, literal(""), count,
+                     literal(0))
+                )  # fmt: skip
+    return parts
+
+
+def refresh_entity_days(
+    conn: Connection,
+    days: Iterable[tuple[str, str, int]] | None,
+    sources: Sequence[str] = TILE_SOURCES,
+) -> None:
+    """Recompute the ``entity_days`` tiles of ``days`` (every tile when None) for the
+    ``sources`` (default: all four) from the events and abuse changes."""
     wanted = None if days is None else sorted(set(days))
     if wanted == []:
         return
+    mine = entity_days.c.source.in_(sources)
     staged = None
     if wanted is None:
-        conn.execute(seller_days.delete())
+        conn.execute(entity_days.delete().where(mine))
     else:
-        staged = _stage_rows(conn, _touched_days, wanted)
-        pair = tuple_(seller_days.c.seller_id, seller_days.c.day)
-        conn.execute(seller_days.delete().where(pair.in_(select(*staged.c))))
+        staged = _stage_rows(conn, _touched_tiles, wanted)
+        tile = tuple_(entity_days.c.entity_kind, entity_days.c.entity, entity_days.c.day)
+        conn.execute(entity_days.delete().where(mine, tile.in_(select(*staged.c))))
     counts = []
-    for source, seller, time, reason in parts:
+    for source, kind, entity, time, reason, n, amount in _tile_parts(sources):
         day = (time // _TILE).label("day")
-        query = select(source, seller, day, reason, func.count()).where(
-            seller.is_not(None), time >= 0
-        )
+        query = select(
+            literal(kind, String(32)),
+            entity,
+            literal(source, String(32)),
+            day,
+            reason,
+            func.sum(n),
+            func.coalesce(func.sum(amount), 0),
+        ).where(entity.is_not(None), time >= 0)
+        if source in _VERDICT_SOURCES:
+            query = query.where(abuse_changes.c.entity_kind == kind)
         if staged is not None:
-            # Each staged tile's rows: one range of the (seller, time) index.
+            # Each staged tile's rows: one range of the (entity, time) index.
             query = query.join(
                 staged,
                 and_(
-                    staged.c.seller_id == seller,
+                    staged.c.entity_kind == kind,
+                    staged.c.entity == entity,
                     time >= staged.c.day * _TILE,
                     time < (staged.c.day + 1) * _TILE,
                 ),
             )
-        counts.append(query.group_by(seller, day, reason))
+        counts.append(query.group_by(entity, day, reason))
+    rows = union_all(*counts).subquery()
     conn.execute(
-        seller_days.insert().from_select(
-            ["source", "seller_id", "day", "reason", "n"], union_all(*counts)
+        entity_days.insert().from_select(
+            ["entity_kind", "entity", "source", "day", "reason", "n", "amount"],
+            # A verdict tile whose changes cancel out (+1 then -1) holds nothing to read.
+            select(rows).where(or_(rows.c[5] != 0, rows.c[6] != 0)),
         )
     )
 
@@ -856,22 +990,30 @@ class TileCounts:
     in one order of keys by ``count_in_tiles``: tile rows are shared by every writer, and
     two transactions updating two of them in opposite orders would deadlock.
 
-    ``sellers``: requests per (seller, day, reason). ``sightings``: new users and the
-    newest registration among them per (entity kind, entity, day). ``moved``: tiles to
-    recount, of users now first seen earlier than the store knew.
+    ``requests``: requests and their amount per (entity kind, entity, day, reason).
+    ``sightings``: new users and the newest registration among them per (entity kind,
+    entity, day). ``moved``: tiles to recount, of users now first seen earlier than the
+    store knew.
     """
 
-    sellers: dict[tuple[str, int, str], int] = field(default_factory=dict)
+    requests: dict[tuple[str, str, int, str], tuple[int, int]] = field(default_factory=dict)
     sightings: dict[tuple[str, str, int], tuple[int, int]] = field(default_factory=dict)
     moved: set[tuple[str, str, int]] = field(default_factory=set)
+
+
+def base_amount(amount: int, rate: int | None) -> int:
+    """``amount`` (cents of a currency worth ``rate`` millionths) in cents of the reporting
+    currency, as the store and both feature engines compute it."""
+    return (
+        amount if rate is None or rate == dataset.RATE_UNIT else amount * rate // dataset.RATE_UNIT
+    )
 
 
 def insert_request(
     conn: Connection,
     row: Mapping[str, Any],
     *,
-    seller_id: str | None,
-    payment_account: str | None,
+    order: Mapping[str, Any],
     registered_at: int,
     tiles: TileCounts,
 ) -> bool:
@@ -879,17 +1021,20 @@ def insert_request(
 
     The serving path's write: ``upsert`` with its derived data, for one new row, without
     pandas (a one-row ``upsert`` costs milliseconds). The caller has read the request's
-    order (``seller_id``, ``payment_account``) and user (``registered_at``). A new request
-    has no label yet, so only the sightings and the day tiles change: the user is now seen
-    on the request's device and IP and the order's payment account, no later than
-    ``requested_at``, and the seller's tile of that day counts one more request. The tiles'
-    changes are added to ``tiles``, for the caller to apply (``count_in_tiles``) before it
-    commits. Returns False, writing nothing, when the id is stored already. Runs in the
-    caller's transaction.
+    order (``order``: its ``seller_id``, ``payment_account``, ``product_id`` and ``rate``,
+    the rate of its currency or None) and user (``registered_at``). A new request has no
+    label yet, so only the sightings and the day tiles change: the user is now seen on the
+    request's device and IP and the order's payment account, no later than
+    ``requested_at``, and the tiles of that day count one more request. The tiles' changes
+    are added to ``tiles``, for the caller to apply (``count_in_tiles``) before it commits.
+    Returns False, writing nothing, when the id is stored already. Runs in the caller's
+    transaction.
     """
     marker = "%s" if conn.dialect.name == "postgresql" else "?"
-    names = [*columns_of("refund_requests"), *DERIVED["refund_requests"]]
-    values = {**row, "order_seller_id": seller_id, "order_payment_account": payment_account}
+    names = [*columns_of("refund_requests"), *_derived_columns("refund_requests")]
+    copies = {name: order.get(column) for name, column in DERIVED["refund_requests"].items()}
+    converted = base_amount(int(row["amount"]), order.get("rate"))
+    values = {**row, **copies, BASE_AMOUNT: converted}
     values.setdefault(EXTRA, None)
     inserted = conn.exec_driver_sql(
         f"INSERT INTO refund_requests ({', '.join(names)}) "
@@ -898,8 +1043,8 @@ def insert_request(
     )
     if inserted.rowcount != 1:
         return False
-    seen = {"device_id": row.get("device_id"), "ip": row.get("ip")}
-    seen["payment_account"] = payment_account
+    entities = {kind: values[_on_request(kind).name] for kind in {*TILED, *SIGHTED}}
+    seen = {kind: entities[kind] for kind in SIGHTED}
     sighting = (
         "INSERT INTO sightings (entity_kind, entity, user_id, first_seen_at, registered_at) "
         f"VALUES ({', '.join([marker] * 5)}) "
@@ -933,22 +1078,26 @@ def insert_request(
         elif before is not None:
             # First seen earlier than known (a request dated before): both days change.
             tiles.moved |= {(kind, entity, day // TILE_US) for day in (before, at) if day >= 0}
-    if seller_id is not None and at >= 0:
-        tile_key = (seller_id, at // TILE_US, str(row["reason"]))
-        tiles.sellers[tile_key] = tiles.sellers.get(tile_key, 0) + 1
+    if at >= 0:
+        for kind in TILED:
+            entity = entities[kind]
+            if entity is not None:
+                key = (kind, str(entity), at // TILE_US, str(row["reason"]))
+                n, amount = tiles.requests.get(key, (0, 0))
+                tiles.requests[key] = (n + 1, amount + converted)
     return True
 
 
 def count_in_tiles(conn: Connection, tiles: TileCounts) -> None:
     """Apply ``tiles`` (see ``TileCounts``), each table's rows in the order of their keys."""
     marker = "%s" if conn.dialect.name == "postgresql" else "?"
-    for (seller, day, reason), n in sorted(tiles.sellers.items()):
+    for (kind, entity, day, reason), (n, amount) in sorted(tiles.requests.items()):
         conn.exec_driver_sql(
-            "INSERT INTO seller_days (source, seller_id, day, reason, n) "
-            f"VALUES ('refund_requests', {marker}, {marker}, {marker}, {marker}) "
-            "ON CONFLICT (source, seller_id, day, reason) DO UPDATE "
-            "SET n = seller_days.n + excluded.n",
-            (seller, day, reason, n),
+            "INSERT INTO entity_days (entity_kind, entity, source, day, reason, n, amount) "
+            f"VALUES ({marker}, {marker}, 'refund_requests', {marker}, {marker}, {marker}, "
+            f"{marker}) ON CONFLICT (entity_kind, entity, source, day, reason) DO UPDATE "
+            "SET n = entity_days.n + excluded.n, amount = entity_days.amount + excluded.amount",
+            (kind, entity, day, reason, n, amount),
         )
     for (kind, entity, day), (users, newest) in sorted(tiles.sightings.items()):
         conn.exec_driver_sql(
@@ -964,34 +1113,57 @@ def count_in_tiles(conn: Connection, tiles: TileCounts) -> None:
     refresh_sighting_days(conn, tiles.moved)
 
 
+def _rate_of(currency: Any) -> Any:
+    """The stored rate of ``currency`` (a column expression), or null."""
+    rates = EVENT_TABLES["rates"]
+    return select(rates.c.rate).where(rates.c.currency == currency).scalar_subquery()
+
+
+def _converted(amount: Any, rate: Any) -> Any:
+    """``base_amount`` in SQL: integer arithmetic, so it equals the Python and numpy one."""
+    unit = literal_column(str(dataset.RATE_UNIT), BigInteger)
+    return case((rate.is_(None), amount), (rate == unit, amount), else_=amount * rate // unit)
+
+
 def _fill_statement(target: Table, *, by: str | None = "request_id") -> Any:
+    """The update filling ``target``'s derived columns (its rows of ``by`` in ``:ids``,
+    or all of them)."""
     orders = EVENT_TABLES["orders"]
-    copies = {
-        name: select(orders.c[source])
-        .where(orders.c.order_id == target.c.order_id)
-        .scalar_subquery()
-        for name, source in DERIVED[target.name].items()
-    }
-    statement = update(target).values(copies)
+    if target.name == "orders":
+        values = {BASE_AMOUNT: _converted(orders.c.amount, _rate_of(orders.c.currency))}
+    else:
+        mine = orders.c.order_id == target.c.order_id
+        values = {
+            name: select(orders.c[source]).where(mine).scalar_subquery()
+            for name, source in DERIVED[target.name].items()
+        }
+        currency = select(orders.c.currency).where(mine).correlate(target).scalar_subquery()
+        values[BASE_AMOUNT] = _converted(target.c.amount, _rate_of(currency))
+    statement = update(target).values(values)
     if by is None:
         return statement
     return statement.where(target.c[by].in_(bindparam("ids", expanding=True)))
 
 
 def _fill_derived(conn: Connection, target: Table, frame: pd.DataFrame) -> None:
-    """Copy order columns onto the requests just written, or onto the requests of the
-    orders just written (a corrected order must not leave stale copies behind)."""
+    """Fill the derived columns of the rows just written, and of the requests of the orders
+    just written (a corrected order must not leave stale copies behind); after new rates,
+    every converted amount."""
     requests = EVENT_TABLES["refund_requests"]
-    if target.name == "refund_requests":
-        by = "request_id"
-    elif target.name == "orders" and not _is_empty(conn, requests):
-        by = "order_id"
-    else:
+    if target.name == "rates":
+        for name in _CONVERTED:
+            conn.execute(_fill_statement(EVENT_TABLES[name], by=None))
         return
-    statement = _fill_statement(requests, by=by)
-    ids = frame[by].tolist()
-    for start in range(0, len(ids), 500):
-        conn.execute(statement, {"ids": ids[start : start + 500]})
+    fills = []
+    if target.name == "orders":
+        fills.append((_fill_statement(target, by="order_id"), frame["order_id"].tolist()))
+        if not _is_empty(conn, requests):
+            fills.append((_fill_statement(requests, by="order_id"), frame["order_id"].tolist()))
+    elif target.name == "refund_requests":
+        fills.append((_fill_statement(requests), frame["request_id"].tolist()))
+    for statement, ids in fills:
+        for start in range(0, len(ids), 500):
+            conn.execute(statement, {"ids": ids[start : start + 500]})
 
 
 def _with_derived(tables: Iterable[str]) -> list[str]:
@@ -1001,9 +1173,9 @@ def _with_derived(tables: Iterable[str]) -> list[str]:
         names += [sightings.name, sighting_days.name]
     if any(name in _LABEL_SOURCES for name in names):
         names.append(abuse_changes.name)
-    if any(name in _TILED_SOURCES for name in names):
-        names.append(seller_days.name)
-    return names
+    if any(name in (*_TILED_SOURCES, *_LABEL_SOURCES, "rates") for name in names):
+        names.append(entity_days.name)
+    return list(dict.fromkeys(names))
 
 
 def analyze(conn: Connection, tables: Iterable[str]) -> None:

@@ -195,9 +195,10 @@ def _replay(stored: Mapping[str, Any], digest: str) -> Answer:
 
 _PARENTS = (
     "SELECT o.user_id, o.product_type, o.amount, o.service_days, o.payment_account, "
-    "o.seller_id, o.paid_at, u.registered_at "
+    "o.seller_id, o.product_id, r.rate, o.paid_at, u.registered_at "
     "FROM (SELECT 1 AS one) AS x "
     "LEFT JOIN orders AS o ON o.order_id = {m} "
+    "LEFT JOIN rates AS r ON r.currency = o.currency "
     "LEFT JOIN users AS u ON u.user_id = {m}"
 )
 
@@ -205,7 +206,7 @@ _PARENTS = (
 @dataclass(frozen=True)
 class _Parents:
     order: Order
-    seller_id: str | None
+    copies: dict[str, Any]  # what the store keeps of the order on the request
     registered_at: int
 
 
@@ -213,7 +214,7 @@ def _parents(conn: Connection, row: Mapping[str, Any]) -> _Parents | tuple[str, 
     """The request's order and user, or (code, message) saying what does not fit."""
     found = fetch_one(conn, _PARENTS.format(m=marker(conn)), (row["order_id"], row["user_id"]))
     assert found is not None  # the outer join always yields its one row
-    owner, product, amount, days, account, seller, paid_at, registered = found
+    owner, product, amount, days, account, seller, product_id, rate, paid_at, registered = found
     order_id, user_id = row["order_id"], row["user_id"]
     if registered is None:
         return (
@@ -246,7 +247,13 @@ def _parents(conn: Connection, row: Mapping[str, Any]) -> _Parents | tuple[str, 
         service_days=days,
         payment_account=account,
     )
-    return _Parents(order, seller, int(registered))
+    copies = {
+        "seller_id": seller,
+        "payment_account": account,
+        "product_id": product_id,
+        "rate": None if rate is None else int(rate),
+    }
+    return _Parents(order, copies, int(registered))
 
 
 def _shadow(models: Models, values: Mapping[str, Any], runtime: Runtime) -> str | None:
@@ -307,8 +314,7 @@ def _decide(
     write = Write(
         request=row,
         decision=_outcome_row(outcome, request_hash(row), _shadow(models, values, runtime)),
-        seller_id=parents.seller_id,
-        payment_account=parents.order.payment_account,
+        order=parents.copies,
         registered_at=parents.registered_at,
         order_counted=int(values["order_earlier_refunds"]),
     )

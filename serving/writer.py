@@ -63,28 +63,33 @@ def counted_entities() -> frozenset[Entity]:
     )
 
 
-# Sellers are left out: a seller's requests come from many buyers, so waiting on them
-# would put much of the traffic in single file (the largest seller had 9% of the held-out
-# requests), and a seller's 30-day counts run to hundreds, where a decision still being
+# Sellers and products are left out: their requests come from many buyers, so waiting on
+# them would put much of the traffic in single file (the largest seller had 9% of the
+# held-out requests), and their counts run to hundreds, where a decision still being
 # written (a few milliseconds) is noise, not a way to hide. The abuse patterns act through
 # a user, device, IP or payment account, and for those the count is exact.
-_EXACT = counted_entities() - {Entity.SELLER}
+_EXACT = counted_entities() - {Entity.SELLER, Entity.PRODUCT}
 
 
 @dataclass(frozen=True)
 class Write:
     """A decided request, ready to be stored: the request (store units) and the decision row.
 
-    ``seller_id``, ``payment_account`` and ``registered_at`` come from the request's order
-    and user, read when it was decided (``insert_request`` keeps copies of them).
+    ``order`` (its ``seller_id``, ``payment_account``, ``product_id`` and its currency's
+    ``rate``) and ``registered_at`` come from the request's order and user, read when it
+    was decided (``insert_request`` keeps copies of them).
     """
 
     request: Mapping[str, Any]
     decision: Mapping[str, Any]
-    seller_id: str | None
-    payment_account: str | None
+    order: Mapping[str, Any]
     registered_at: int
     order_counted: int  # refund requests of the order the decision counted
+
+    @property
+    def payment_account(self) -> str | None:
+        account = self.order.get("payment_account")
+        return None if account is None else str(account)
 
     def counted_keys(self) -> frozenset[tuple[str, Any]]:
         return counted_keys(self.request, self.payment_account)
@@ -150,8 +155,7 @@ def _write_one(conn: Connection, write: Write, tiles: TileCounts) -> Written:
     inserted = insert_request(
         conn,
         write.request,
-        seller_id=write.seller_id,
-        payment_account=write.payment_account,
+        order=write.order,
         registered_at=write.registered_at,
         tiles=tiles,
     )

@@ -1,8 +1,9 @@
 """A slow, obviously correct feature computation, one request and one feature at a time.
 
 It reads the definitions' words literally ("events of the entity strictly before the
-request and inside the window") with plain pandas filters, so that the fast engines can
-be checked against it. It shares only the Context/Derived formulas with them.
+request, from the start of the day ``w`` days before the request's day") with plain pandas
+filters, so that the fast engines can be checked against it. It shares only the
+Context/Derived formulas and the currency conversion with them.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import numpy as np
 import pandas as pd
 
 from features.catalog import CATALOG
-from features.history import History, request_frame
-from features.spec import HOUR, Agg, Aggregate, Context, Derived, Entity, Source
+from features.history import History, base_amounts, rates_of, request_frame
+from features.spec import DAY, HOUR, Agg, Aggregate, Computed, Entity, Source
 
 
 def _entity_of_request(row: dict[str, Any], entity: Entity) -> Any:
-    if entity in (Entity.PAYMENT_ACCOUNT, Entity.SELLER):
+    if entity in (Entity.PAYMENT_ACCOUNT, Entity.SELLER, Entity.PRODUCT):
         return row[f"order_{entity.value}"]
     return row[entity.value]
 
@@ -29,17 +30,23 @@ def _missing(value: Any) -> bool:
 
 
 def _refunds(history: History) -> pd.DataFrame:
-    orders = history.orders[["order_id", "payment_account", "seller_id"]]
-    return history.refund_requests.merge(orders, on="order_id", how="left")
+    orders = history.orders[["order_id", "payment_account", "seller_id", "product_id", "currency"]]
+    refunds = history.refund_requests.merge(orders, on="order_id", how="left")
+    amount = pd.to_numeric(refunds["amount"]).to_numpy(dtype=float)
+    refunds["base"] = base_amounts(amount, rates_of(history, refunds["currency"]))
+    return refunds
 
 
 def _source_rows(history: History, source: Source) -> pd.DataFrame:
     """Every row of the source, with ``time`` (and ``value`` for money) columns."""
     if source is Source.ORDERS:
-        rows = history.orders.assign(time=history.orders["paid_at"], value=history.orders["amount"])
+        orders = history.orders
+        amount = pd.to_numeric(orders["amount"]).to_numpy(dtype=float)
+        base = base_amounts(amount, rates_of(history, orders["currency"]))
+        rows = orders.assign(time=orders["paid_at"], value=base)
     elif source is Source.REFUNDS:
         refunds = _refunds(history)
-        rows = refunds.assign(time=refunds["requested_at"], value=refunds["amount"])
+        rows = refunds.assign(time=refunds["requested_at"], value=refunds["base"])
     elif source is Source.USAGE:
         rows = history.usage.assign(time=history.usage["used_at"])
     elif source is Source.DECISIONS:
@@ -51,36 +58,76 @@ def _source_rows(history: History, source: Source) -> pd.DataFrame:
     return rows
 
 
-def _events(rows: pd.DataFrame, entity: Entity, key: Any, t: int) -> pd.DataFrame:
-    """The rows for ``key`` known strictly before ``t``."""
-    rows = rows[rows[entity.value].notna()]
-    return rows[(rows[entity.value] == key) & (rows["time"] < t)]
+def _start(t: int, window: int | None) -> float:
+    """The window's first instant: the start of t's UTC day, ``window`` earlier."""
+    if window is None:
+        return -math.inf
+    return (t // DAY) * DAY - window
 
 
-def _confirmed_abuse(
-    history: History, refunds: pd.DataFrame, entity: Entity, key: Any, t: int
+Timeline = dict[Any, tuple[list[int], list[bool]]]
+
+
+def _timelines(history: History) -> Timeline:
+    """Each request's verdicts in order: (effective times, is_abuse).
+
+    A verdict counts from the later of its own time and its request's.
+    """
+    requested = dict(
+        zip(
+            history.refund_requests["request_id"],
+            history.refund_requests["requested_at"],
+            strict=True,
+        )
+    )
+    out: Timeline = {}
+    labels = history.labels.sort_values("labeled_at", kind="stable")
+    for request_id, at, verdict in zip(
+        labels["request_id"], labels["labeled_at"], labels["is_abuse"], strict=True
+    ):
+        times, verdicts = out.setdefault(request_id, ([], []))
+        times.append(max(int(at), int(requested[request_id])))
+        verdicts.append(bool(verdict))
+    return out
+
+
+def _verdicts(timeline: Timeline, request_id: Any, t: int, start: float) -> tuple[int, int]:
+    """(change in "abuse", 1 if first judged) by verdicts in [start, t) on one request."""
+    times, verdicts = timeline.get(request_id, ([], []))
+
+    def abuse_known_before(moment: float) -> int:
+        known = [v for at, v in zip(times, verdicts, strict=True) if at < moment]
+        return int(bool(known) and known[-1])
+
+    change = abuse_known_before(t) - abuse_known_before(start)
+    first = min(times) if times else None
+    judged = int(first is not None and start <= first < t)
+    return change, judged
+
+
+def _judged(
+    timeline: Timeline, refunds: pd.DataFrame, feature: Aggregate, key: Any, t: int
 ) -> float:
-    """Requests of ``key`` whose latest label with labeled_at < t says abuse."""
-    mine = refunds[refunds[entity.value].notna() & (refunds[entity.value] == key)]
-    count = 0
+    mine = refunds[refunds[feature.entity.value].notna() & (refunds[feature.entity.value] == key)]
+    start = _start(t, feature.window)
+    total = 0
     for request_id in mine["request_id"]:
-        labels = history.labels[
-            (history.labels["request_id"] == request_id) & (history.labels["labeled_at"] < t)
-        ]
-        if len(labels) and bool(labels.sort_values("labeled_at")["is_abuse"].iloc[-1]):
-            count += 1
-    return float(count)
+        change, judged = _verdicts(timeline, request_id, t, start)
+        total += change if feature.source is Source.ABUSE else judged
+    return float(total)
 
 
-def _users_seen(
-    history: History, refunds: pd.DataFrame, entity: Entity, key: Any, t: int
-) -> set[Any]:
+def _first_seen(history: History, refunds: pd.DataFrame, entity: Entity, key: Any) -> dict:
+    """Each user seen on ``key``: the first time (an order paid or a refund asked)."""
+    first: dict[Any, int] = {}
     orders = history.orders
-    seen = set(orders[(orders[entity.value] == key) & (orders["paid_at"] < t)]["user_id"])
-    if entity.value in refunds.columns:
-        hit = refunds[(refunds[entity.value] == key) & (refunds["requested_at"] < t)]
-        seen |= set(hit["user_id"])
-    return seen
+    for frame, time in ((orders, "paid_at"), (refunds, "requested_at")):
+        if entity.value not in frame.columns:
+            continue
+        hit = frame[frame[entity.value].notna() & (frame[entity.value] == key)]
+        for user, at in zip(hit["user_id"], hit[time], strict=True):
+            first[user] = min(first.get(user, int(at)), int(at))
+    return first
 
 
 def _aggregate(
@@ -88,31 +135,36 @@ def _aggregate(
     sources: dict[Source, pd.DataFrame],
     feature: Aggregate,
     row: dict[str, Any],
+    timeline: Timeline,
 ) -> float:
     key = _entity_of_request(row, feature.entity)
     if _missing(key):
         return math.nan
     t = int(row["requested_at"])
     refunds = sources[Source.REFUNDS]
-    if feature.source is Source.ABUSE:
-        return _confirmed_abuse(history, refunds, feature.entity, key, t)
+    if feature.source in (Source.ABUSE, Source.VERDICTS):
+        return _judged(timeline, refunds, feature, key, t)
     if feature.source is Source.SIGHTINGS:
-        users = _users_seen(history, refunds, feature.entity, key, t)
+        start = _start(t, feature.window)
+        first = _first_seen(history, refunds, feature.entity, key)
         registered = history.users.set_index("user_id")["registered_at"]
-        known = [int(registered[u]) for u in users if u in registered.index]
+        known = [u for u, at in first.items() if start <= at < t and u in registered.index]
         if feature.agg is Agg.COUNT:
             return float(len(known))
-        return float(max(known)) if known else math.nan
-    events = _events(sources[feature.source], feature.entity, key, t)
-    if feature.window is not None:
-        events = events[events["time"] >= t - feature.window]
+        return float(max(int(registered[u]) for u in known)) if known else math.nan
+    events = sources[feature.source]
+    events = events[events[feature.entity.value].notna()]
+    events = events[(events[feature.entity.value] == key) & (events["time"] < t)]
+    events = events[events["time"] >= _start(t, feature.window)]
     if feature.where is not None:
         column, value = feature.where
         events = events[events[column] == value]
     if feature.agg is Agg.COUNT:
         return float(len(events))
     if feature.agg is Agg.SUM:
-        return float(events["value"].sum()) / 100
+        # An order's requests share its currency: they add up as they are.
+        money = "amount" if feature.entity is Entity.ORDER else "value"
+        return float(pd.to_numeric(events[money]).sum()) / 100
     if feature.agg is Agg.HOURS_SINCE_LAST:
         return (t - int(events["time"].max())) / HOUR if len(events) else math.nan
     if feature.agg is Agg.DISTINCT:
@@ -130,17 +182,18 @@ def oracle_features(history: History, requests: pd.DataFrame | None = None) -> p
         s: _source_rows(history, s)
         for s in (Source.ORDERS, Source.REFUNDS, Source.USAGE, Source.DECISIONS)
     }
+    timeline = _timelines(history)
     out: list[dict[str, Any]] = []
     for i in range(len(requests)):
         row = {name: values[i] for name, values in base.items()}
         columns = {name: values[i : i + 1] for name, values in base.items()}
         for name, feature in CATALOG.items():
             if isinstance(feature, Aggregate):
-                value = _aggregate(history, sources, feature, row)
+                value = _aggregate(history, sources, feature, row, timeline)
                 row[name] = value
                 columns[name] = np.array([value])
         for name, feature in CATALOG.items():
-            if isinstance(feature, Context | Derived):
+            if isinstance(feature, Computed):
                 computed = feature.compute(columns)
                 columns[name] = computed
                 row[name] = computed[0]

@@ -10,26 +10,33 @@ from riskmodel.domain import LabelSource, ProductType, RefundReason
 
 HOUR = 3_600_000_000
 BASE = 1_767_225_600_000_000  # 2026-01-01
+# Histories start in 2026, or just before the epoch, where the store keeps no day tiles.
+_BASES = (BASE, -5 * 24 * HOUR)
 
 
 def _pick(draw: st.DrawFn, values: list[str], null: bool = True) -> str | None:
     return draw(st.sampled_from([*values, None] if null else values))
 
 
-def _time(draw: st.DrawFn, low: int = 0) -> int:
-    # Whole hours over ~40 days make ties between events and requests likely.
-    return BASE + draw(st.integers(low, 1000)) * HOUR
+def _time(draw: st.DrawFn, base: int) -> int:
+    # Whole hours over ~100 days: ties between events and requests are likely, and every
+    # window, up to 90 days, both holds events and misses some.
+    return base + draw(st.integers(0, 2400)) * HOUR
 
 
 @st.composite
 def histories(draw: st.DrawFn, max_orders: int = 14, max_requests: int = 10) -> History:
+    base = draw(st.sampled_from(_BASES))
     users = [f"u{i}" for i in range(draw(st.integers(1, 4)))]
     devices, ips = ["d0", "d1", "d2"], ["ip0", "ip1"]
-    accounts, sellers = ["pa0", "pa1", "pa2"], ["s0", "s1"]
+    accounts, sellers, products = ["pa0", "pa1", "pa2"], ["s0", "s1"], ["p0", "p1"]
+    # Sometimes a second currency, worth 7.1 of the first (or a rate drawn at random).
+    usd = draw(st.sampled_from([None, 7_100_000, 3, 1_000_000]))
+    currencies = ["CNY", None] if usd is None else ["CNY", "USD", None]
     user_rows = [
         {
             "user_id": u,
-            "registered_at": BASE - draw(st.integers(0, 400)) * HOUR,
+            "registered_at": base - draw(st.integers(0, 400)) * HOUR,
             "phone_verified": draw(st.sampled_from([True, False, None])),
             "extra": None,
         }
@@ -38,7 +45,7 @@ def histories(draw: st.DrawFn, max_orders: int = 14, max_requests: int = 10) -> 
     order_rows = []
     for i in range(draw(st.integers(1, max_orders))):
         product = draw(st.sampled_from([p.value for p in ProductType]))
-        paid = _time(draw, 0)
+        paid = _time(draw, base)
         delivered = draw(st.sampled_from([None, paid, paid + HOUR, paid + 100 * HOUR]))
         order_rows.append(
             {
@@ -47,15 +54,16 @@ def histories(draw: st.DrawFn, max_orders: int = 14, max_requests: int = 10) -> 
                 "product_type": product,
                 "amount": draw(st.integers(0, 50_000)),
                 "paid_at": paid,
-                "currency": "CNY",
+                "currency": draw(st.sampled_from(currencies)),
                 "seller_id": _pick(draw, sellers),
-                "product_id": None,
+                "product_id": _pick(draw, products),
                 "payment_method": _pick(draw, ["alipay", "bank_card"]),
                 "payment_account": _pick(draw, accounts),
                 "device_id": _pick(draw, devices),
                 "ip": _pick(draw, ips),
                 "delivered_at": delivered,
-                "redeemed_at": draw(st.sampled_from([None, paid + 2 * HOUR])),
+                # A code may be sold already redeemed.
+                "redeemed_at": draw(st.sampled_from([None, paid + 2 * HOUR, paid - 5 * HOUR])),
                 "service_days": 30 if product == ProductType.MEMBERSHIP.value else None,
                 "extra": None,
             }
@@ -88,7 +96,8 @@ def histories(draw: st.DrawFn, max_orders: int = 14, max_requests: int = 10) -> 
         )
     label_rows = []
     for request in request_rows:
-        times = draw(st.sets(st.integers(0, 400), max_size=3))
+        # A verdict may be dated before its request (a day-granular export).
+        times = draw(st.sets(st.integers(-30, 400), max_size=3))
         label_rows += [
             {
                 "request_id": request["request_id"],
@@ -123,7 +132,9 @@ def histories(draw: st.DrawFn, max_orders: int = 14, max_requests: int = 10) -> 
     def frame(rows: list[dict[str, object]], like: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(rows, columns=like.columns, dtype=object) if rows else like
 
+    rates = [{"currency": "CNY", "rate": 1_000_000}, {"currency": "USD", "rate": usd}]
     return History(
+        rates=frame(rates if usd is not None else [], empty.rates),
         users=frame(user_rows, empty.users),
         orders=frame(order_rows, empty.orders),
         usage=frame(usage_rows, empty.usage),

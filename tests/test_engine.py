@@ -508,8 +508,8 @@ def test_top_contributions_become_sentences() -> None:
         ("MODEL_ORDER_EARLIER_REFUNDS", "order_earlier_refunds", 0.0, 0.2),
     ]
     assert model[1].message == (
-        "Refund requests the user made in the 7 days before it: 1; this raised the risk score "
-        "(+0.90)"
+        "Refund requests of the user in the 7 days before the request's day, and on that day "
+        "before the request: 1; this raised the risk score (+0.90)"
     )
     assert model[0].as_dict()["contribution"] == 1.4
 

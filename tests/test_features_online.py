@@ -25,7 +25,7 @@ def _load(engine: Engine, history: History) -> None:
         for table in reversed(list(store.metadata.sorted_tables)):
             if table.name != "schema_info":
                 conn.execute(delete(table))
-        for name in ("users", "orders", "usage", "refund_requests", "labels", "decisions"):
+        for name in ("rates", "users", "orders", "usage", "refund_requests", "labels", "decisions"):
             frame = getattr(history, name)
             if len(frame):
                 store.upsert(conn, name, frame)
@@ -80,7 +80,7 @@ def test_history_written_piecemeal_and_corrected_gives_the_same_features(
     corrected = ("orders", "refund_requests")
     with engine.begin() as conn:
         for part in range(2):
-            for name in ("labels", "users", "orders", "refund_requests", "usage"):
+            for name in ("labels", "users", "orders", "refund_requests", "usage", "rates"):
                 frame = getattr(history, name)
                 first = frame.sample(frac=split, random_state=seed)
                 chosen = first if part == 0 else frame.drop(first.index)

@@ -119,7 +119,7 @@ def test_a_write_that_fails_alone_leaves_the_rest_of_its_group_written(
         # All of one order: each counts the others, so that the order check lets them by
         # and what is tested is a failure alone.
         return Write(
-            row, decided, seller_id=None, payment_account="pa3", registered_at=0, order_counted=9
+            row, decided, order={"payment_account": "pa3"}, registered_at=0, order_counted=9
         )
 
     async def submit_all() -> list[Written | BaseException]:

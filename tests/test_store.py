@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, delete, insert, select, text, update
+from sqlalchemy import Engine, delete, insert, inspect, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from riskmodel import dataset, store
@@ -206,6 +206,13 @@ def test_requests_carry_their_orders_seller_and_payment_account(
         ("r2", "s2", "pa2"),
         ("r3", "s2", "pa3"),
     ]
+    indexes = {i["name"] for i in inspect(engine).get_indexes("orders")}
+    assert "ix_orders_ip_paid_at_covering" in indexes
+    assert "ix_orders_ip_paid_at" not in indexes  # version 1's, replaced
+    with engine.connect() as conn:  # amounts in the reporting currency, for the sums
+        requests = store.EVENT_TABLES["refund_requests"]
+        amounts = select(requests.c.amount, requests.c[store.BASE_AMOUNT])
+        assert all(a == b for a, b in conn.execute(amounts))
     engine.dispose()
 
 
@@ -213,17 +220,25 @@ def test_a_version_1_store_is_migrated_in_place(database_url: str, tiny_dir: Pat
     ingest(tiny_dir, database_url)
     engine = store.open_store(database_url)
     with engine.begin() as conn:  # put the database back as version 1 made it
-        for columns in (
-            ("order_seller_id", "requested_at"),
-            ("order_payment_account", "requested_at"),
+        for index in (
+            "ix_refund_requests_order_seller_id_requested_at_covering",
+            "ix_refund_requests_order_payment_account_requested_at",
+            "ix_refund_requests_order_product_id_requested_at_covering",
+            "ix_refund_requests_ip_requested_at_covering",
+            "ix_orders_product_id_paid_at_covering",
+            "ix_orders_ip_paid_at_covering",
+            "ix_orders_seller_id_paid_at_covering",
         ):
-            conn.exec_driver_sql(f"DROP INDEX ix_refund_requests_{'_'.join(columns)}")
-        for column in store.DERIVED["refund_requests"]:
-            conn.exec_driver_sql(f"ALTER TABLE refund_requests DROP COLUMN {column}")
-        store.sightings.drop(conn)
-        store.abuse_changes.drop(conn)
-        store.seller_days.drop(conn)
-        store.sighting_days.drop(conn)
+            conn.exec_driver_sql(f"DROP INDEX {index}")
+        conn.exec_driver_sql("CREATE INDEX ix_orders_ip_paid_at ON orders (ip, paid_at)")
+        for table, column in (
+            *(("refund_requests", c) for c in store.DERIVED["refund_requests"]),
+            ("refund_requests", store.BASE_AMOUNT),
+            ("orders", store.BASE_AMOUNT),
+        ):
+            conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
+        for table in (store.sightings, store.abuse_changes, store.entity_days, store.sighting_days):
+            table.drop(conn)
         store.EVENT_TABLES["rates"].drop(conn)
         conn.exec_driver_sql("ALTER TABLE decisions DROP COLUMN policy_hash")
         conn.execute(update(store.schema_info).values(version=1))
@@ -239,13 +254,22 @@ def test_a_version_1_store_is_migrated_in_place(database_url: str, tiny_dir: Pat
         ("r2", "s2", "pa2"),
         ("r3", "s2", "pa3"),
     ]
+    indexes = {i["name"] for i in inspect(engine).get_indexes("orders")}
+    assert "ix_orders_ip_paid_at_covering" in indexes
+    assert "ix_orders_ip_paid_at" not in indexes  # version 1's, replaced
+    with engine.connect() as conn:  # amounts in the reporting currency, for the sums
+        requests = store.EVENT_TABLES["refund_requests"]
+        amounts = select(requests.c.amount, requests.c[store.BASE_AMOUNT])
+        assert all(a == b for a, b in conn.execute(amounts))
     assert ("ip", "10.0.0.1", "u1") in {row[:3] for row in _sightings(engine)}
     assert _tiles_of(_sightings(engine)) == _table(engine, store.sighting_days)
-    assert {(row[0], row[1]) for row in _seller_days(engine)} == {
+    assert {(row[2], row[1]) for row in _entity_days(engine) if row[0] == "seller_id"} == {
         ("orders", "s1"),
         ("orders", "s2"),
         ("refund_requests", "s1"),
         ("refund_requests", "s2"),
+        ("verdicts", "s2"),
+        ("abuse", "s2"),
     }
     with engine.connect() as conn:  # decisions gained the policy's hash
         assert conn.execute(select(store.decisions.c.policy_hash)).all() == []
@@ -321,8 +345,7 @@ def test_sighting_days_follow_decisions_written_out_of_order(engine: Engine) -> 
             store.insert_request(
                 conn,
                 row,
-                seller_id="s1",
-                payment_account="pa1",
+                order={"seller_id": "s1", "payment_account": "pa1", "product_id": None},
                 registered_at=registered,
                 tiles=tiles,
             )
@@ -336,13 +359,15 @@ def test_sighting_days_follow_decisions_written_out_of_order(engine: Engine) -> 
     assert [row[2:4] for row in on_new_ip] == [(early // store.TILE_US, 1)]
 
 
-def _seller_days(engine: Engine) -> list[tuple[object, ...]]:
-    return _table(engine, store.seller_days)
+def _entity_days(engine: Engine) -> list[tuple[object, ...]]:
+    return _table(engine, store.entity_days)
 
 
-def test_seller_days_follow_corrections_and_match_a_rebuild(engine: Engine) -> None:
+def test_entity_days_follow_corrections_and_match_a_rebuild(engine: Engine) -> None:
     tables = _load_events(engine)
-    before = _seller_days(engine)
+    with engine.begin() as conn:
+        store.upsert(conn, "labels", tables["labels"])
+    before = _entity_days(engine)
     # A corrected order moves to another seller and another day; its refund requests'
     # counts move with it, and a corrected request moves to another day and reason.
     orders = tables["orders"].copy()
@@ -352,20 +377,27 @@ def test_seller_days_follow_corrections_and_match_a_rebuild(engine: Engine) -> N
     requests = tables["refund_requests"].copy()
     requests.loc[len(requests) - 1, "reason"] = "other"
     requests.loc[len(requests) - 1, "requested_at"] += store.TILE_US
+    labels = tables["labels"].copy()
+    labels["is_abuse"] = False  # every verdict cleared: the abuse tiles empty
     with engine.begin() as conn:
         store.upsert(conn, "orders", orders)
         store.upsert(conn, "refund_requests", requests)
-    after = _seller_days(engine)
+        store.upsert(conn, "labels", labels)
+    after = _entity_days(engine)
     with engine.begin() as conn:
-        store.refresh_seller_days(conn, None)
+        store.refresh_entity_days(conn, None)
 
-    assert after == _seller_days(engine)
+    assert after == _entity_days(engine)
     assert after != before
-    assert ("orders", "s-corrected") in {(row[0], row[1]) for row in after}
+    sellers = [row for row in after if row[0] == "seller_id"]
+    assert ("orders", "s-corrected") in {(row[2], row[1]) for row in sellers}
     asked_on_moved = (requests["order_id"] == moved).sum()
     on_corrected = sum(
-        int(row[4]) for row in after if row[0] == "refund_requests" and row[1] == "s-corrected"
+        int(row[5]) for row in sellers if row[2] == "refund_requests" and row[1] == "s-corrected"
     )
     assert on_corrected == asked_on_moved
     sold = orders["seller_id"].notna().sum()  # o4 has no seller
-    assert sum(int(row[4]) for row in after if row[0] == "orders") == sold
+    assert sum(int(row[5]) for row in sellers if row[2] == "orders") == sold
+    assert not [row for row in after if row[2] == "abuse"]
+    judged = tables["labels"]["request_id"].nunique()
+    assert sum(int(row[5]) for row in after if row[2] == "verdicts" and row[0] == "ip") == judged
