@@ -89,11 +89,28 @@ class FeatureSpec:
 class Calibrator:
     """Raw LightGBM margin -> probability.
 
-    ``isotonic``: a monotone piecewise-linear map through the knots (``x``, ``y``), flat
-    beyond the ends (what scikit-learn's ``IsotonicRegression(out_of_bounds="clip")``
-    predicts). ``sigmoid``: ``1 / (1 + exp(-(a * margin + b)))`` (Platt scaling).
-    ``identity``: the trees' own sigmoid of the margin.
+    ``centred_isotonic``: strictly increasing in the margin, so no two requests the trees
+    tell apart get the same score. ``x`` are the centres of the isotonic fit's blocks (the
+    mean margin of each) and ``y`` their abuse rates, both strictly increasing, ``y``
+    within (0, 1); between two centres the score is interpolated linearly. Beyond the
+    outermost centres, where the isotonic fit was flat, it goes on with the slope of the
+    nearest segment and bends hyperbolically, never moving more than half the way to the
+    next rate or to the bound: below, ``y[0] - h * (1 - 1 / (1 + s * d / h))``, ``d``
+    the distance from the centre, ``s`` the first segment's slope, ``h`` half the smaller
+    of ``y[0]`` and ``y[1] - y[0]``; above, the same towards 1 (with one centre, ``h`` is
+    half the smaller of ``y[0]`` and ``1 - y[0]`` and ``s = h``).
+    ``sigmoid``: ``1 / (1 + exp(-(a * margin + b)))`` (Platt scaling). ``identity``: the
+    trees' own sigmoid of the margin. ``isotonic``: a monotone piecewise-linear map
+    through the knots (``x``, ``y``), flat beyond the ends (what scikit-learn's
+    ``IsotonicRegression(out_of_bounds="clip")`` predicts); its flat steps give one score
+    to many requests, so training no longer makes it, but bundles that have it score as
+    they always did.
+
+    ``apply`` and ``apply_one`` compute the same operations in the same order, so a
+    request scored alone gets exactly the score it gets in a batch.
     """
+
+    KINDS = ("centred_isotonic", "sigmoid", "identity", "isotonic")  # not a field
 
     kind: str
     x: tuple[float, ...] = ()
@@ -102,24 +119,92 @@ class Calibrator:
     b: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("isotonic", "sigmoid", "identity"):
-            raise BundleError(f"calibrator kind {self.kind!r} is not isotonic/sigmoid/identity")
-        if self.kind == "isotonic" and (len(self.x) != len(self.y) or not self.x):
-            raise BundleError("an isotonic calibrator needs as many knots x as values y")
+        if self.kind not in self.KINDS:
+            raise BundleError(
+                f"calibrator kind {self.kind!r} is not one of {', '.join(self.KINDS)}"
+            )
+        if self.kind in ("isotonic", "centred_isotonic") and (
+            len(self.x) != len(self.y) or not self.x
+        ):
+            raise BundleError(f"an {self.kind} calibrator needs as many knots x as values y")
+        if self.kind == "centred_isotonic":
+            x, y = np.asarray(self.x, dtype=float), np.asarray(self.y, dtype=float)
+            if not (np.isfinite(x).all() and (np.diff(x) > 0).all() and (np.diff(y) > 0).all()):
+                raise BundleError("a centred_isotonic calibrator needs strictly increasing knots")
+            if not (y[0] > 0 and y[-1] < 1):
+                raise BundleError("a centred_isotonic calibrator's values must be within (0, 1)")
 
     def apply(self, margin: np.ndarray) -> np.ndarray:
         margin = np.asarray(margin, dtype=float)
         if self.kind == "isotonic":
             out: np.ndarray = np.interp(margin, self.x, self.y)
             return out
+        if self.kind == "centred_isotonic":
+            return self._centred(margin)
         a, b = (self.a, self.b) if self.kind == "sigmoid" else (1.0, 0.0)
         return 1.0 / (1.0 + np.exp(-(a * margin + b)))
 
     def apply_one(self, margin: float) -> float:
         if self.kind == "isotonic":
             return float(np.interp(margin, self.x, self.y))
+        if self.kind == "centred_isotonic":
+            return self._centred_one(margin)
         a, b = (self.a, self.b) if self.kind == "sigmoid" else (1.0, 0.0)
         return 1.0 / (1.0 + math.exp(-(a * margin + b)))
+
+    def _tails(self) -> tuple[float, float, float, float]:
+        """How the centred map goes on beyond its end centres: the most it moves (towards
+        0 below, 1 above) and its rate of approach, for the bottom then the top."""
+        x, y = self.x, self.y
+        if len(x) == 1:
+            most = min(y[0], 1.0 - y[0]) / 2
+            return most, 1.0, most, 1.0
+        low = min(y[0], y[1] - y[0]) / 2
+        high = min(1.0 - y[-1], y[-1] - y[-2]) / 2
+        low_slope = (y[1] - y[0]) / (x[1] - x[0])
+        high_slope = (y[-1] - y[-2]) / (x[-1] - x[-2])
+        return low, low_slope / low, high, high_slope / high
+
+    def _centred(self, values: np.ndarray) -> np.ndarray:
+        x, y = np.asarray(self.x, dtype=float), np.asarray(self.y, dtype=float)
+        low_most, low_rate, high_most, high_rate = self._tails()
+        margin = values.reshape(-1)
+        out = np.empty(margin.shape, dtype=float)
+        low, high = margin < x[0], margin > x[-1]
+        below = 1.0 - 1.0 / (1.0 + low_rate * (self.x[0] - margin[low]))
+        out[low] = self.y[0] - low_most * below
+        above = 1.0 - 1.0 / (1.0 + high_rate * (margin[high] - self.x[-1]))
+        out[high] = self.y[-1] + high_most * above
+        inside = ~(low | high)
+        if len(x) == 1:
+            out[inside] = y[0]
+        else:
+            m = margin[inside]
+            j = np.clip(np.searchsorted(x, m, side="right") - 1, 0, len(x) - 2)
+            t = (m - x[j]) / (x[j + 1] - x[j])
+            out[inside] = np.minimum(y[j] + (y[j + 1] - y[j]) * t, y[j + 1])
+        return out.reshape(values.shape)
+
+    def _centred_one(self, margin: float) -> float:
+        # The operations of ``_centred``, in the same order, on one float.
+        x, y = self.x, self.y
+        if margin < x[0]:
+            low_most, low_rate, _, _ = self._tails()
+            return y[0] - low_most * (1.0 - 1.0 / (1.0 + low_rate * (x[0] - margin)))
+        if margin > x[-1]:
+            _, _, high_most, high_rate = self._tails()
+            return y[-1] + high_most * (1.0 - 1.0 / (1.0 + high_rate * (margin - x[-1])))
+        if len(x) == 1:
+            return y[0]
+        j, top = 0, len(x) - 2  # the last knot at or below the margin, as searchsorted
+        while j < top:
+            middle = (j + top + 1) // 2
+            if x[middle] <= margin:
+                j = middle
+            else:
+                top = middle - 1
+        t = (margin - x[j]) / (x[j + 1] - x[j])
+        return min(y[j] + (y[j + 1] - y[j]) * t, y[j + 1])
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from pathlib import Path
 
@@ -14,12 +15,14 @@ from sklearn.isotonic import IsotonicRegression
 
 import features
 from riskmodel.bundle import (
+    BundleError,
     BundleIntegrityError,
     Calibrator,
     FeatureSpec,
     ModelBundle,
     SignatureError,
 )
+from riskmodel.registry import Registry
 from training import LabelPolicy, TrainConfig, train
 from training.calibration import fit_calibrator
 from training.signature import catalog_signature
@@ -48,15 +51,42 @@ def _row(frame: pd.DataFrame, i: int) -> dict[str, object]:
     return out
 
 
+def _calibrated(bundle: ModelBundle, table: pd.DataFrame, kind: str) -> ModelBundle:
+    """``bundle`` with a calibrator of ``kind`` fitted on its own margins."""
+    if kind == "trained":
+        return bundle
+    margin = bundle.margin(table)
+    label = (margin > np.quantile(margin, 0.8)) ^ (np.arange(len(margin)) % 7 == 0)
+    calibrator = fit_calibrator(margin, label.astype(float), kind)
+    assert calibrator.kind == kind
+    return dataclasses.replace(bundle, calibrator=calibrator)
+
+
+@pytest.mark.parametrize("kind", ["trained", "centred_isotonic", "sigmoid", "isotonic"])
 def test_score_one_equals_score_on_every_sample_request(
-    bundle: ModelBundle, table: pd.DataFrame
+    bundle: ModelBundle, table: pd.DataFrame, kind: str
 ) -> None:
+    bundle = _calibrated(bundle, table, kind)
     batch = bundle.score(table)
     single = np.array([bundle.score_one(_row(table, i)) for i in range(len(table))])
 
     assert ((batch >= 0) & (batch <= 1)).all()
-    assert len(np.unique(batch)) > 10  # a real ranking, not a constant
+    assert len(np.unique(batch)) > (5 if kind == "isotonic" else 100)  # the staircase: 9
     np.testing.assert_allclose(single, batch, rtol=0, atol=1e-12)
+    if bundle.calibrator.kind == "centred_isotonic":  # the same operations, to the bit
+        np.testing.assert_array_equal(single, batch)
+
+
+@pytest.mark.parametrize("kind", ["trained", "centred_isotonic", "sigmoid"])
+def test_requests_the_trees_tell_apart_keep_apart_scores(
+    bundle: ModelBundle, table: pd.DataFrame, kind: str
+) -> None:
+    bundle = _calibrated(bundle, table, kind)
+    margin, score = bundle.margin(table), bundle.score(table)
+
+    assert len(np.unique(score)) == len(np.unique(margin))
+    order = np.argsort(margin, kind="stable")
+    assert (np.diff(score[order])[np.diff(margin[order]) > 0] > 0).all()
 
 
 def test_contributions_add_up_to_the_margin_on_both_paths(
@@ -185,5 +215,38 @@ def test_isotonic_calibrator_matches_scikit_learn() -> None:
 
 
 def test_a_calibrator_of_an_unknown_kind_is_refused() -> None:
-    with pytest.raises(Exception, match="not isotonic/sigmoid/identity"):
+    with pytest.raises(BundleError, match="'magic' is not one of centred_isotonic, sigmoid"):
         Calibrator(kind="magic")
+
+
+# An isotonic calibrator part as bundles stored it before the centred map (keys sorted).
+OLD_CALIBRATOR = (
+    '{"a":1.0,"b":0.0,"kind":"isotonic","x":[-6.5,-4.0,-2.25,0.5,2.0],'
+    '"y":[0.0,0.004,0.03,0.4,0.875]}'
+)
+
+
+def test_an_old_isotonic_bundle_loads_and_scores_as_before(
+    bundle: ModelBundle, table: pd.DataFrame, tmp_path: Path
+) -> None:
+    path = tmp_path / "old.joblib"
+    bundle.save(path)
+    payload = joblib.load(path)
+    payload["parts"]["calibrator"] = OLD_CALIBRATOR
+    payload["manifest"]["calibrator"] = hashlib.sha256(OLD_CALIBRATOR.encode()).hexdigest()
+    joblib.dump(payload, path)
+    x, y = [-6.5, -4.0, -2.25, 0.5, 2.0], [0.0, 0.004, 0.03, 0.4, 0.875]
+
+    old = ModelBundle.load(path)
+    registry = Registry(tmp_path / "registry")
+    registry.register(old)
+    again = registry.load(old.version)
+
+    for loaded in (old, again):
+        assert loaded.calibrator == Calibrator(kind="isotonic", x=tuple(x), y=tuple(y))
+        assert loaded.manifest()["calibrator"] == payload["manifest"]["calibrator"]
+        expected = np.interp(loaded.margin(table), x, y)  # the flat-ended staircase
+        np.testing.assert_array_equal(loaded.score(table), expected)
+        single = [loaded.score_one(_row(table, i)) for i in range(50)]
+        np.testing.assert_array_equal(single, expected[:50])
+    assert again.summary()["calibrator"] == "isotonic"

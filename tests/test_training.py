@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,12 +21,14 @@ from training import (
     TrainConfig,
     TrainResult,
     compare,
+    estimate_maturity,
     evaluation_period,
     load_ground_truth,
     prequential,
     score_requests,
     search,
     train,
+    train_on,
     write_report,
 )
 from training.calibration import fit_calibrator
@@ -52,14 +55,49 @@ def result() -> TrainResult:
 
 def test_periods_follow_each_other_in_time(result: TrainResult) -> None:
     periods = result.bundle.details["periods"]
-    names = ["train", "valid", "calibration", "test"]
+    names = ["train", "valid", "calibration", "test", "fresh"]
 
     assert list(periods) == names
     for earlier, later in itertools.pairwise(names):
         assert periods[earlier]["end"] <= periods[later]["start"]
     assert sum(p["requests"] for p in periods.values()) == len(result.examples)
+    assert periods["fresh"]["requests"] == len(result.examples) - result.bundle.details["settled"]
+    assert periods["fresh"]["requests"] > 0
     assert result.bundle.training_window.maturity_days == 20
+    assert result.bundle.details["maturity"]["description"] == "label maturity 20 days (given)"
     assert result.bundle.details["best_iteration"] < 300  # early stopping stopped it
+
+
+def test_fresh_verdicts_teach_the_trees_and_nothing_else(result: TrainResult) -> None:
+    examples = result.examples
+    fresh = ~examples.settled
+    flipped = replace(examples, label=np.where(fresh, 1 - examples.label, examples.label))
+    config = TrainConfig(labels=LabelPolicy(maturity_days=20), max_rounds=30)
+    until = to_micros(result.bundle.training_window.until)
+    assert until is not None
+    real, other = train_on(examples, until, config), train_on(flipped, until, config)
+
+    assert real.bundle.model_text != other.bundle.model_text  # the trees learn from them
+    for name in ("train", "valid", "calibration", "test"):  # no period judges on them
+        np.testing.assert_array_equal(real.split.masks[name], other.split.masks[name])
+        assert not real.split.masks[name][fresh].any()
+    assert real.evaluation is not None
+    assert other.evaluation is not None
+    np.testing.assert_array_equal(real.evaluation.target, other.evaluation.target)
+
+
+def test_calibration_keeps_the_order_of_the_trees(result: TrainResult) -> None:
+    kept = result.bundle.details["calibration"]
+    assert result.evaluation is not None
+    test = result.evaluation.figures["calibration"]
+
+    assert kept["method"] == result.bundle.calibrator.kind
+    assert kept["test"] == {k: v for k, v in test.items() if k != "method"}
+    for period in ("calibration", "test"):
+        row = kept[period]
+        assert row["distinct_after"] == row["distinct_before"] > 10
+        assert row["average_precision_after"] == pytest.approx(row["average_precision_before"])
+    assert test["requests"] == result.evaluation.summary["requests"]
 
 
 def test_the_model_ranks_abuse_on_a_later_period(result: TrainResult) -> None:
@@ -84,6 +122,17 @@ def test_the_report_has_every_section_and_plot(result: TrainResult, tmp_path: Pa
     assert {"gain_share", "mean_abs_shap"} <= set(document["importance"][0])
     for heading in ("| roc_auc |", "## Money and review load", "## Per pattern", "## Calibration"):
         assert heading in text
+    kept = document["calibration"]
+    assert kept["distinct_before"] == kept["distinct_after"]
+    ap = f"{kept['average_precision_before']:.3f}"
+    row = f"| {kept['method']} | {ap} | {ap} | {kept['distinct_before']:,} | "
+    assert row in text
+    assert document["label_maturity"] == {
+        "days": 20,
+        "estimated": False,
+        "description": "label maturity 20 days (given)",
+    }
+    assert "Trained with a label maturity 20 days (given)." in text
     for name in ("reliability.png", "precision_recall.png", "importance.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG
 
@@ -138,8 +187,8 @@ def test_the_search_reads_the_validation_period_only(result: TrainResult) -> Non
     config = TrainConfig(labels=LabelPolicy(maturity_days=20), max_rounds=60)
     grid = {"num_leaves": (7, 31), "learning_rate": (0.05, 0.2)}
     found = search(examples, config, grid, trials=3)
-    later = examples.requested_at >= result.split.bounds["calibration"][0]
-    flipped = replace(examples, label=np.where(later, 1 - examples.label, examples.label))
+    judged = result.split.masks["calibration"] | result.split.masks["test"]
+    flipped = replace(examples, label=np.where(judged, 1 - examples.label, examples.label))
     again = search(flipped, config, grid, trials=3)
 
     assert len(found.trials) == 3
@@ -215,6 +264,7 @@ def test_train_list_promote_score_evaluate_rollback(
     first, second = Registry(registry).versions()
     out = capsys.readouterr().out
     assert f"registered {first}" in out
+    assert out.count("label maturity 20 days (given)") == 2
     assert out.count("  tried num_leaves=") == 2
     assert "roc_auc" in out
     assert (Registry(registry).report_dir(first) / "report.md").is_file()
@@ -250,6 +300,43 @@ def test_train_list_promote_score_evaluate_rollback(
     assert shown["sha256"]
 
 
+KEPT = re.compile(
+    r"    (\w+) period, ([\d,]+) requests: average precision ([\d.-]+) -> ([\d.-]+), "
+    r"distinct scores ([\d,]+) -> ([\d,]+)"
+)
+
+
+def test_train_estimates_the_maturity_and_prints_the_order_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = Registry(tmp_path / "registry")
+    args = ["--from", str(SAMPLE), "--until", "2026-04-01", "--registry", str(registry.path)]
+
+    assert main(["train", *args]) == 0
+    out = capsys.readouterr().out
+    history = features.load_history(SAMPLE)
+    estimate = estimate_maturity(history, to_micros("2026-04-01"))
+    bundle = registry.load(registry.versions()[0])
+
+    assert out.splitlines()[0] == estimate.describe()
+    assert out.startswith("label maturity ")
+    assert "(estimated: 90% of abuse verdicts arrive within it, n=" in out
+    assert bundle.training_window.maturity_days == estimate.days
+    assert bundle.details["maturity"]["estimate"]["days"] == estimate.days
+    assert f"raw margin -> calibrated score ({bundle.calibrator.kind}):" in out
+    rows = {m[1]: m.groups()[1:] for m in (KEPT.match(line) for line in out.splitlines()) if m}
+    assert set(rows) == {"calibration", "test"}
+    for period, (requests, ap_before, ap_after, before, after) in rows.items():
+        kept = bundle.details["calibration"][period]
+        assert int(requests.replace(",", "")) == kept["requests"]
+        assert ap_before == ap_after
+        assert before == after == f"{kept['distinct_before']:,}"
+    report = json.loads((registry.report_dir(bundle.version) / "report.json").read_text())
+    assert report["label_maturity"]["estimated"] is True
+    assert report["label_maturity"]["description"] == estimate.describe()
+    assert report["calibration"]["distinct_after"] == report["calibration"]["distinct_before"]
+
+
 def test_score_with_a_policy_adds_the_decisions(
     result: TrainResult, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -283,6 +370,7 @@ def test_the_prequential_command_prints_each_window_and_the_spread(
     out = capsys.readouterr().out
     assert "judged against ground truth" in out
     assert out.count("  as of ") == 2
+    assert out.count(": label maturity 15.0 d, ") == 2
     assert "average_precision" in out
 
 

@@ -14,6 +14,7 @@ from riskmodel.cli import add_database_option
 from riskmodel.errors import DataError
 from riskmodel.registry import ALIASES, Registry
 from training.dataset import (
+    Examples,
     LabelPolicy,
     iso,
     latest_time,
@@ -27,7 +28,7 @@ from training.prequential import prequential
 from training.report import SUMMARY_KEYS, write_report
 from training.search import search
 from training.signature import catalog_signature
-from training.train import train
+from training.train import train_on
 
 __all__ = ["register"]
 
@@ -55,6 +56,21 @@ def _registry_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _maturity_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--maturity-days",
+        type=float,
+        help="days after which a request without a verdict counts as honest "
+        "(default: estimated from the delays of the abuse verdicts known)",
+    )
+    parser.add_argument(
+        "--maturity-quantile",
+        type=float,
+        default=0.9,
+        help="share of abuse verdicts the estimated maturity waits for (0.9)",
+    )
+
+
 def register(commands: Any) -> None:
     """Add ``train``, ``score``, ``evaluate``, ``prequential`` and ``models`` to the
     ``riskmodel`` parser."""
@@ -66,12 +82,12 @@ def register(commands: Any) -> None:
     )
     _source(tr)
     tr.add_argument("--until", type=_date, help="train as of this date (default: data's end)")
-    tr.add_argument("--maturity-days", type=float, default=30.0, help="label maturity (30)")
+    _maturity_options(tr)
     tr.add_argument(
         "--unlabelled",
         choices=["honest", "drop"],
         default="honest",
-        help="mature requests without a verdict: count as honest (default) or leave out",
+        help="requests without a verdict, once mature: count as honest (default) or leave out",
     )
     tr.add_argument("--test-share", type=float, default=0.15, help="share kept for the report")
     tr.add_argument("--max-rounds", type=int, default=2000, help="boosting rounds at most")
@@ -126,7 +142,7 @@ def register(commands: Any) -> None:
     pq.add_argument("--windows", type=int, default=3, help="number of windows (3)")
     pq.add_argument("--test-days", type=float, default=14, help="days tested per window (14)")
     pq.add_argument("--gap-days", type=float, default=0, help="days between cutoff and test")
-    pq.add_argument("--maturity-days", type=float, default=30.0, help="label maturity (30)")
+    _maturity_options(pq)
     pq.set_defaults(handler=_prequential)
 
     models = commands.add_parser("models", help="the model registry: list, show, promote")
@@ -163,21 +179,31 @@ def _print_summary(summary: dict[str, Any]) -> None:
         print(f"  {key:<30} {'-' if value is None else f'{value:.4f}'}")
 
 
+def _labels(args: argparse.Namespace) -> LabelPolicy:
+    return LabelPolicy(
+        maturity_days=args.maturity_days,
+        unlabelled=getattr(args, "unlabelled", "honest"),
+        maturity_quantile=args.maturity_quantile,
+    )
+
+
 def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(
-        labels=LabelPolicy(maturity_days=args.maturity_days, unlabelled=args.unlabelled),
-        test_share=args.test_share,
-        max_rounds=args.max_rounds,
+        labels=_labels(args), test_share=args.test_share, max_rounds=args.max_rounds
     )
     history = _history(args)
+    until = args.until if args.until is not None else latest_time(history) + 1
+    examples = training_examples(history, until, config.labels)
+    print(_maturity_line(examples))
+    truth = _truth(args)
+    if truth is not None:
+        examples = examples.with_ground_truth(truth)
     if args.search:
-        until = args.until if args.until is not None else latest_time(history) + 1
-        examples = training_examples(history, until, config.labels)
         found = search(examples, config, trials=args.search)
         for trial in found.trials:
             print("  tried " + ", ".join(f"{k}={v}" for k, v in trial.items()))
         config = found.best
-    result = train(history, args.until, config, ground_truth=_truth(args))
+    result = train_on(examples, until, config)
     bundle = result.bundle
     registry = Registry(args.registry)
     with tempfile.TemporaryDirectory() as scratch:
@@ -187,12 +213,25 @@ def _train(args: argparse.Namespace) -> int:
             write_report([result.evaluation], report, f"Model {bundle.version}: test period")
         registry.register(bundle, report=report)
     details = bundle.details
+    fresh = details["examples"] - details["settled"]
     print(f"registered {bundle.version} in {registry.path}")
     print(
-        f"  {details['examples']:,} mature requests ({details['labelled']:,} labelled) up to "
-        f"{bundle.training_window.until}; {details['best_iteration']} trees; "
-        f"{bundle.calibrator.kind} calibration"
+        f"  {details['examples']:,} examples known at {bundle.training_window.until}: "
+        f"{details['settled']:,} settled ({details['settled_labelled']:,} labelled), "
+        f"{fresh:,} younger than the maturity with a verdict (trees only); "
+        f"{details['best_iteration']} trees; {bundle.calibrator.kind} calibration"
     )
+    kept = details["calibration"]
+    print(f"  raw margin -> calibrated score ({kept['method']}):")
+    for period in ("calibration", "test"):
+        if period in kept:
+            row = kept[period]
+            print(
+                f"    {period} period, {row['requests']:,} requests: average precision "
+                f"{_fmt(row['average_precision_before'])} -> "
+                f"{_fmt(row['average_precision_after'])}, distinct scores "
+                f"{row['distinct_before']:,} -> {row['distinct_after']:,}"
+            )
     if result.evaluation is not None:
         print(f"  test period, judged against {result.evaluation.figures['judged_against']}:")
         _print_summary(result.evaluation.summary)
@@ -201,6 +240,12 @@ def _train(args: argparse.Namespace) -> int:
         registry.promote(bundle.version, args.promote)
         print(f"  {args.promote}: {bundle.version}")
     return 0
+
+
+def _maturity_line(examples: Examples) -> str:
+    if examples.maturity is not None:
+        return examples.maturity.describe()
+    return f"label maturity {examples.maturity_days:g} days (given)"
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -253,15 +298,19 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _prequential(args: argparse.Namespace) -> int:
     truth = _truth(args)
-    config = TrainConfig(labels=LabelPolicy(maturity_days=args.maturity_days))
+    config = TrainConfig(labels=_labels(args))
     result = prequential(
         _history(args), args.windows, args.test_days, args.gap_days, config, ground_truth=truth
     )
-    judged = "ground truth" if truth is not None else "labels of mature requests"
+    if truth is not None:
+        judged = "ground truth"
+    else:
+        judged = f"labels of requests older than {result.judged_maturity_days:.1f} days"
     print(f"{args.windows} windows of {args.test_days:g} days, judged against {judged}")
     for row in result.windows:
         print(
-            f"  as of {row['until']}: {row['requests']:,} requests ({row['abusive']} abusive), "
+            f"  as of {row['until']}: label maturity {row['maturity_days']:.1f} d, "
+            f"{row['requests']:,} requests ({row['abusive']} abusive), "
             f"ROC AUC {_fmt(row['roc_auc'])}, average precision {_fmt(row['average_precision'])}"
         )
     print(f"  {'':<30} {'mean':>8} {'spread':>8}")

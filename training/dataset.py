@@ -6,12 +6,44 @@ Two rules keep training from seeing the future:
   before it: users registered, orders paid, usage, refund requests, decisions and labels
   (by ``labeled_at``) strictly before ``until``; an order's delivery or redemption at or
   after ``until`` is not known yet, so it is null.
-- **Label maturity** (``LabelPolicy``): a request's outcome can still change for weeks (a
-  chargeback arrives 20-60 days later), so a request is a training example only once
-  ``maturity_days`` have passed between it and ``until``. Its label is the latest verdict
-  known before ``until``; a mature request without any verdict counts as honest by
-  default (most honest refunds are never reviewed), or is left out with
-  ``unlabelled="drop"``.
+- **Labels as they arrive** (``LabelPolicy``, ``training_examples``): a verdict known
+  before ``until`` is a fact whatever the request's age, so every request with one is an
+  example, labelled by the latest verdict known then (a double dip first reviewed as
+  honest is honest until its chargeback arrives). Silence is not a verdict: a request
+  without one counts as honest only once it is older than the **label maturity**
+  (``maturity_days``), when most abuse would have been reported; a younger one is left
+  out. With ``unlabelled="drop"`` no request without a verdict is an example.
+
+The maturity is given, or estimated from the verdicts known at the cutoff
+(``estimate_maturity``): the time by which a share (default 90 %) of abuse verdicts have
+arrived, corrected for the verdicts recent requests have not had time to receive, within
+``MATURITY_BOUNDS``.
+
+**What each period judges on** (``periods``). A request older than the maturity has a
+*settled* outcome: its verdict, or honest by silence. A younger one is an example only if
+a verdict on it is known, so among young requests the examples are the judged ones:
+reviews are asked for suspicious requests and chargebacks only ever say abuse, so their
+abuse rate is several times the true one (on the sample as of 1 April with a 30-day
+maturity, 25 % of the young examples against 4.5 % of the settled ones). Hence:
+
+- train, valid, calibration and test are cut on the settled requests only, consecutive
+  in time and each holding its share of them, so every request in them counts as it
+  would in service. Calibration and test must see the population the model will score:
+  on the judged young requests the probabilities would come out inflated and the test
+  figures flattered by easy, already-suspected cases. Valid only picks the number of
+  trees and could take either; settled requests keep it a steady early-stopping signal.
+- The young requests with a verdict come after all four (period ``fresh``) and go to the
+  trees only, with the train period: the newest abuse the reviewers have found is what
+  the trees most need to learn, and the base rate they take from these judged requests
+  is put right by the calibration, fitted on settled ones. Cutting all examples into the
+  four periods instead would put them in calibration and test, the latest periods, where
+  they could only be left out (teaching nothing) or bias both.
+
+So the trees see requests later than the calibration and test periods, though never a
+verdict given after ``until`` nor a request of those periods: the test figures are those
+of a held-out recent period rather than of a forecast. A forecast is ``riskmodel
+evaluate`` or ``prequential`` on a later period. On the simulator the held-out test
+gained no more from the fresh verdicts than a later period did (docs/training.md).
 
 Features are point in time by construction (``features.build_features``), so the
 features of a request before ``until`` are the same whether or not the later history is
@@ -20,9 +52,11 @@ there; cutting the history anyway makes ``--until`` a faithful replay of that da
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,22 +64,33 @@ import pandas as pd
 import features
 from features import History
 from riskmodel.errors import DataError
+from training.splits import TimeSplit, time_split
 
 __all__ = [
     "DAY_US",
+    "FRESH",
+    "MATURITY_BOUNDS",
     "Examples",
     "LabelPolicy",
+    "MaturityEstimate",
+    "SourceDelays",
     "as_of",
+    "estimate_maturity",
     "evaluation_examples",
     "iso",
     "latest_labels",
     "latest_time",
     "load_ground_truth",
+    "periods",
     "to_micros",
     "training_examples",
 ]
 
 DAY_US = 86_400_000_000
+FRESH = "fresh"
+"""The period of requests younger than the maturity that are examples for their verdict."""
+MATURITY_BOUNDS = (1.0, 120.0)
+"""The range (days) an estimated label maturity is kept within."""
 _UNLABELLED = ("honest", "drop")
 
 
@@ -70,16 +115,86 @@ def iso(micros: int | float) -> str:
 
 @dataclass(frozen=True)
 class LabelPolicy:
-    """How outcomes become training labels (see the module docstring)."""
+    """How outcomes become training labels (see the module docstring).
 
-    maturity_days: float = 30.0
+    ``maturity_days``: how old a request without a verdict must be to count as honest;
+    None estimates it from the labels known at the cutoff (``estimate_maturity``, at
+    ``maturity_quantile``). ``unlabelled``: ``honest`` (mature requests without a
+    verdict) or ``drop`` (only requests with a verdict are examples).
+    """
+
+    maturity_days: float | None = None
     unlabelled: str = "honest"
+    maturity_quantile: float = 0.9
 
     def __post_init__(self) -> None:
-        if self.maturity_days < 0:
+        if self.maturity_days is not None and not self.maturity_days >= 0:
             raise DataError(f"maturity_days must not be negative, got {self.maturity_days}")
         if self.unlabelled not in _UNLABELLED:
             raise DataError(f"unlabelled must be one of {_UNLABELLED}, got {self.unlabelled!r}")
+        if not 0 < self.maturity_quantile <= 1:
+            raise DataError(f"maturity_quantile must be in (0, 1], got {self.maturity_quantile}")
+
+
+# Below this many abuse verdicts a delay quantile is mostly noise; the estimate says so.
+FEW_VERDICTS = 30
+
+
+@dataclass(frozen=True)
+class SourceDelays:
+    """Delays from a request to its first verdict from one source (days)."""
+
+    source: str
+    verdicts: int  # requests with a verdict from this source known at the cutoff
+    abusive: int  # of which the first verdict from the source said abuse
+    median_days: float
+    quantile_days: float  # at the estimate's quantile
+
+
+@dataclass(frozen=True)
+class MaturityEstimate:
+    """The label maturity chosen from the delays of the verdicts known at a cutoff.
+
+    ``days`` is the chosen maturity: the ``quantile`` of the delays from a request to its
+    first abuse verdict (``estimated_days``), within ``bounds``; with no abuse verdict at
+    all, the upper bound. ``sources`` gives the delays of each label source.
+    """
+
+    days: float
+    quantile: float
+    estimated_days: float | None
+    abusive: int  # requests with an abuse verdict known at the cutoff
+    bounds: tuple[float, float]
+    until: str
+    sources: tuple[SourceDelays, ...]
+
+    def describe(self) -> str:
+        """One line: the maturity, why, and the delays per source."""
+        share = f"{self.quantile:.0%}"
+        if self.estimated_days is None:
+            why = (
+                f"no abuse verdict known before {self.until}: the upper bound, since nothing "
+                "shows how late abuse becomes known"
+            )
+        else:
+            why = f"estimated: {share} of abuse verdicts arrive within it, n={self.abusive:,}"
+            if self.abusive < FEW_VERDICTS:
+                why += " (too few to trust: give --maturity-days)"
+            low, high = self.bounds
+            if self.estimated_days < low:
+                why += f"; {self.estimated_days:.1f} d raised to the lower bound"
+            elif self.estimated_days > high:
+                why += f"; {self.estimated_days:.1f} d cut to the upper bound"
+        tag = f"p{self.quantile * 100:g}"
+        per_source = ", ".join(
+            f"{s.source} {tag} {s.quantile_days:.1f} d n={s.verdicts:,}" for s in self.sources
+        )
+        return f"label maturity {self.days:.1f} days ({why}" + (
+            f"; {per_source})" if per_source else ")"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "sources": [asdict(s) for s in self.sources]}
 
 
 @dataclass(frozen=True)
@@ -87,8 +202,11 @@ class Examples:
     """Requests with their features and outcome, in time order.
 
     ``label`` is 1 for abuse and 0 for honest; ``labelled`` says whether a verdict was
-    known (else the request counts as honest). ``truth`` and ``pattern`` come from the
-    simulator's ground truth when there is one (None otherwise).
+    known (else the request counts as honest). ``mature`` says whether the request was
+    old enough at the cutoff for its outcome to be settled (None: every one is);
+    ``maturity_days`` and ``maturity`` record the maturity used and, when it was
+    estimated, how. ``truth`` and ``pattern`` come from the simulator's ground truth when
+    there is one (None otherwise).
     """
 
     features: pd.DataFrame
@@ -98,6 +216,9 @@ class Examples:
     amount: np.ndarray
     truth: np.ndarray | None = None
     pattern: np.ndarray | None = None
+    mature: np.ndarray | None = None
+    maturity_days: float | None = None
+    maturity: MaturityEstimate | None = None
 
     def __len__(self) -> int:
         return len(self.label)
@@ -106,8 +227,16 @@ class Examples:
     def request_ids(self) -> pd.Index:
         return self.features.index
 
+    @property
+    def settled(self) -> np.ndarray:
+        """Whether each request's outcome is settled (mature at the cutoff)."""
+        if self.mature is None:
+            return np.ones(len(self.label), dtype=bool)
+        return self.mature
+
     def subset(self, mask: np.ndarray) -> Examples:
-        return Examples(
+        return replace(
+            self,
             features=self.features.loc[mask],
             label=self.label[mask],
             labelled=self.labelled[mask],
@@ -115,6 +244,7 @@ class Examples:
             amount=self.amount[mask],
             truth=None if self.truth is None else self.truth[mask],
             pattern=None if self.pattern is None else self.pattern[mask],
+            mature=None if self.mature is None else self.mature[mask],
         )
 
     def target(self) -> np.ndarray:
@@ -192,8 +322,108 @@ def latest_labels(labels: pd.DataFrame, until: int | None = None) -> pd.Series:
     return pd.Series(verdict, index=pd.Index(last["request_id"].astype(object), name="request_id"))
 
 
+def estimate_maturity(
+    history: History,
+    until: int | None = None,
+    quantile: float = 0.9,
+    bounds: tuple[float, float] = MATURITY_BOUNDS,
+) -> MaturityEstimate:
+    """The label maturity the verdicts known before ``until`` call for.
+
+    The delay of a request's outcome is the time from the request to its first abuse
+    verdict; the maturity is the ``quantile`` of these delays (by default 90 % of abuse
+    verdicts arrive within it), kept within ``bounds`` (days). With no abuse verdict
+    known, it is the upper bound: nothing shows how late abuse becomes known, and the
+    longer wait counts the fewest abusive requests as honest.
+
+    Recent requests have had less time to receive a verdict (a chargeback 40 days after
+    a request 10 days old has not arrived yet), so the delays seen at a cutoff are too
+    short on the whole. Each delay is therefore weighted by the inverse of the number of
+    requests old enough to have shown it (the requests that old when ``until`` came):
+    a long delay, visible only on the oldest requests, stands for the recent requests
+    whose verdict is still on its way. This assumes requests and their verdicts arrive at
+    a steady rate over the history.
+
+    >>> estimate = estimate_maturity(history, to_micros("2026-04-01"))  # doctest: +SKIP
+    >>> print(estimate.describe())                                     # doctest: +SKIP
+    label maturity 17.0 days (estimated: 90% of abuse verdicts arrive within it, n=227; ...)
+    """
+    if not 0 < quantile <= 1:
+        raise DataError(f"the maturity quantile must be in (0, 1], got {quantile}")
+    low, high = bounds
+    if not 0 <= low <= high:
+        raise DataError(f"maturity bounds must be 0 <= low <= high days, got {bounds}")
+    until = latest_time(history) + 1 if until is None else until
+    requests = history.refund_requests
+    requested = pd.to_numeric(requests["requested_at"]).to_numpy(dtype=np.int64)
+    requested = requested[requested < until]
+    ages = np.sort((until - requested) / DAY_US)
+    labels = history.labels
+    labels = labels[(pd.to_numeric(labels["labeled_at"]) < until).to_numpy(dtype=bool)]
+    at = pd.Series(pd.to_numeric(requests["requested_at"]).to_numpy(dtype=np.int64))
+    at.index = pd.Index(requests["request_id"].astype(object))
+    asked = at.reindex(labels["request_id"].astype(object).to_numpy()).to_numpy(dtype=float)
+    source = labels["source"] if "source" in labels.columns else pd.Series(None, index=labels.index)
+    delays = pd.DataFrame(
+        {
+            "request_id": labels["request_id"].astype(object).to_numpy(),
+            "source": source.astype(object).where(source.notna(), "unknown").to_numpy(),
+            "is_abuse": labels["is_abuse"].astype(bool).to_numpy(),
+            "days": (pd.to_numeric(labels["labeled_at"]).to_numpy(dtype=float) - asked) / DAY_US,
+        }
+    ).dropna(subset=["days"])
+    delays["days"] = delays["days"].clip(lower=0.0)
+
+    sources = []
+    first = delays.sort_values("days", kind="stable").drop_duplicates(["request_id", "source"])
+    for name, rows in first.groupby("source", sort=True):
+        seen = rows["days"].to_numpy(dtype=float)
+        sources.append(
+            SourceDelays(
+                source=str(name),
+                verdicts=len(seen),
+                abusive=int(rows["is_abuse"].sum()),
+                median_days=_delay_quantile(seen, ages, 0.5),
+                quantile_days=_delay_quantile(seen, ages, quantile),
+            )
+        )
+    sources.sort(key=lambda s: (s.quantile_days, s.source))
+    abuse = delays[delays["is_abuse"]].groupby("request_id", sort=False)["days"].min()
+    estimated = None
+    days = float(high)
+    if len(abuse):
+        estimated = _delay_quantile(abuse.to_numpy(dtype=float), ages, quantile)
+        days = min(max(estimated, low), high)
+    return MaturityEstimate(
+        days=days,
+        quantile=quantile,
+        estimated_days=estimated,
+        abusive=len(abuse),
+        bounds=(float(low), float(high)),
+        until=iso(until),
+        sources=tuple(sources),
+    )
+
+
+def _delay_quantile(days: np.ndarray, ages: np.ndarray, q: float) -> float:
+    """The ``q`` quantile of delays ``days``, each weighted by the inverse of the number
+    of requests old enough to have shown it (``ages``: every request's age, sorted)."""
+    older = len(ages) - np.searchsorted(ages, days, side="left")
+    weight = 1.0 / np.maximum(older, 1)
+    order = np.argsort(days, kind="stable")
+    cumulative = np.cumsum(weight[order])
+    # The first delay whose cumulative weight reaches q; the margin absorbs rounding, so
+    # equal weights give numpy's "inverted_cdf" quantile.
+    index = np.searchsorted(cumulative, q * cumulative[-1] * (1 - 1e-12), side="left")
+    return float(days[order][min(index, len(days) - 1)])
+
+
 def _examples(
-    history: History, requests: pd.DataFrame, verdicts: pd.Series, unlabelled: str
+    history: History,
+    requests: pd.DataFrame,
+    verdicts: pd.Series,
+    unlabelled: str,
+    mature_before: int | None = None,
 ) -> Examples:
     requests = requests.sort_values("requested_at", kind="stable").reset_index(drop=True)
     ids = requests["request_id"].astype(object)
@@ -205,32 +435,86 @@ def _examples(
     table = features.build_features(history, requests.reset_index(drop=True))
     label = np.zeros(len(requests), dtype=np.int8)
     label[labelled] = known.to_numpy(dtype=object)[labelled].astype(bool)
+    requested_at = pd.to_numeric(requests["requested_at"]).to_numpy(dtype=np.int64)
     return Examples(
         features=table[features.model_features()],
         label=label,
         labelled=labelled,
-        requested_at=pd.to_numeric(requests["requested_at"]).to_numpy(dtype=np.int64),
+        requested_at=requested_at,
         amount=pd.to_numeric(requests["amount"]).to_numpy(dtype=float) / 100,
+        mature=None if mature_before is None else requested_at < mature_before,
     )
 
 
 def training_examples(
     history: History, until: int | None = None, policy: LabelPolicy | None = None
 ) -> Examples:
-    """Mature requests known before ``until`` (default: the history's end), labelled as
-    known then (see the module docstring)."""
+    """The requests known before ``until`` (default: the history's end) that are examples
+    then, each labelled as known then (see the module docstring): those with a verdict,
+    whatever their age, and, unless ``policy.unlabelled`` is ``drop``, those without one
+    that are older than the label maturity (as honest). With ``policy.maturity_days``
+    None, the maturity is estimated from the verdicts known then (``estimate_maturity``).
+    """
     policy = policy or LabelPolicy()
     until = latest_time(history) + 1 if until is None else until
     known = as_of(history, until)
-    cutoff = until - int(policy.maturity_days * DAY_US)
+    estimate = None
+    maturity = policy.maturity_days
+    if maturity is None:
+        estimate = estimate_maturity(known, until, policy.maturity_quantile)
+        maturity = estimate.days
+    cutoff = until - int(maturity * DAY_US)
     requests = known.refund_requests
-    mature = requests[(pd.to_numeric(requests["requested_at"]) < cutoff).to_numpy(dtype=bool)]
-    if len(mature) == 0:
+    times = pd.to_numeric(requests["requested_at"]).to_numpy(dtype=np.int64)
+    if not (times < cutoff).any():
+        why = f": {estimate.describe()}" if estimate else ""
         raise DataError(
             f"no refund request is mature before {iso(until)} with a maturity of "
-            f"{policy.maturity_days:g} days (requests must be before {iso(cutoff)})"
+            f"{maturity:g} days (requests must be before {iso(cutoff)}){why}"
         )
-    return _examples(known, mature, latest_labels(known.labels), policy.unlabelled)
+    verdicts = latest_labels(known.labels)
+    judged = requests["request_id"].astype(object).isin(verdicts.index).to_numpy()
+    keep = judged | (times < cutoff) if policy.unlabelled == "honest" else judged
+    examples = _examples(known, requests[keep], verdicts, policy.unlabelled, cutoff)
+    return replace(examples, maturity_days=float(maturity), maturity=estimate)
+
+
+def periods(examples: Examples, shares: Mapping[str, float]) -> TimeSplit:
+    """The consecutive periods of a training run, and what each judges on.
+
+    The requests whose outcome is settled (``examples.settled``) are cut by time into the
+    periods named in ``shares`` (train, valid, calibration, test), each holding about its
+    share of them; after them comes ``fresh``: the requests younger than the maturity,
+    examples only because a verdict on them is known. Every mask is over all
+    ``examples``; the module docstring says why only the trees learn from ``fresh``.
+
+    >>> split = periods(examples, TrainConfig().shares)              # doctest: +SKIP
+    >>> list(split.masks)
+    ['train', 'valid', 'calibration', 'test', 'fresh']
+    """
+    settled = examples.settled
+    if not settled.any():
+        raise DataError(
+            "no example has a settled outcome (a request older than the label maturity): "
+            "use more history or a shorter maturity"
+        )
+    rows = np.flatnonzero(settled)
+    within = time_split(examples.requested_at[rows], shares)
+    bounds = dict(within.bounds)
+    masks: dict[str, np.ndarray] = {}
+    for name, mask in within.masks.items():
+        masks[name] = np.zeros(len(examples), dtype=bool)
+        masks[name][rows[mask]] = True
+    masks[FRESH] = ~settled
+    end = max(end for _, end in bounds.values())
+    fresh_times = examples.requested_at[~settled]
+    if len(fresh_times):
+        if fresh_times.min() < end:
+            raise DataError("requests younger than the maturity come before settled ones")
+        bounds[FRESH] = (int(fresh_times.min()), int(fresh_times.max()) + 1)
+    else:
+        bounds[FRESH] = (end, end)
+    return TimeSplit(bounds=bounds, masks=masks)
 
 
 def evaluation_examples(

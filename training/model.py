@@ -31,10 +31,14 @@ slower on two busy cores for a thousand rows, so small runs use one thread."""
 class TrainConfig:
     """Everything that decides a training run besides the data.
 
-    The mature requests are cut by time into ``train`` (the trees), ``valid`` (early
-    stopping), ``calibration`` (the probability map) and ``test`` (the report), in that
-    order, by the given shares. ``test_share=0`` keeps every request for the model (the
-    report then needs a later period: ``riskmodel evaluate``).
+    The requests with a settled outcome are cut by time into ``train`` (the trees),
+    ``valid`` (early stopping), ``calibration`` (the probability map) and ``test`` (the
+    report), in that order, by the given shares; the younger requests with a verdict
+    also go to the trees (``training.dataset.periods``). ``test_share=0`` keeps every
+    request for the model (the report then needs a later period: ``riskmodel evaluate``).
+    ``labels`` says how outcomes become labels, the label maturity included (estimated
+    from the data unless given). ``calibration``: ``auto``, ``centred_isotonic``,
+    ``sigmoid`` or ``isotonic`` (``training.calibration``).
     """
 
     labels: LabelPolicy = field(default_factory=LabelPolicy)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from features import History
-from training.dataset import iso, latest_time
+from training.dataset import DAY_US, estimate_maturity, iso, latest_time
 from training.evaluation import evaluation_period
 from training.model import TrainConfig
 from training.report import SUMMARY_KEYS, evaluate
@@ -26,9 +26,10 @@ __all__ = ["Prequential", "prequential"]
 
 @dataclass(frozen=True)
 class Prequential:
-    windows: list[dict[str, Any]]  # per window: dates, model version, summary figures
+    windows: list[dict[str, Any]]  # per window: dates, maturity, model version, figures
     mean: dict[str, float | None]
     spread: dict[str, float | None]  # standard deviation across windows
+    judged_maturity_days: float | None = None  # against labels: how old a tested request is
 
 
 def prequential(
@@ -42,14 +43,20 @@ def prequential(
 ) -> Prequential:
     """Train and test ``count`` times; the last test period ends where the history does.
 
-    Against labels (no ground truth), the history must reach ``maturity_days`` past the
-    last test period, since immature requests are left out of evaluation.
+    Each model's label maturity is ``config.labels.maturity_days``, or when None estimated
+    as of its own cutoff. Against labels (no ground truth), the history must reach the
+    maturity past the last test period, since requests whose outcome is not settled are
+    left out of evaluation; with no maturity given, it is estimated from every label.
     """
     config = replace(config or TrainConfig(), test_share=0.0)
-    maturity = config.labels.maturity_days
+    labels = config.labels
     end = latest_time(history) + 1
+    maturity = None
     if ground_truth is None:
-        end -= int(maturity * 86_400_000_000)
+        maturity = labels.maturity_days
+        if maturity is None:
+            maturity = estimate_maturity(history, end, labels.maturity_quantile).days
+        end -= int(maturity * DAY_US)
     first = int(pd.to_numeric(history.refund_requests["requested_at"]).min())
     if windows is None:
         windows = prequential_windows(first, end, test_days, gap_days, count)
@@ -57,7 +64,7 @@ def prequential(
     for window in windows:
         bundle = train(history, window.until, config).bundle
         period = evaluation_period(
-            history, window.test_start, window.test_end, ground_truth, maturity
+            history, window.test_start, window.test_end, ground_truth, maturity or 0.0
         )
         summary = evaluate(bundle, period).summary
         rows.append(
@@ -65,6 +72,7 @@ def prequential(
                 "until": iso(window.until),
                 "test_start": iso(window.test_start),
                 "test_end": iso(window.test_end),
+                "maturity_days": bundle.training_window.maturity_days,
                 "model_version": bundle.version,
                 **summary,
             }
@@ -75,4 +83,4 @@ def prequential(
         values = np.array([r[key] for r in rows if r[key] is not None], dtype=float)
         mean[key] = float(values.mean()) if len(values) else None
         spread[key] = float(values.std(ddof=1)) if len(values) > 1 else None
-    return Prequential(windows=rows, mean=mean, spread=spread)
+    return Prequential(windows=rows, mean=mean, spread=spread, judged_maturity_days=maturity)

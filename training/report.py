@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve
 
 from riskmodel.bundle import ModelBundle
+from training.calibration import ranking_kept
 from training.dataset import DAY_US, Examples, iso
 from training.metrics import (
     amount_caught_at_top,
@@ -31,7 +32,7 @@ from training.metrics import (
     top_share_threshold,
 )
 
-__all__ = ["THRESHOLDS", "Evaluation", "evaluate", "write_report"]
+__all__ = ["THRESHOLDS", "Evaluation", "evaluate", "label_maturity", "write_report"]
 
 THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 SUMMARY_KEYS = (
@@ -68,7 +69,8 @@ def evaluate(
     shap_rows: int = 20_000,
 ) -> Evaluation:
     """Every figure of the report for ``bundle`` on ``examples``."""
-    score = bundle.score(examples.features)
+    margin = bundle.margin(examples.features)
+    score = bundle.calibrator.apply(margin)  # what bundle.score gives, margin kept
     y = examples.target().astype(np.int8)
     day = examples.requested_at // DAY_US
     days = max(len(np.unique(day)), 1)
@@ -98,6 +100,8 @@ def evaluate(
         "daily_review": daily,
         "thresholds": money_at_thresholds(y, score, examples.amount, day, thresholds),
         "reliability": reliability(y, score),
+        "calibration": {"method": bundle.calibrator.kind, **ranking_kept(y, margin, score)},
+        "label_maturity": label_maturity(bundle),
         "importance": _importance(bundle, examples, shap_rows),
     }
     if examples.truth is not None and examples.pattern is not None:
@@ -107,6 +111,19 @@ def evaluate(
     if examples.truth is not None:
         figures["against_labels"] = ranking_metrics(examples.label, score)
     return Evaluation(bundle.version, figures, score, y)
+
+
+def label_maturity(bundle: ModelBundle) -> dict[str, Any]:
+    """The label maturity ``bundle`` was trained with, and how it was chosen."""
+    recorded = bundle.details.get("maturity")
+    if recorded:
+        return {
+            "days": recorded["days"],
+            "estimated": "estimate" in recorded,
+            "description": recorded["description"],
+        }
+    days = bundle.training_window.maturity_days  # a bundle from before it was recorded
+    return {"days": days, "estimated": False, "description": f"label maturity {days:g} days"}
 
 
 def _importance(bundle: ModelBundle, examples: Examples, rows: int) -> list[dict[str, Any]]:
@@ -223,6 +240,23 @@ def _markdown(evaluations: Sequence[Evaluation], title: str) -> str:
         f"{_fmt(main['summary']['mean_score'])} against an abuse rate of "
         f"{_fmt(main['summary']['abuse_rate'])}.",
         "",
+        "The calibration map must keep the trees' order: before it (the raw margin) and "
+        "after it (the score), on these requests:",
+        "",
+        "| model | calibration | average precision before | after | distinct before | after |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in evaluations:
+        kept = e.figures["calibration"]
+        lines.append(
+            f"| `{e.model_version}` | {kept['method']} | "
+            f"{_fmt(kept['average_precision_before'])} | {_fmt(kept['average_precision_after'])} "
+            f"| {kept['distinct_before']:,} | {kept['distinct_after']:,} |"
+        )
+    lines += [
+        "",
+        f"Trained with a {main['label_maturity']['description']}.",
+        "",
         "![reliability](reliability.png)",
         "",
         "![precision-recall](precision_recall.png)",
@@ -262,14 +296,17 @@ def _plot_reliability(evaluations: Sequence[Evaluation], path: Path) -> None:
 def _plot_precision_recall(evaluations: Sequence[Evaluation], path: Path) -> None:
     figure = Figure(figsize=(5, 5))
     axes = figure.add_subplot()
+    drawn = False
     for evaluation in evaluations:
         if 0 < int(evaluation.target.sum()) < len(evaluation.target):
             precision, recall, _ = precision_recall_curve(evaluation.target, evaluation.scores)
             axes.plot(recall, precision, label=evaluation.model_version)
+            drawn = True
     axes.set_xlabel("recall")
     axes.set_ylabel("precision")
-    axes.set_title("Precision-recall")
-    axes.legend(loc="upper right", fontsize="small")
+    axes.set_title("Precision-recall" if drawn else "Precision-recall (one outcome only: none)")
+    if drawn:
+        axes.legend(loc="upper right", fontsize="small")
     figure.savefig(path, dpi=100, bbox_inches="tight")
 
 

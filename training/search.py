@@ -1,8 +1,10 @@
 """An optional hyper-parameter search that reads the validation period only.
 
-Each candidate setting boosts on the train period and is scored by its best average
-precision on the validation period (where it also stops early). The calibration and test
-periods are never looked at, so the report of the chosen model stays an honest estimate.
+Each candidate setting boosts on what the trees of a training run learn from (the train
+period and the fresh verdicts, ``training.dataset.periods``) and is scored by its best
+average precision on the validation period (where it also stops early). The calibration
+and test periods are never looked at, so the report of the chosen model stays an honest
+estimate.
 """
 
 from __future__ import annotations
@@ -15,10 +17,9 @@ from typing import Any
 
 from riskmodel.bundle import encode_frame
 from riskmodel.errors import DataError
-from training.dataset import Examples
+from training.dataset import FRESH, Examples, periods
 from training.model import TrainConfig, fit_trees
 from training.signature import catalog_signature
-from training.splits import time_split
 
 __all__ = ["GRID", "SearchResult", "search"]
 
@@ -53,14 +54,12 @@ def search(
     combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
     if len(combos) > trials:
         combos = random.Random(seed).sample(combos, trials)
-    split = time_split(examples.requested_at, config.shares)
+    split = periods(examples, config.shares)
     specs = catalog_signature(list(examples.features.columns))
+    rows = {"train": split.masks["train"] | split.masks[FRESH], "valid": split.masks["valid"]}
     data = {
-        name: (
-            encode_frame(examples.features.loc[split.masks[name]], specs),
-            examples.label[split.masks[name]].astype(float),
-        )
-        for name in ("train", "valid")
+        name: (encode_frame(examples.features.loc[mask], specs), examples.label[mask].astype(float))
+        for name, mask in rows.items()
     }
     results = []
     for settings in combos:

@@ -20,12 +20,21 @@ import pandas as pd
 import features
 from features import History
 from riskmodel.bundle import ModelBundle, TrainingWindow, encode_frame
-from training.calibration import fit_calibrator
-from training.dataset import Examples, iso, latest_time, to_micros, training_examples
+from riskmodel.errors import DataError
+from training.calibration import fit_calibrator, ranking_kept
+from training.dataset import (
+    FRESH,
+    Examples,
+    iso,
+    latest_time,
+    periods,
+    to_micros,
+    training_examples,
+)
 from training.model import TrainConfig, fit_trees
 from training.report import Evaluation, evaluate
 from training.signature import catalog_signature
-from training.splits import TimeSplit, time_split
+from training.splits import TimeSplit
 
 __all__ = ["TrainResult", "data_fingerprint", "library_versions", "train", "train_on"]
 
@@ -46,9 +55,10 @@ def train(
 ) -> TrainResult:
     """Train as if today were ``until`` (default: the history's end).
 
-    Only requests, events and labels known before ``until`` are read, and only requests
-    mature by then are examples (``config.labels``). With ``ground_truth`` (simulated
-    data), the test period is also judged against it.
+    Only requests, events and labels known before ``until`` are read; the examples are
+    the requests with a verdict known then and the older ones without (``config.labels``,
+    ``training.dataset.training_examples``). With ``ground_truth`` (simulated data), the
+    test period is also judged against it.
     """
     config = config or TrainConfig()
     cutoff = to_micros(until)
@@ -60,26 +70,32 @@ def train(
 
 
 def train_on(examples: Examples, until: int, config: TrainConfig) -> TrainResult:
-    """Train on ready examples (in time order) that were assembled as of ``until``."""
+    """Train on ready examples (in time order) that were assembled as of ``until``.
+
+    The periods are ``training.dataset.periods``: the trees learn from the train period
+    and the fresh verdicts, stop early on valid, the calibration period fits the
+    probability map and the test period is the report.
+    """
     config = config or TrainConfig()
-    split = time_split(examples.requested_at, config.shares)
+    split = periods(examples, config.shares)
     parts = {name: examples.subset(mask) for name, mask in split.masks.items()}
+    trees = examples.subset(split.masks["train"] | split.masks[FRESH])
     specs = catalog_signature(list(examples.features.columns))
     matrices = {
         name: (encode_frame(part.features, specs), part.label.astype(float))
-        for name, part in parts.items()
-        if name != "test"
+        for name, part in (("train", trees), ("valid", parts["valid"]))
     }
     booster = fit_trees(specs, matrices["train"], matrices["valid"], config)
-    calibration_x, calibration_y = matrices["calibration"]
-    margin = np.asarray(booster.predict(calibration_x, raw_score=True))
-    calibrator = fit_calibrator(margin, calibration_y, config.calibration)
+    calibration = parts["calibration"]
+    margin = np.asarray(booster.predict(encode_frame(calibration.features, specs), raw_score=True))
+    calibrator = fit_calibrator(margin, calibration.label.astype(float), config.calibration)
+    maturity = _maturity(examples, config)
     fingerprint = data_fingerprint(examples, until)
     created = datetime.now(UTC)
-    trees_end = split.bounds["train"][1]
     model_text = booster.model_to_string(num_iteration=booster.best_iteration)
     # Data and trees both in the suffix: two runs in one second differ unless identical.
     suffix = hashlib.sha256((fingerprint + model_text).encode()).hexdigest()[:6]
+    settled = examples.settled
     bundle = ModelBundle(
         version=f"{created:%Y%m%d-%H%M%S}-{suffix}",
         features=specs,
@@ -89,7 +105,7 @@ def train_on(examples: Examples, until: int, config: TrainConfig) -> TrainResult
             start=iso(int(examples.requested_at.min())),
             end=iso(int(examples.requested_at.max()) + 1),
             until=iso(until),
-            maturity_days=config.labels.maturity_days,
+            maturity_days=maturity["days"],
         ),
         data_fingerprint=fingerprint,
         library_versions=library_versions(),
@@ -108,20 +124,47 @@ def train_on(examples: Examples, until: int, config: TrainConfig) -> TrainResult
                 }
                 for name, (start, end) in split.bounds.items()
             },
-            "trees_end": iso(trees_end),
+            "trees_end": iso(split.bounds["train"][1]),
             "examples": len(examples),
             "labelled": int(examples.labelled.sum()),
+            "settled": int(settled.sum()),
+            "settled_labelled": int((examples.labelled & settled).sum()),
+            "maturity": maturity,
         },
     )
+    # Whether the map kept the trees' order, where it was fitted and on the test period.
+    kept = {
+        "method": calibrator.kind,
+        "calibration": ranking_kept(calibration.target(), margin, calibrator.apply(margin)),
+    }
     evaluation = None
+    metrics = {}
     if len(parts["test"]):
         evaluation = evaluate(bundle, parts["test"])
-        bundle = _with_metrics(bundle, evaluation.summary)
+        kept["test"] = {k: v for k, v in evaluation.figures["calibration"].items() if k != "method"}
+        metrics = {"test": evaluation.summary}
+    bundle = _with(bundle, metrics, {**bundle.details, "calibration": kept})
     return TrainResult(bundle=bundle, examples=examples, split=split, evaluation=evaluation)
 
 
-def _with_metrics(bundle: ModelBundle, metrics: dict[str, Any]) -> ModelBundle:
-    """The same bundle with its test metrics (the trees are parsed once more: cheap)."""
+def _maturity(examples: Examples, config: TrainConfig) -> dict[str, Any]:
+    """The label maturity the examples were assembled with, and how it was chosen."""
+    days = examples.maturity_days
+    if days is None:
+        days = config.labels.maturity_days
+    if days is None:
+        raise DataError(
+            "the examples do not record their label maturity: give it in "
+            "config.labels.maturity_days"
+        )
+    estimate = examples.maturity
+    if estimate is None:
+        return {"days": days, "description": f"label maturity {days:g} days (given)"}
+    return {"days": days, "description": estimate.describe(), "estimate": estimate.as_dict()}
+
+
+def _with(bundle: ModelBundle, metrics: dict[str, Any], details: dict[str, Any]) -> ModelBundle:
+    """The same bundle with its metrics and details (the trees are parsed once more: cheap)."""
     return ModelBundle(
         version=bundle.version,
         features=bundle.features,
@@ -129,10 +172,10 @@ def _with_metrics(bundle: ModelBundle, metrics: dict[str, Any]) -> ModelBundle:
         calibrator=bundle.calibrator,
         training_window=bundle.training_window,
         data_fingerprint=bundle.data_fingerprint,
-        metrics={"test": metrics},
+        metrics=metrics,
         library_versions=bundle.library_versions,
         created_at=bundle.created_at,
-        details=bundle.details,
+        details=details,
     )
 
 
