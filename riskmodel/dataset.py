@@ -137,6 +137,17 @@ TABLES: dict[str, Table] = {
                     doc="code redeemed or currency credited; may be before paid_at (a code "
                     "sold already used)",
                 ),
+                Column(
+                    "credited_at",
+                    Kind.TIMESTAMP,
+                    doc="the value reached the buyer's own account (the issuer's word); "
+                    "null: never, or not reported",
+                ),
+                Column(
+                    "activation_failed_at",
+                    Kind.TIMESTAMP,
+                    doc="the issuer reported that the value never reached the buyer",
+                ),
                 Column("service_days", Kind.COUNT, minimum=1, doc="memberships"),
             ),
         ),
@@ -164,6 +175,14 @@ TABLES: dict[str, Table] = {
                 Column("device_id", Kind.ID),
                 Column("ip", Kind.ID),
                 Column("channel", Kind.TEXT, doc="app, web, support"),
+                Column(
+                    "paid_amount",
+                    Kind.MONEY,
+                    minimum=0,
+                    doc="what was paid back for this request in the end (0: refused); null "
+                    "while unanswered; given with resolved_at",
+                ),
+                Column("resolved_at", Kind.TIMESTAMP, doc="when it was paid or refused"),
             ),
         ),
         Table(
@@ -259,7 +278,31 @@ def normalise(table: str, raw: pd.DataFrame, *, file: str | None = None) -> pd.D
     extra = [c for c in raw.columns if c not in spec.names and c != EXTRA]
     frame[EXTRA] = _extra_json(raw, extra)
     _check_unique_key(spec, frame, file)
+    _check_pairs(spec, frame, file)
     return frame
+
+
+# Columns that only mean something together: a payout without its time cannot be placed in
+# the history, and a resolution without its amount says neither paid nor refused.
+_PAIRS = {"refund_requests": ("paid_amount", "resolved_at")}
+
+
+def _check_pairs(spec: Table, frame: pd.DataFrame, file: str | None) -> None:
+    pair = _PAIRS.get(spec.name)
+    if pair is None:
+        return
+    first, second = pair
+    for given, lacking in ((first, second), (second, first)):
+        alone = frame[given].notna() & frame[lacking].isna()
+        if alone.any():
+            raise _fail(
+                spec,
+                lacking,
+                _first(alone),
+                f"{given} is given without {lacking}: give both (paid_amount 0 for a "
+                "refusal) or neither (unanswered)",
+                file,
+            )
 
 
 def write_table(

@@ -133,6 +133,8 @@ class Order(_Record):
     ip: str | None = None
     delivered_at: UtcDatetime | None = None
     redeemed_at: UtcDatetime | None = None
+    credited_at: UtcDatetime | None = None
+    activation_failed_at: UtcDatetime | None = None
     service_days: Annotated[int, Field(gt=0)] | None = None
 
 

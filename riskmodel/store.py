@@ -110,7 +110,7 @@ __all__ = [
 
 DEFAULT_DATABASE_URL = "sqlite:///data/riskmodel.db"
 DATABASE_URL_ENV = "RISKMODEL_DATABASE_URL"
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 _CHUNK = 20_000
 _REINDEX_FROM = 50_000
 # Above this many users or requests touched by one write, rebuilding the derived tables in
@@ -360,6 +360,21 @@ def _add_rates(conn: Connection) -> None:
     EVENT_TABLES["rates"].create(conn)
 
 
+_OUTCOME_COLUMNS = {
+    "orders": ("credited_at", "activation_failed_at"),
+    "refund_requests": ("paid_amount", "resolved_at"),
+}
+
+
+def _add_outcomes(conn: Connection) -> None:
+    """Version 6 -> 7: the issuer's word on whether the value reached the buyer, and what
+    each refund request was paid in the end."""
+    for name, columns in _OUTCOME_COLUMNS.items():
+        for column in columns:
+            kind = EVENT_TABLES[name].c[column].type.compile(conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN {column} {kind}")
+
+
 def _nothing(conn: Connection) -> None:
     """A version that changed derived data only (rebuilt after the steps)."""
 
@@ -373,6 +388,7 @@ _MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     3: _nothing,  # 4: sellers' day tiles
     4: _nothing,  # 5: sightings' day tiles
     5: _add_rates,  # 6: and amounts in the reporting currency, every entity's day tiles
+    6: _add_outcomes,  # 7
 }
 
 
@@ -1036,6 +1052,8 @@ def insert_request(
     converted = base_amount(int(row["amount"]), order.get("rate"))
     values = {**row, **copies, BASE_AMOUNT: converted}
     values.setdefault(EXTRA, None)
+    for outcome in _OUTCOME_COLUMNS["refund_requests"]:  # being decided: no outcome yet
+        values.setdefault(outcome, None)
     inserted = conn.exec_driver_sql(
         f"INSERT INTO refund_requests ({', '.join(names)}) "
         f"VALUES ({', '.join([marker] * len(names))}) ON CONFLICT (request_id) DO NOTHING",

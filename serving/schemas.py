@@ -212,6 +212,8 @@ class OrderRow(Order):
     ip: OptionalId = None
     delivered_at: When | None = None
     redeemed_at: When | None = None
+    credited_at: When | None = None
+    activation_failed_at: When | None = None
     service_days: Annotated[int, Field(gt=0, le=100_000)] | None = None
 
 

@@ -89,3 +89,43 @@ def test_bad_values_name_row_and_column(column: str, value: str, problem: str) -
 
     assert (caught.value.row, caught.value.column) == (2, column)
     assert problem in str(caught.value)
+
+
+def _requests(**columns: list[object]) -> pd.DataFrame:
+    base: dict[str, list[object]] = {
+        "request_id": ["r1", "r2"],
+        "order_id": ["o1", "o1"],
+        "user_id": ["u1", "u1"],
+        "requested_at": ["2026-01-02T00:00:00Z", "2026-01-03T00:00:00Z"],
+        "amount": ["10.00", "10.00"],
+        "reason": ["unused", "unused"],
+    }
+    return pd.DataFrame(base | columns)
+
+
+def test_a_request_outcome_is_its_amount_and_its_time() -> None:
+    frame = dataset.normalise(
+        "refund_requests",
+        _requests(paid_amount=["0.00", None], resolved_at=["2026-01-02T05:00:00Z", None]),
+    )
+
+    assert frame["paid_amount"].tolist()[0] == 0  # refused
+    assert pd.isna(frame["paid_amount"].tolist()[1])  # unanswered
+    assert frame["resolved_at"].tolist()[0] == 1_767_330_000_000_000
+
+
+@pytest.mark.parametrize(
+    ("columns", "lacking"),
+    [
+        ({"paid_amount": ["5.00", None], "resolved_at": [None, None]}, "resolved_at"),
+        (
+            {"paid_amount": [None, None], "resolved_at": [None, "2026-01-04T00:00:00Z"]},
+            "paid_amount",
+        ),
+    ],
+)
+def test_an_outcome_needs_both_its_amount_and_its_time(
+    columns: dict[str, list[object]], lacking: str
+) -> None:
+    with pytest.raises(DatasetError, match=rf"column {lacking}: .* given without {lacking}"):
+        dataset.normalise("refund_requests", _requests(**columns))

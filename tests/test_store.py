@@ -74,12 +74,22 @@ def _orders(draw: st.DrawFn) -> pd.DataFrame:
                 "ip": draw(st.none() | _ids),
                 "delivered_at": draw(st.none() | st.just(paid + 1)),
                 "redeemed_at": draw(st.none() | _micros),
+                "credited_at": draw(st.none() | _micros),
+                "activation_failed_at": draw(st.none() | _micros),
                 "service_days": draw(st.none() | st.integers(1, 3650)),
                 "extra": draw(st.none() | st.just('{"k": "v"}')),
             }
         )
     frame = pd.DataFrame(rows, dtype=object)
-    for column in ("amount", "paid_at", "delivered_at", "redeemed_at", "service_days"):
+    for column in (
+        "amount",
+        "paid_at",
+        "delivered_at",
+        "redeemed_at",
+        "credited_at",
+        "activation_failed_at",
+        "service_days",
+    ):
         frame[column] = pd.array(frame[column].tolist(), dtype="Int64")
     return frame
 
@@ -235,6 +245,10 @@ def test_a_version_1_store_is_migrated_in_place(database_url: str, tiny_dir: Pat
             *(("refund_requests", c) for c in store.DERIVED["refund_requests"]),
             ("refund_requests", store.BASE_AMOUNT),
             ("orders", store.BASE_AMOUNT),
+            ("orders", "credited_at"),
+            ("orders", "activation_failed_at"),
+            ("refund_requests", "paid_amount"),
+            ("refund_requests", "resolved_at"),
         ):
             conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN {column}")
         for table in (store.sightings, store.abuse_changes, store.entity_days, store.sighting_days):
