@@ -71,7 +71,7 @@ def test_score_one_equals_score_on_every_sample_request(
     single = np.array([bundle.score_one(_row(table, i)) for i in range(len(table))])
 
     assert ((batch >= 0) & (batch <= 1)).all()
-    assert len(np.unique(batch)) > (5 if kind == "isotonic" else 100)  # the staircase: 9
+    assert len(np.unique(batch)) > (2 if kind == "isotonic" else 100)  # a staircase: a few
     np.testing.assert_allclose(single, batch, rtol=0, atol=1e-12)
     if bundle.calibrator.kind == "centred_isotonic":  # the same operations, to the bit
         np.testing.assert_array_equal(single, batch)

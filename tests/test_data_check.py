@@ -365,7 +365,7 @@ def test_command_on_the_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str
     for heading in ("Tables", "Labels", "Abuse over time", "Entities", "Features of", "Warnings"):
         assert f"\n{heading}" in out
     data = json.loads(figures.read_text())
-    assert data["labels"]["requests"] == 1267
+    assert data["labels"]["requests"] == 1318
     assert {t["name"]: t["rows"] for t in data["tables"]}["orders"] == 20385
     assert len(data["features"]["signals"]) == len(model_features())
     assert data["warnings"]

@@ -1,5 +1,5 @@
 """The marketplace simulator: determinism, the dataset contract, cross-table invariants,
-and the shape of every honest and abusive pattern."""
+the outcomes of requests, and the shape of every honest, look-alike and abusive pattern."""
 
 from __future__ import annotations
 
@@ -15,13 +15,28 @@ import pytest
 
 from riskmodel import dataset
 from riskmodel.domain import LabelSource, ProductType, RefundReason
+from riskmodel.ingest import ingest
 from riskmodel.simulator import Simulation, SimulationConfig, common, simulate, write_simulation
-from riskmodel.simulator.patterns import ABUSE_PATTERNS, DEFAULT_PATTERNS, PATTERNS, Pattern
+from riskmodel.simulator.output import CREDIT_COLUMNS, OUTCOME_COLUMNS
+from riskmodel.simulator.patterns import (
+    ABUSE_PATTERNS,
+    DEFAULT_PATTERNS,
+    LOOKALIKE_PATTERNS,
+    PATTERNS,
+    Pattern,
+)
 
 DEFAULT = SimulationConfig(users=3_000, days=90, seed=11)
-# More opportunists and serial refunders than by default, so that even the rarest
-# pattern shows up often enough to be checked in a small market.
-CONFIG = dataclasses.replace(DEFAULT, opportunist_share=0.05, serial_refunder_share=0.003)
+# More opportunists, serial refunders, codes that fail and retries than by default, so
+# that even the rarest pattern shows up often enough to be checked in a small market.
+CONFIG = dataclasses.replace(
+    DEFAULT,
+    opportunist_share=0.05,
+    serial_refunder_share=0.003,
+    activation_failure_rate=0.01,
+    sold_used_rate=0.005,
+    retry_rate=0.03,
+)
 SMALL = SimulationConfig(users=600, days=30, seed=5)
 START = pd.Timestamp(CONFIG.start)
 END = pd.Timestamp(CONFIG.end)
@@ -50,8 +65,21 @@ def usage_before_request(sim: Simulation, requests: pd.DataFrame) -> pd.Series:
     return requests["request_id"].map(counts).fillna(0).astype(int).set_axis(requests.index)
 
 
+@pytest.fixture(scope="module")
+def earlier(requests: pd.DataFrame) -> pd.DataFrame:
+    """Every request paired with each earlier request on its order (suffix ``_earlier``)."""
+    columns = ["order_id", "request_id", "requested_at", "amount", "reason", "channel"]
+    columns += ["days_used_claimed", "device_id", "ip", "paid_amount", "resolved_at", "pattern"]
+    pairs = requests.merge(requests[columns], on="order_id", suffixes=("", "_earlier"))
+    return pairs[pairs["requested_at_earlier"] < pairs["requested_at"]]
+
+
 def _files(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def _of(frame: pd.DataFrame, pattern: Pattern) -> pd.DataFrame:
+    return frame[frame["pattern"] == pattern]
 
 
 @pytest.mark.parametrize(
@@ -121,7 +149,8 @@ def test_natural_types(sim: Simulation, table: str) -> None:
             assert (series.dropna().dt.microsecond == 0).all(), column.name
         elif column.kind in (dataset.Kind.MONEY, dataset.Kind.RATE):
             assert series.dtype == np.float64
-            assert np.allclose(series, series.round(2), rtol=0, atol=1e-9)
+            known = series.dropna()
+            assert np.allclose(known, known.round(2), rtol=0, atol=1e-9)
         elif column.kind is dataset.Kind.COUNT:
             assert str(series.dtype) == "Int64"
         elif column.kind is dataset.Kind.FLAG:
@@ -198,12 +227,17 @@ def test_orders_belong_to_known_users_after_registration(sim: Simulation) -> Non
 
 def test_delivery_and_redemption_follow_payment(sim: Simulation) -> None:
     orders = sim.orders
-    for column in ("delivered_at", "redeemed_at"):
+    for column in ("delivered_at", "redeemed_at", "credited_at", "activation_failed_at"):
         known = orders[column].notna()
-        assert (orders.loc[known, column] >= orders.loc[known, "paid_at"]).all()
-        assert (orders.loc[known, column] < END).all()
+        assert (orders.loc[known, column] < END).all(), column
+    delivered = orders["delivered_at"].notna()
+    assert (orders.loc[delivered, "delivered_at"] >= orders.loc[delivered, "paid_at"]).all()
     redeemed = orders["redeemed_at"].notna()
     assert orders.loc[redeemed, "product_type"].isin(["card_code", "game_currency"]).all()
+    # Only a code sold already used was redeemed before its buyer paid.
+    sold_used = redeemed & (orders["redeemed_at"] < orders["paid_at"])
+    assert (orders.loc[sold_used, "product_type"] == "card_code").all()
+    assert 0 < sold_used.sum() < 0.02 * redeemed.sum()
     member = orders["product_type"] == "membership"
     assert orders.loc[member, "service_days"].isin([30, 90, 365]).all()
     assert orders.loc[~member, "service_days"].isna().all()
@@ -268,6 +302,92 @@ def test_label_delays_by_source(
     assert len(labels) > 0
     delay = (labels["labeled_at"] - labels["requested_at"]).dt.total_seconds() / 86_400
     assert delay.between(low_days, high_days).all()
+
+
+# --- outcomes ------------------------------------------------------------------------------
+
+
+def test_outcomes_are_given_together_and_after_the_request(requests: pd.DataFrame) -> None:
+    answered = requests["paid_amount"].notna()
+    assert (answered == requests["resolved_at"].notna()).all()
+    rows = requests[answered]
+    assert (rows["resolved_at"] > rows["requested_at"]).all()
+    assert (rows["resolved_at"] < END).all()
+    assert (rows["paid_amount"] >= 0).all()
+    assert (rows["paid_amount"] <= rows["amount"] + 1e-9).all()
+
+
+def test_honest_requests_are_mostly_paid_within_hours_to_days(requests: pd.DataFrame) -> None:
+    honest = requests[~requests["is_abuse"]]
+    answered = honest[honest["paid_amount"].notna()]
+    assert 0.9 < len(answered) / len(honest) < 1
+    refused = answered["paid_amount"] == 0
+    assert 0.02 < refused.mean() < 0.15
+    delay = answered["resolved_at"] - answered["requested_at"]
+    assert delay.median() < pd.Timedelta(days=1)
+    assert (delay <= pd.Timedelta(days=4)).all()
+    assert (delay <= pd.Timedelta(minutes=2)).mean() > 0.2
+
+
+def test_abusive_requests_are_mostly_paid_unless_caught(requests: pd.DataFrame) -> None:
+    abusive = requests[requests["is_abuse"] & requests["paid_amount"].notna()]
+    refused = abusive["paid_amount"] == 0
+    assert 0.05 < refused.mean() < 0.5
+    dips = _of(requests, Pattern.DOUBLE_DIP)
+    assert (dips["paid_amount"].dropna() > 0).all()
+
+
+def test_some_memberships_are_paid_in_part_by_the_days_elapsed(requests: pd.DataFrame) -> None:
+    part = requests[(requests["paid_amount"] > 0) & (requests["paid_amount"] < requests["amount"])]
+    assert len(part) > 0
+    assert (part["product_type"] == "membership").all()
+    assert part["reason"].isin(["partial_use", "unused"]).all()
+    elapsed = np.ceil((part["requested_at"] - part["delivered_at"]).dt.total_seconds() / 86_400)
+    days = part["service_days"].astype(int)
+    expected = (part["amount_order"] * (days - elapsed) / days - CONFIG.prorated_fee).round(2)
+    assert np.allclose(part["paid_amount"], expected, atol=0.005)
+
+
+def test_an_export_may_hold_part_or_none_of_the_outcomes_and_crediting_records(
+    tmp_path: Path,
+) -> None:
+    partial = simulate(dataclasses.replace(SMALL, outcome_report_rate=0.5, credit_report_rate=0.5))
+    full = simulate(SMALL)
+    for name in ("paid_amount", "resolved_at"):
+        assert (
+            0
+            < partial.refund_requests[name].notna().sum()
+            < full.refund_requests[name].notna().sum()
+        )
+    assert (
+        0 < partial.orders["credited_at"].notna().sum() < full.orders["credited_at"].notna().sum()
+    )
+    assert len(partial.refund_requests) == len(full.refund_requests)
+
+    none = simulate(dataclasses.replace(SMALL, outcome_report_rate=0.0, credit_report_rate=0.0))
+    assert not set(OUTCOME_COLUMNS) & set(none.refund_requests.columns)
+    assert not set(CREDIT_COLUMNS) & set(none.orders.columns)
+    pd.testing.assert_frame_equal(
+        none.refund_requests, full.refund_requests.drop(columns=list(OUTCOME_COLUMNS))
+    )
+    write_simulation(none, tmp_path)
+    tables = dataset.read_dataset(tmp_path)
+    assert tables["refund_requests"]["paid_amount"].isna().all()
+    assert tables["orders"]["credited_at"].isna().all()
+
+
+@pytest.mark.parametrize("outcomes", [1.0, 0.0])
+def test_simulated_directories_ingest(tmp_path: Path, database_url: str, outcomes: float) -> None:
+    cfg = dataclasses.replace(
+        CONFIG, users=800, days=45, outcome_report_rate=outcomes, credit_report_rate=outcomes
+    )
+    sim = simulate(cfg)
+    write_simulation(sim, tmp_path / "sim")
+
+    report = ingest(tmp_path / "sim", database_url)
+
+    assert report.rows_read == {name: len(frame) for name, frame in sim.tables().items()}
+    assert report.ignored_files == ("ground_truth.parquet",)
 
 
 # --- honest patterns -----------------------------------------------------------------------
@@ -370,6 +490,132 @@ def test_buyer_activity_is_heavy_tailed(sim: Simulation) -> None:
     assert sim.users["phone_verified"].mean() > 0.8
 
 
+# --- honest look-alikes ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pattern", LOOKALIKE_PATTERNS, ids=str)
+def test_every_lookalike_appears_as_honest(requests: pd.DataFrame, pattern: Pattern) -> None:
+    rows = _of(requests, pattern)
+    assert len(rows) >= 5
+    assert not rows["is_abuse"].any()
+
+
+def test_a_retry_repeats_a_request_still_unanswered(
+    requests: pd.DataFrame, earlier: pd.DataFrame
+) -> None:
+    retries = _of(requests, Pattern.HONEST_RETRY)
+    pairs = _of(earlier, Pattern.HONEST_RETRY)
+    same = ["amount", "reason", "channel", "device_id", "ip"]
+    same_request = pairs[same].to_numpy() == pairs[[f"{c}_earlier" for c in same]].to_numpy()
+    pairs = pairs[same_request.all(axis=1)]
+    gap = pairs["requested_at"] - pairs["requested_at_earlier"]
+    pairs = pairs[(gap >= pd.Timedelta(seconds=5)) & (gap <= pd.Timedelta(minutes=30))]
+    # The first of the pair is never answered.
+    first = pairs[pairs["paid_amount_earlier"].isna() & pairs["resolved_at_earlier"].isna()]
+    assert set(first["request_id"]) == set(retries["request_id"])
+    assert (
+        first["days_used_claimed"].fillna(-1) == first["days_used_claimed_earlier"].fillna(-1)
+    ).all()
+
+
+def test_a_retried_request_keeps_its_truth(earlier: pd.DataFrame) -> None:
+    same = ["amount", "reason", "channel", "device_id", "ip"]
+    alike = earlier[same].to_numpy() == earlier[[f"{c}_earlier" for c in same]].to_numpy()
+    gap = earlier["requested_at"] - earlier["requested_at_earlier"]
+    retried = earlier[
+        alike.all(axis=1)
+        & (gap <= pd.Timedelta(minutes=30))
+        & earlier["paid_amount_earlier"].isna()
+    ]
+    abusive = retried["pattern_earlier"].isin(ABUSE_PATTERNS)
+    # The pipeline retries abusive requests too: the same abuse again, not a look-alike.
+    assert abusive.any()
+    assert (retried.loc[abusive, "pattern"] == retried.loc[abusive, "pattern_earlier"]).all()
+    assert (retried.loc[~abusive, "pattern"] == Pattern.HONEST_RETRY).all()
+
+
+def test_a_resubmission_follows_a_refusal(requests: pd.DataFrame, earlier: pd.DataFrame) -> None:
+    rows = _of(requests, Pattern.HONEST_RESUBMISSION)
+    pairs = _of(earlier, Pattern.HONEST_RESUBMISSION)
+    refused = pairs[
+        (pairs["paid_amount_earlier"] == 0) & (pairs["resolved_at_earlier"] < pairs["requested_at"])
+    ]
+    assert set(refused["request_id"]) == set(rows["request_id"])
+    gap = refused["requested_at"] - refused["resolved_at_earlier"]
+    assert (gap >= pd.Timedelta(hours=12)).all()
+    assert (refused["amount"] == refused["amount_earlier"]).all()
+    # Nothing was ever paid on the order before it.
+    paid = pairs.groupby("request_id")["paid_amount_earlier"].sum()
+    assert (paid[rows["request_id"]] == 0).all()
+
+
+def test_a_partial_followup_asks_at_most_the_unpaid_remainder(
+    requests: pd.DataFrame, earlier: pd.DataFrame
+) -> None:
+    rows = _of(requests, Pattern.HONEST_PARTIAL_FOLLOWUP)
+    assert (rows["product_type"] == "membership").all()
+    pairs = _of(earlier, Pattern.HONEST_PARTIAL_FOLLOWUP)
+    part = pairs[
+        (pairs["paid_amount_earlier"] > 0)
+        & (pairs["paid_amount_earlier"] < pairs["amount_earlier"])
+        & (pairs["resolved_at_earlier"] < pairs["requested_at"])
+    ]
+    assert set(part["request_id"]) == set(rows["request_id"])
+    remainder = part["amount_earlier"] - part["paid_amount_earlier"]
+    assert (part["amount"] <= remainder + 1e-9).all()
+    # What was paid on the order and what is asked stay within the price.
+    paid = pairs.groupby("request_id")["paid_amount_earlier"].sum()
+    asked = rows.set_index("request_id")["amount"]
+    price = rows.set_index("request_id")["amount_order"]
+    assert (paid[asked.index] + asked <= price + 1e-9).all()
+    assert (part["amount"] < remainder - 0.005).any()
+
+
+def test_a_code_not_credited_was_redeemed_but_never_reached_the_buyer(
+    requests: pd.DataFrame,
+) -> None:
+    rows = _of(requests, Pattern.HONEST_NOT_CREDITED)
+    assert (rows["product_type"] == "card_code").all()
+    assert (rows["reason"] == "invalid_code").all()
+    assert (rows["redeemed_at"] >= rows["paid_at"]).all()
+    assert (rows["redeemed_at"] < rows["requested_at"]).all()
+    assert rows["credited_at"].isna().all()
+    failed = rows["activation_failed_at"].notna()
+    assert 0 < failed.mean() < 1
+    assert (rows.loc[failed, "activation_failed_at"] >= rows.loc[failed, "redeemed_at"]).all()
+
+
+def test_a_double_sold_code_was_redeemed_before_payment(requests: pd.DataFrame) -> None:
+    rows = _of(requests, Pattern.HONEST_DOUBLE_SOLD)
+    assert (rows["product_type"] == "card_code").all()
+    assert (rows["reason"] == "invalid_code").all()
+    assert (rows["redeemed_at"] < rows["paid_at"]).all()
+    assert rows["credited_at"].isna().all()
+    assert rows["activation_failed_at"].isna().all()
+
+
+def test_crediting_records(sim: Simulation) -> None:
+    orders = sim.orders
+    credited = orders["credited_at"].notna()
+    failed = orders["activation_failed_at"].notna()
+    assert not (credited & failed).any()
+    assert (orders.loc[credited, "credited_at"] == orders.loc[credited, "redeemed_at"]).all()
+    assert (orders.loc[credited, "credited_at"] >= orders.loc[credited, "paid_at"]).all()
+    assert (orders.loc[failed, "product_type"] == "card_code").all()
+    assert (orders.loc[failed, "activation_failed_at"] >= orders.loc[failed, "redeemed_at"]).all()
+    currency = orders["product_type"] == "game_currency"
+    assert (credited[currency] == orders.loc[currency, "redeemed_at"].notna()).all()
+    assert not credited[orders["product_type"].isin(["membership", "service"])].any()
+
+
+def test_lookalikes_appear_in_the_default_market() -> None:
+    sim = simulate(SimulationConfig(users=10_000, days=120, seed=3))
+    counts = sim.ground_truth["pattern"].value_counts()
+    for pattern in LOOKALIKE_PATTERNS:
+        assert counts.get(pattern.value, 0) >= 3, pattern
+    assert counts[[p.value for p in LOOKALIKE_PATTERNS]].sum() < 0.1 * len(sim.ground_truth)
+
+
 # --- abusive patterns ----------------------------------------------------------------------
 
 
@@ -401,12 +647,15 @@ def test_prorated_overclaims_claim_fewer_days_than_seen(
     assert np.allclose(rows["amount"], expected, atol=0.005)
 
 
-def test_redeemed_then_invalid(requests: pd.DataFrame) -> None:
+def test_redeemed_then_invalid_was_redeemed_and_credited(requests: pd.DataFrame) -> None:
     rows = requests[requests["pattern"] == Pattern.REDEEMED_THEN_INVALID]
     assert len(rows) > 0
     assert (rows["product_type"] == "card_code").all()
     assert (rows["reason"] == "invalid_code").all()
     assert (rows["redeemed_at"] < rows["requested_at"]).all()
+    assert (rows["redeemed_at"] >= rows["paid_at"]).all()
+    assert (rows["credited_at"] < rows["requested_at"]).all()
+    assert rows["activation_failed_at"].isna().all()
 
 
 def test_credited_then_not_delivered(requests: pd.DataFrame) -> None:
@@ -418,12 +667,21 @@ def test_credited_then_not_delivered(requests: pd.DataFrame) -> None:
     assert (rows["delivered_at"] <= rows["redeemed_at"]).all()
 
 
-def test_duplicate_refund_follows_an_earlier_request(requests: pd.DataFrame) -> None:
-    rows = requests[requests["pattern"] == Pattern.DUPLICATE_REFUND]
-    assert len(rows) > 0
-    earlier = requests.groupby("order_id")["requested_at"].min()
-    assert (rows["requested_at"] > rows["order_id"].map(earlier)).all()
-    assert (requests.groupby("order_id").size() <= 2).all()
+def test_duplicate_refund_is_a_real_second_payout(
+    requests: pd.DataFrame, earlier: pd.DataFrame
+) -> None:
+    rows = _of(requests, Pattern.DUPLICATE_REFUND)
+    assert len(rows) > 3
+    pairs = _of(earlier, Pattern.DUPLICATE_REFUND)
+    # The earlier request on the order was paid before it, and it asks beyond what is left.
+    paid = pairs[
+        (pairs["paid_amount_earlier"] > 0) & (pairs["resolved_at_earlier"] < pairs["requested_at"])
+    ]
+    left = paid["amount_order"] - paid["paid_amount_earlier"]
+    beyond = paid.loc[paid["amount"] > left + 0.005, "request_id"]
+    assert set(beyond) == set(rows["request_id"])
+    gap = paid["requested_at"] - paid["resolved_at_earlier"]
+    assert (gap >= pd.Timedelta(minutes=30)).all()
 
 
 def test_double_dip_gets_a_late_chargeback(sim: Simulation, requests: pd.DataFrame) -> None:

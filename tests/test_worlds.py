@@ -1,6 +1,7 @@
 """Randomised worlds: drawn from a number and nothing else, the development and evaluation
-sets disjoint and each covering every new pattern and oddity, every world's output within
-the dataset contract, and the default market left exactly as it was."""
+sets disjoint and each covering every new pattern, oddity and export coverage, every
+world's output within the dataset contract, its honest look-alikes shaped as they should
+be, and the default market pinned."""
 
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ from riskmodel.simulator import (
 )
 from riskmodel.simulator.abuse import late_exploit_start
 from riskmodel.simulator.currencies import rate_table
-from riskmodel.simulator.patterns import WORLD_PATTERNS, Pattern
-from riskmodel.simulator.worlds import LABEL_REGIMES, SWITCHES, WORLD_FILE, World
+from riskmodel.simulator.output import CREDIT_COLUMNS, OUTCOME_COLUMNS
+from riskmodel.simulator.patterns import LOOKALIKE_PATTERNS, WORLD_PATTERNS, Pattern
+from riskmodel.simulator.worlds import COVERAGES, LABEL_REGIMES, SWITCHES, WORLD_FILE, World
 
 SIZE = {"users": 2_000, "days": 60}
 
@@ -148,6 +150,30 @@ def test_each_set_covers_every_switch_and_label_regime(numbers: tuple[int, ...])
     assert {w.label_regime for w in drawn} == set(LABEL_REGIMES)
     assert any(w.dominant for w in drawn)
     assert any(0 in w.abuse_scale.values() for w in drawn)
+    assert {w.outcomes for w in drawn} == set(COVERAGES)
+    assert {w.credits for w in drawn} == set(COVERAGES)
+    assert any(w.outcomes == w.credits == "absent" for w in drawn)
+
+
+def test_each_world_draws_its_own_lookalike_rates_and_export() -> None:
+    drawn = [draw_world(n) for n in (*DEVELOPMENT_WORLDS, *EVALUATION_WORLDS)]
+    for name in (
+        "retry_rate",
+        "resubmission_rate",
+        "partial_followup_rate",
+        "elapsed_proration_rate",
+        "activation_failure_rate",
+        "sold_used_rate",
+        "honest_refusal_rate",
+        "abuse_refusal_rate",
+    ):
+        values = [getattr(w.config, name) for w in drawn]
+        assert len(set(values)) == len(values), name
+    for w in drawn:
+        rates = (w.config.outcome_report_rate, w.config.credit_report_rate)
+        for coverage, rate in zip((w.outcomes, w.credits), rates, strict=True):
+            assert {"absent": rate == 0, "full": rate == 1}.get(coverage, 0 < rate < 1)
+        assert w.config.sold_used_rate > 0
 
 
 @pytest.mark.parametrize("pattern", WORLD_PATTERNS, ids=str)
@@ -176,9 +202,21 @@ def test_world_output_keeps_the_contract_and_its_invariants(
     number: int,
 ) -> None:
     sim, cfg, rows = sims[number], worlds[number].config, requests[number]
+    left_out = (() if cfg.outcome_report_rate else OUTCOME_COLUMNS) + (
+        () if cfg.credit_report_rate else CREDIT_COLUMNS
+    )
     for name, frame in sim.tables().items():
-        assert tuple(frame.columns) == dataset.TABLES[name].names
+        names = dataset.TABLES[name].names
+        assert tuple(frame.columns) == tuple(c for c in names if c not in left_out)
         dataset.normalise(name, frame)
+    if "paid_amount" in rows:
+        answered = rows[rows["paid_amount"].notna()]
+        assert (answered["resolved_at"] > answered["requested_at"]).all()
+        assert (answered["resolved_at"] < pd.Timestamp(cfg.end)).all()
+        assert (answered["paid_amount"] <= answered["amount"] + 1e-9).all()
+    if "credited_at" in rows:
+        credited = sim.orders[sim.orders["credited_at"].notna()]
+        assert (credited["credited_at"] >= credited["paid_at"]).all()
     assert (rows["user_id"] == rows["user_id_order"]).all()
     assert (rows["requested_at"] >= rows["paid_at"]).all()
     assert (rows["requested_at"] < pd.Timestamp(cfg.end)).all()
@@ -241,10 +279,75 @@ def test_late_exploit_has_no_request_before_its_start(
 def test_codes_sold_used_were_redeemed_before_payment(
     requests: dict[int, pd.DataFrame],
 ) -> None:
-    for _, rows in _with(requests, Pattern.HONEST_SOLD_USED):
+    for _, rows in _with(requests, Pattern.HONEST_DOUBLE_SOLD):
         assert (rows["redeemed_at"] < rows["paid_at"]).all()
         assert (rows["reason"] == "invalid_code").all()
         assert (rows["product_type"] == "card_code").all()
+        if "credited_at" in rows:
+            assert rows["credited_at"].isna().all()
+
+
+@pytest.mark.parametrize("pattern", LOOKALIKE_PATTERNS, ids=str)
+def test_every_lookalike_appears_in_most_evaluation_worlds(
+    requests: dict[int, pd.DataFrame], pattern: Pattern
+) -> None:
+    found = _with(requests, pattern)
+    assert len(found) >= len(EVALUATION_WORLDS) // 2
+    for _, rows in found:
+        assert not rows["is_abuse"].any()
+
+
+def test_lookalikes_keep_their_shape_where_the_export_shows_it(
+    requests: dict[int, pd.DataFrame], worlds: dict[int, World]
+) -> None:
+    full = [n for n, w in worlds.items() if w.outcomes == "full"]
+    assert full
+    for n in full:
+        rows = requests[n]
+        pairs = rows.merge(
+            rows[["order_id", "requested_at", "amount", "paid_amount", "resolved_at"]],
+            on="order_id",
+            suffixes=("", "_earlier"),
+        )
+        pairs = pairs[pairs["requested_at_earlier"] < pairs["requested_at"]]
+        answered_before = pairs["resolved_at_earlier"] < pairs["requested_at"]
+        checks = {
+            Pattern.HONEST_RETRY: pairs["paid_amount_earlier"].isna()
+            & (pairs["amount"] == pairs["amount_earlier"]),
+            Pattern.HONEST_RESUBMISSION: answered_before & (pairs["paid_amount_earlier"] == 0),
+            Pattern.HONEST_PARTIAL_FOLLOWUP: answered_before
+            & (pairs["paid_amount_earlier"] > 0)
+            & (pairs["amount"] <= pairs["amount_earlier"] - pairs["paid_amount_earlier"] + 1e-9),
+            Pattern.DUPLICATE_REFUND: answered_before
+            & (pairs["paid_amount_earlier"] > 0)
+            & (pairs["amount"] > pairs["amount_order"] - pairs["paid_amount_earlier"]),
+        }
+        for pattern, shaped in checks.items():
+            expected = set(rows.loc[rows["pattern"] == pattern, "request_id"])
+            assert set(pairs.loc[shaped & (pairs["pattern"] == pattern), "request_id"]) == expected
+    for n, rows in requests.items():
+        if worlds[n].credits == "absent":
+            continue
+        failed = rows[rows["pattern"] == Pattern.HONEST_NOT_CREDITED]
+        assert (failed["redeemed_at"] < failed["requested_at"]).all()
+        assert failed["credited_at"].isna().all()
+
+
+def test_a_world_without_outcomes_or_crediting_records_ingests(
+    tmp_path: Path, database_url: str
+) -> None:
+    number = next(
+        n for n in EVALUATION_WORLDS if draw_world(n).outcomes == draw_world(n).credits == "absent"
+    )
+    world = draw_world(number, users=600, days=30)
+    sim = simulate(world.config)
+    write_simulation(sim, tmp_path)
+    assert not set(OUTCOME_COLUMNS) & set(sim.refund_requests.columns)
+    assert not set(CREDIT_COLUMNS) & set(sim.orders.columns)
+
+    report = ingest(tmp_path, database_url)
+
+    assert report.rows_read == {name: len(frame) for name, frame in sim.tables().items()}
 
 
 @pytest.mark.parametrize(
@@ -322,7 +425,7 @@ def test_label_regimes(regime: str) -> None:
 # --- the default market ---------------------------------------------------------------------
 
 
-def test_default_config_has_every_world_option_off() -> None:
+def test_default_config_has_every_world_option_off_and_every_lookalike_on() -> None:
     cfg = SimulationConfig()
     shares = [
         "foreign_currency_share",
@@ -334,16 +437,21 @@ def test_default_config_has_every_world_option_off() -> None:
         "late_exploiter_share",
     ]
     assert all(getattr(cfg, name) == 0 for name in shares)
-    assert (cfg.sold_used_rate, cfg.abuse_chargeback_rate, cfg.fixed_label_delay_days) == (0, 0, 0)
+    assert (cfg.abuse_chargeback_rate, cfg.fixed_label_delay_days) == (0, 0)
+    lookalikes = ("sold_used_rate", "activation_failure_rate", "retry_rate", "resubmission_rate")
+    assert all(getattr(cfg, name) > 0 for name in lookalikes)
+    assert (cfg.partial_followup_rate, cfg.elapsed_proration_rate) > (0, 0)
+    assert (cfg.outcome_report_rate, cfg.credit_report_rate) == (1, 1)
     assert (cfg.weekly_amplitude, cfg.sales_peak_lift, cfg.price_sigma) == (0, 0, 0)
     assert (cfg.price_level, cfg.foreign_rates) == (1.0, ())
 
 
-def test_default_market_draws_exactly_what_it_drew_before_worlds() -> None:
-    """The pinned digest of a small default market: if it moves, so did data/sample."""
+def test_default_market_is_pinned() -> None:
+    """The pinned digest of a small default market: if it moves, so did data/sample, and
+    the change must be meant (regenerate data/sample and say so)."""
     sim = simulate(SimulationConfig(users=600, days=30, seed=5))
     digest = hashlib.sha256()
     for name in [*dataset.TABLES, "ground_truth"]:
         digest.update(getattr(sim, name).to_csv(index=False).encode())
-    assert digest.hexdigest() == "08e6a43b0fe29803543134eb9b73cfaca143c940155091eab361cf950ec385d9"
+    assert digest.hexdigest() == "9c9d78a9668babb146bc3d71a16e815e726c4655a59417181add5002e46257a5"
     assert not set(sim.ground_truth["pattern"]) & {p.value for p in WORLD_PATTERNS}

@@ -2,8 +2,10 @@
 
 - ``serial_refunder``: ordinary-looking accounts that ask for a refund on most orders
   (not as described, unused, other...), each claim plausible on its own.
-- ``duplicate_refund``: a second request on an order already refunded, days later.
-- ``redeemed_then_invalid``: a code redeemed at the issuer, then claimed invalid.
+- ``duplicate_refund``: a second request on an order already refunded (paid), days
+  later, asking more than is left to refund (see ``outcomes``).
+- ``redeemed_then_invalid``: a code redeemed at the issuer and credited to the buyer,
+  then claimed invalid.
 - ``credited_then_not_delivered``: game currency credited, then claimed not delivered.
 - ``prorated_overclaim``: a membership used for many days, cancelled claiming fewer.
 - ``refund_ring``: young accounts sharing devices, IPs and payment accounts, buying codes
@@ -213,7 +215,9 @@ def abusive_requests(
 
     opportunist = regular & (kind == OPPORTUNIST)
     r = rng.random((4, n))
-    # A code sold already used was redeemed before its buyer paid, not by the buyer.
+    # A code sold already used was redeemed before its buyer paid, not by the buyer. (A
+    # code sold used or never credited is made so only if no request was picked on it
+    # before, see ``refunds.lookalike_requests``: every code redeemed here was credited.)
     redeemed = (orders.redeemed >= 0) & (orders.redeemed >= orders.paid)
     idx = picker.pick(
         opportunist & (ptype == CARD_CODE) & redeemed & (r[0] < cfg.redeemed_then_invalid_rate)
@@ -327,7 +331,9 @@ def duplicate_refunds(
     rng: np.random.Generator,
 ) -> Requests:
     """Second requests, by opportunists and serial refunders, on orders they already had
-    refunded: the same amount again, days later, often with another reason."""
+    refunded: the same amount again, days later, often with another reason. The first
+    request is paid in full before it, and an amount within what is left to refund is
+    raised to the whole price (``outcomes.settle_duplicates``)."""
     kind = pop.kind[orders.user[first.order]]
     chosen = np.flatnonzero(
         ((kind == OPPORTUNIST) | (kind == SERIAL))

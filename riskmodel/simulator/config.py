@@ -4,11 +4,12 @@ Every field has a default that gives a plausible market: refund requests on abou
 of orders, a few percent of them abusive. Rates are probabilities per eligible order
 unless the docstring says otherwise; shares are fractions of a population.
 
-The fields marked *world* (seasonality, price spread, several currencies, codes sold
-already used, entities that turn bad, amount-band abuse, account bursts, a late exploit,
-chargeback-only and fixed-delay labels) are off in the default configuration, which
-therefore draws exactly the same random numbers as before they existed; randomised
-worlds (``riskmodel.simulator.worlds``) switch them on.
+The fields marked *world* (seasonality, price spread, several currencies, entities that
+turn bad, amount-band abuse, account bursts, a late exploit, chargeback-only and
+fixed-delay labels) are off in the default configuration, which therefore draws no random
+number for them; randomised worlds (``riskmodel.simulator.worlds``) switch them on. The
+fields marked *export* say how much of the outcome and crediting records an export
+holds (all of them by default; some worlds hold part or none).
 
     >>> from riskmodel.simulator.config import SimulationConfig
     >>> SimulationConfig(users=500, days=30, seed=7).end.isoformat()
@@ -127,9 +128,16 @@ class SimulationConfig:
     """Probability that any other code is invalid (an isolated supplier error)."""
     never_redeemed_rate: float = 0.05
     """Probability that a valid code is never redeemed at the issuer."""
-    sold_used_rate: float = 0.0
-    """*World.* Probability that a card code was sold already used (redeemed before the
-    buyer paid: a used or double-sold code); its buyer's invalid_code claim is honest."""
+    sold_used_rate: float = 0.0005
+    """Probability that a card code was sold already used (redeemed before the buyer paid:
+    a used or double-sold code); its buyer's invalid_code claim is honest."""
+    activation_failure_rate: float = 0.001
+    """Probability that a code redeemed at the issuer never credits its value to the
+    buyer's account (activation failed, or never credited); its buyer's invalid_code
+    claim is honest."""
+    activation_failed_share: float = 0.6
+    """Share of the codes that never credit whose failure the issuer reports
+    (``activation_failed_at``); the others are simply never credited."""
     membership_usage_rate: float = 0.45
     """Mean probability that a member uses an active membership on a given day."""
     membership_churn_days: float = 60.0
@@ -225,6 +233,35 @@ class SimulationConfig:
     """*World.* Probability that an exploiter's order paid after the start is claimed."""
     late_exploit_start: float = 0.75
     """*World.* When the exploit starts, as a fraction of the window."""
+
+    # --- outcomes of requests and honest look-alikes -------------------------------------------
+    honest_refusal_rate: float = 0.05
+    """Probability that the marketplace's existing process refuses an honest request."""
+    abuse_refusal_rate: float = 0.2
+    """Probability that the existing process catches and refuses an abusive request."""
+    redeemed_claim_refusal_rate: float = 0.3
+    """Probability that the existing process refuses an invalid_code claim on a code its
+    records show redeemed (honest or not), unless it refuses it anyway."""
+    auto_decision_share: float = 0.4
+    """Share of requests the existing process answers automatically, within two minutes;
+    the others are answered by a person, within 1 h - 4 days."""
+    elapsed_proration_rate: float = 0.1
+    """Probability that the existing process prorates a membership refund by the days
+    elapsed since delivery rather than the days used, so it pays less than asked."""
+    partial_followup_rate: float = 0.4
+    """Probability that an honest buyer paid part of a membership refund asks again for
+    (part of) the unpaid remainder."""
+    resubmission_rate: float = 0.2
+    """Probability that an honest buyer whose request was refused asks again days later."""
+    retry_rate: float = 0.006
+    """Probability that the refund pipeline, getting no answer, sends a request again
+    under a new request_id seconds to minutes later (the first is never answered)."""
+    outcome_report_rate: float = 1.0
+    """*Export.* Share of answered requests whose outcome (``paid_amount``, ``resolved_at``)
+    the export holds; 0 leaves both columns out."""
+    credit_report_rate: float = 1.0
+    """*Export.* Share of codes and currency whose crediting (``credited_at``) or failure
+    (``activation_failed_at``) the export holds; 0 leaves both columns out."""
 
     # --- labels ------------------------------------------------------------------------------
     abuse_label_rate: float = 0.7

@@ -62,7 +62,8 @@ def _delay(rng: np.random.Generator, source: Array, cfg: SimulationConfig) -> Ar
 _ISSUER_CHECKED = (
     Pattern.HONEST_BAD_BATCH.code,
     Pattern.HONEST_INVALID_CODE.code,
-    Pattern.HONEST_SOLD_USED.code,
+    Pattern.HONEST_DOUBLE_SOLD.code,
+    Pattern.HONEST_NOT_CREDITED.code,
 )
 
 

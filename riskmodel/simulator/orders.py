@@ -96,6 +96,11 @@ class Orders:
     """REGULAR, DUPLICATE, RING_ORDER, SCHEME_ORDER or one of the world origins."""
     delivered: Array
     redeemed: Array
+    credited: Array
+    """When the value reached the buyer's own account (``MISSING``: never, or not yet)."""
+    activation_failed: Array
+    """When the issuer reported that the value failed to reach the buyer (``MISSING``: no
+    such report)."""
 
     def __len__(self) -> int:
         return len(self.user)
@@ -138,6 +143,8 @@ def new_orders(
         origin=np.full(n, origin, dtype=np.int64),
         delivered=np.full(n, MISSING, dtype=np.int64),
         redeemed=np.full(n, MISSING, dtype=np.int64),
+        credited=np.full(n, MISSING, dtype=np.int64),
+        activation_failed=np.full(n, MISSING, dtype=np.int64),
     )
 
 

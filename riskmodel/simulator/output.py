@@ -1,7 +1,8 @@
 """Turning the simulator's arrays into the dataset tables, and writing them.
 
-Every table has exactly the columns of ``riskmodel.dataset.TABLES`` in their declared
-order, with natural types: identifiers and categories as ``str``, timestamps as
+Every table has the columns of ``riskmodel.dataset.TABLES`` in their declared order
+(an export without outcome or crediting records leaves out ``OUTCOME_COLUMNS`` or
+``CREDIT_COLUMNS``), with natural types: identifiers and categories as ``str``, timestamps as
 ``datetime64[us, UTC]`` at whole seconds, amounts as ``float64`` with two decimals,
 counts as ``Int64`` and flags as ``bool``. Rows are sorted by time, then identifier.
 Identifiers are numbered in the order rows are sorted (accounts by registration, orders
@@ -45,7 +46,19 @@ from riskmodel.simulator.population import Population
 from riskmodel.simulator.requests import Requests
 from riskmodel.simulator.usage import Usage
 
-__all__ = ["GROUND_TRUTH", "Simulation", "assemble", "write_simulation"]
+__all__ = [
+    "CREDIT_COLUMNS",
+    "GROUND_TRUTH",
+    "OUTCOME_COLUMNS",
+    "Simulation",
+    "assemble",
+    "write_simulation",
+]
+
+OUTCOME_COLUMNS = ("paid_amount", "resolved_at")
+"""Columns of refund_requests that an export without outcomes leaves out."""
+CREDIT_COLUMNS = ("credited_at", "activation_failed_at")
+"""Columns of orders that an export without the issuer's crediting records leaves out."""
 
 GROUND_TRUTH = "ground_truth"
 """Name of the ground-truth file, written next to the tables but never part of them."""
@@ -126,8 +139,8 @@ def _rates(currencies: tuple[tuple[str, float], ...]) -> pd.DataFrame:
     )
 
 
-def _check_columns(name: str, frame: pd.DataFrame) -> pd.DataFrame:
-    expected = dataset.TABLES[name].names
+def _check_columns(name: str, frame: pd.DataFrame, left_out: tuple[str, ...] = ()) -> pd.DataFrame:
+    expected = tuple(c for c in dataset.TABLES[name].names if c not in left_out)
     if tuple(frame.columns) != expected:
         raise RuntimeError(f"{name} columns {tuple(frame.columns)} != contract {expected}")
     return frame
@@ -145,12 +158,15 @@ def assemble(
     context: tuple[Array, Array, Array],
     labels: Labels,
     rng: np.random.Generator,
+    outcome_columns: bool = True,
+    credit_columns: bool = True,
 ) -> Simulation:
     """Number every entity and build the sorted tables.
 
     ``currencies`` is the rates table, ``(currency, rate)`` with the reporting currency
     first; ``order_currency`` the position in it of each order's currency (amounts are
-    already in that currency).
+    already in that currency). Without ``outcome_columns`` (``credit_columns``) the
+    tables leave out ``OUTCOME_COLUMNS`` (``CREDIT_COLUMNS``).
     """
     n_users = len(pop.registered)
     user_rank = _rank(pop.registered, np.arange(n_users))
@@ -189,6 +205,8 @@ def assemble(
             "ip": take_ids(ips, orders.ip),
             "delivered_at": timestamps(orders.delivered),
             "redeemed_at": timestamps(orders.redeemed),
+            "credited_at": timestamps(orders.credited),
+            "activation_failed_at": timestamps(orders.activation_failed),
             "service_days": _counts(np.where(orders.service_days > 0, orders.service_days, -1)),
         }
     )
@@ -218,6 +236,8 @@ def assemble(
             "device_id": take_ids(device_ids, device),
             "ip": take_ids(ips, ip),
             "channel": _choices(CHANNELS, channel),
+            "paid_amount": _money(requests.paid),
+            "resolved_at": timestamps(requests.resolved),
         }
     )
     requests_frame = _sorted(frame, request_rank)
@@ -243,11 +263,15 @@ def assemble(
     # Two verdicts on one request in the same second would break the table's key.
     labels_frame = labels_frame.drop_duplicates(["request_id", "labeled_at"], ignore_index=True)
 
+    no_credits = () if credit_columns else CREDIT_COLUMNS
+    no_outcomes = () if outcome_columns else OUTCOME_COLUMNS
+    orders_frame = orders_frame.drop(columns=list(no_credits))
+    requests_frame = requests_frame.drop(columns=list(no_outcomes))
     return Simulation(
         users=_check_columns("users", users),
-        orders=_check_columns("orders", orders_frame),
+        orders=_check_columns("orders", orders_frame, no_credits),
         usage=_check_columns("usage", usage_frame),
-        refund_requests=_check_columns("refund_requests", requests_frame),
+        refund_requests=_check_columns("refund_requests", requests_frame, no_outcomes),
         labels=_check_columns("labels", labels_frame),
         rates=_check_columns("rates", _rates(currencies)),
         ground_truth=truth,

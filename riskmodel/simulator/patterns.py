@@ -3,8 +3,10 @@
 Honest kinds come first, abusive patterns after them, so that ``code >= FIRST_ABUSE``
 tells abuse from honesty. Patterns added later are appended to their half: the integer
 codes live only inside one simulation, the names are what the ground truth records.
-The patterns after ``double_dip`` and ``honest_sold_used`` never occur in the default
-configuration; randomised worlds (``riskmodel.simulator.worlds``) switch them on.
+The abusive patterns after ``double_dip`` never occur in the default configuration;
+randomised worlds (``riskmodel.simulator.worlds``) switch them on. The honest patterns
+after ``honest_other`` are look-alikes: honest requests whose records resemble an abusive
+pattern (a second request on an order, a code redeemed and then claimed invalid).
 
     >>> Pattern.REFUND_RING.is_abuse, Pattern.HONEST_BAD_BATCH.is_abuse
     (True, False)
@@ -19,6 +21,7 @@ __all__ = [
     "DEFAULT_PATTERNS",
     "FIRST_ABUSE",
     "HONEST_PATTERNS",
+    "LOOKALIKE_PATTERNS",
     "PATTERNS",
     "WORLD_PATTERNS",
     "Pattern",
@@ -35,7 +38,11 @@ class Pattern(StrEnum):
     HONEST_DUPLICATE_CHARGE = "honest_duplicate_charge"
     HONEST_NOT_AS_DESCRIBED = "honest_not_as_described"
     HONEST_OTHER = "honest_other"
-    HONEST_SOLD_USED = "honest_sold_used"
+    HONEST_DOUBLE_SOLD = "honest_double_sold"
+    HONEST_NOT_CREDITED = "honest_not_credited"
+    HONEST_RETRY = "honest_retry"
+    HONEST_RESUBMISSION = "honest_resubmission"
+    HONEST_PARTIAL_FOLLOWUP = "honest_partial_followup"
     SERIAL_REFUNDER = "serial_refunder"
     DUPLICATE_REFUND = "duplicate_refund"
     REDEEMED_THEN_INVALID = "redeemed_then_invalid"
@@ -65,8 +72,18 @@ PATTERNS: tuple[Pattern, ...] = tuple(Pattern)
 FIRST_ABUSE = PATTERNS.index(Pattern.SERIAL_REFUNDER)
 HONEST_PATTERNS: tuple[Pattern, ...] = PATTERNS[:FIRST_ABUSE]
 ABUSE_PATTERNS: tuple[Pattern, ...] = PATTERNS[FIRST_ABUSE:]
+LOOKALIKE_PATTERNS: tuple[Pattern, ...] = (
+    Pattern.HONEST_DOUBLE_SOLD,
+    Pattern.HONEST_NOT_CREDITED,
+    Pattern.HONEST_RETRY,
+    Pattern.HONEST_RESUBMISSION,
+    Pattern.HONEST_PARTIAL_FOLLOWUP,
+)
+"""Honest requests whose records look like abuse: a code redeemed (before the buyer paid,
+or never credited to the buyer) then claimed invalid, and second requests on an order
+that never pay twice (a pipeline retry, a re-submission after a refusal, a follow-up for
+the unpaid part of a prorated refund)."""
 WORLD_PATTERNS: tuple[Pattern, ...] = (
-    Pattern.HONEST_SOLD_USED,
     Pattern.COLLUDING_SELLER,
     Pattern.DEVICE_TAKEOVER,
     Pattern.PAYMENT_TAKEOVER,

@@ -5,8 +5,7 @@ Honest kinds (ground-truth pattern in brackets):
 - not delivered: never delivered (``honest_not_delivered``) or late, often asked before
   the delivery arrived (``honest_late_delivery``);
 - invalid code from a seller's bad batch (``honest_bad_batch``) or an isolated bad code
-  (``honest_invalid_code``); such codes never redeem; in some worlds a code sold already
-  used, redeemed before its buyer paid (``honest_sold_used``);
+  (``honest_invalid_code``); such codes never redeem;
 - unused: a code, membership or service returned soon, nothing redeemed or used
   (``honest_unused``);
 - partial use of a membership: the claim equals the real usage days and the amount is
@@ -15,6 +14,15 @@ Honest kinds (ground-truth pattern in brackets):
 - not as described (``honest_not_as_described``) and other (``honest_other``).
 
 Discretionary kinds scale with each account's refund propensity.
+
+Honest look-alikes of abuse picked here (``lookalike_requests``, after every other first
+request), each claimed invalid_code on a code the issuer saw redeemed:
+
+- a code sold already used, redeemed before its buyer paid (``honest_double_sold``);
+- a code its buyer redeemed whose value never reached the buyer's account
+  (``honest_not_credited``).
+
+The look-alikes that are second requests on an order are in ``lookalikes``.
 """
 
 from __future__ import annotations
@@ -58,7 +66,7 @@ from riskmodel.simulator.patterns import FIRST_ABUSE, Pattern
 from riskmodel.simulator.population import Population
 from riskmodel.simulator.requests import Picker, Requests
 
-__all__ = ["honest_requests", "price_requests", "request_context"]
+__all__ = ["honest_requests", "lookalike_requests", "price_requests", "request_context"]
 
 # Weights of the app, web and support channels. Abusers script the app and avoid talking
 # to support; a duplicate refund is often pushed through support after the app refused.
@@ -119,11 +127,6 @@ def honest_requests(
     ):
         idx = picker.pick(invalid & from_batch)
         picker.add(idx, orders.delivered[idx] + _noticed(rng, len(idx)), INVALID_CODE, pattern)
-    if facts.sold_used.any():  # only in worlds with codes sold used: no draw otherwise
-        sold_used = regular & facts.sold_used & (r[7] < cfg.invalid_code_refund_rate)
-        idx = picker.pick(sold_used)
-        requested = orders.delivered[idx] + _noticed(rng, len(idx))
-        picker.add(idx, requested, INVALID_CODE, Pattern.HONEST_SOLD_USED)
 
     propensity = pop.propensity[orders.user]
     returnable = (ptype != GAME_CURRENCY) & delivered
@@ -153,6 +156,36 @@ def honest_requests(
         OTHER,
         Pattern.HONEST_OTHER,
     )
+
+
+def lookalike_requests(
+    picker: Picker,
+    orders: Orders,
+    facts: Fulfilment,
+    failed: Array,
+    cfg: SimulationConfig,
+    rng: np.random.Generator,
+) -> Array:
+    """Make the codes sold already used (``facts.sold_used``) and those never credited
+    to their buyer (``failed``) so, among orders no request was picked on before (an
+    abuser's or an honest claim stays what it was), and pick their buyers' honest
+    invalid_code claims, from a stream of their own. Returns the codes never credited."""
+    n = len(orders)
+    r = rng.random((2, n))
+    free = (orders.origin == REGULAR) & ~picker.taken
+    sold_used = facts.sold_used & free
+    orders.redeemed[sold_used] = facts.sold_used_at[sold_used]
+    idx = picker.pick(sold_used & (r[0] < cfg.invalid_code_refund_rate))
+    requested = orders.delivered[idx] + _noticed(rng, len(idx))
+    picker.add(idx, requested, INVALID_CODE, Pattern.HONEST_DOUBLE_SOLD)
+
+    by_buyer = (orders.redeemed >= 0) & (orders.redeemed >= orders.paid)
+    never_credited: Array = failed & free & by_buyer
+    idx = picker.pick(never_credited & (r[1] < cfg.invalid_code_refund_rate))
+    # The buyer redeems the code, sees nothing arrive and asks.
+    requested = orders.redeemed[idx] + np.maximum(_noticed(rng, len(idx)), MINUTE)
+    picker.add(idx, requested, INVALID_CODE, Pattern.HONEST_NOT_CREDITED)
+    return never_credited
 
 
 def _noticed(rng: np.random.Generator, n: int) -> Array:
@@ -199,6 +232,8 @@ def price_requests(
         pattern=requests.pattern,
         claimed=claimed,
         amount=amount,
+        paid=requests.paid,
+        resolved=requests.resolved,
     )
     return priced.take(np.flatnonzero(amount >= 0.01))
 

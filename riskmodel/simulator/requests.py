@@ -2,7 +2,8 @@
 
 Honest and abusive stages each pick orders and say when and why a refund was asked;
 ``Picker`` makes sure no order is picked twice, so the stages cannot contradict each
-other. A second request on an order (a duplicate refund) is added separately.
+other. Later requests on an order (a duplicate refund, and the honest look-alikes: a
+retry, a re-submission, a partial follow-up) are added separately.
 
     >>> import numpy as np
     >>> picker = Picker(3)
@@ -31,7 +32,7 @@ from riskmodel.simulator.common import (
 )
 from riskmodel.simulator.patterns import Pattern
 
-__all__ = ["Picker", "Requests", "draw_reasons"]
+__all__ = ["Picker", "Requests", "draw_reasons", "no_requests"]
 
 
 @dataclass
@@ -46,6 +47,11 @@ class Requests:
     """Days used as claimed by the requester; ``MISSING`` when not claimed."""
     amount: Array
     """Requested amount; NaN until ``refunds.price_requests`` fills it."""
+    paid: Array
+    """What the marketplace paid back in the end (0: refused); NaN while unanswered, and
+    until ``outcomes.draw_outcomes`` fills it."""
+    resolved: Array
+    """When it was paid or refused; ``MISSING`` while unanswered."""
 
     def __len__(self) -> int:
         return len(self.order)
@@ -90,15 +96,29 @@ class Picker:
                 pattern=np.full(n, pattern.code, dtype=np.int64),
                 claimed=np.full(n, MISSING, dtype=np.int64) if claimed is None else claimed,
                 amount=np.full(n, np.nan),
+                paid=np.full(n, np.nan),
+                resolved=np.full(n, MISSING, dtype=np.int64),
             )
         )
 
     def requests(self) -> Requests:
-        none = np.empty(0, dtype=np.int64)
-        empty = Requests(
-            order=none, requested=none, reason=none, pattern=none, claimed=none, amount=none
-        )
-        return Requests.concat([empty, *self._parts])
+        return Requests.concat([no_requests(), *self._parts])
+
+
+def no_requests() -> Requests:
+    """An empty ``Requests``."""
+    none = np.empty(0, dtype=np.int64)
+    nothing = np.empty(0, dtype=np.float64)
+    return Requests(
+        order=none,
+        requested=none,
+        reason=none,
+        pattern=none,
+        claimed=none,
+        amount=nothing,
+        paid=nothing,
+        resolved=none,
+    )
 
 
 def draw_reasons(

@@ -4,16 +4,22 @@ The model and its features must work on marketplaces nobody here built. A world 
 ``SimulationConfig`` whose parameters are drawn, deterministically, from a world number
 ``N >= 1``: the mix and rate of every abuse pattern (some absent, some dominant), the
 label regime (sources, coverage, delays), how much devices and IPs are shared, prices,
-seasonality, the honest refund kinds, the number of sellers, and which of the patterns
-and oddities absent from the default market are switched on. Same number, same world;
-with the same size and seed, the same bytes.
+seasonality, the honest refund kinds, the number of sellers, which of the patterns
+and oddities absent from the default market are switched on, how often honest requests
+look like abuse (retries, re-submissions, partial follow-ups, codes redeemed but never
+credited or sold already used), what the existing process paid, and how much of the
+outcomes and of the issuer's crediting records the export holds. Same number, same
+world; with the same size and seed, the same bytes.
 
 Choices (features, defaults, thresholds) are made on ``DEVELOPMENT_WORLDS`` and figures
 are reported on ``EVALUATION_WORLDS``; the two sets never share a world. World ``N``
 always has ``SWITCHES[N % 8]`` on (the others at random) and the label regime
 ``REGIME_BY_RESIDUE[N % 8]`` (its parameters at random), so any eight consecutive
 numbers, and each of the two sets, cover every new pattern, oddity and label regime,
-with five worlds in eight under the standard regime.
+with five worlds in eight under the standard regime. Likewise the export holds the
+requests' outcomes as ``OUTCOMES_BY_RESIDUE[N % 3]`` and the crediting records as
+``CREDITS_BY_RESIDUE[N % 5]`` (absent, partial or full), so that both sets hold worlds
+without either.
 
     >>> from riskmodel.simulator.worlds import draw_world
     >>> world = draw_world(3, users=3_000, days=90)
@@ -41,9 +47,12 @@ import numpy as np
 from riskmodel.simulator.config import SimulationConfig
 
 __all__ = [
+    "COVERAGES",
+    "CREDITS_BY_RESIDUE",
     "DEVELOPMENT_WORLDS",
     "EVALUATION_WORLDS",
     "LABEL_REGIMES",
+    "OUTCOMES_BY_RESIDUE",
     "REGIME_BY_RESIDUE",
     "SWITCHES",
     "WORLD_FILE",
@@ -70,7 +79,8 @@ SWITCHES: tuple[str, ...] = (
     "sold_used",
     "multi_currency",
 )
-"""Patterns and oddities absent from the default market that a world may switch on."""
+"""Patterns and oddities that a world may switch on: absent from the default market, but
+for ``sold_used``, many more codes sold already used than its few."""
 
 LABEL_REGIMES: tuple[str, ...] = ("standard", "fixed_delay", "sparse_honest", "chargebacks_only")
 """How verdicts arrive: late, partial and noisy (``standard``); one true verdict on every
@@ -88,6 +98,16 @@ REGIME_BY_RESIDUE: tuple[str, ...] = (
 )
 """The label regime of world ``N`` is ``REGIME_BY_RESIDUE[N % 8]``: stratified rather than
 drawn, so that every set of eight consecutive worlds holds each regime."""
+
+COVERAGES: tuple[str, ...] = ("absent", "partial", "full")
+"""How much of a kind of record an export holds: none (the columns are left out), some
+(each record kept with a drawn probability) or all."""
+OUTCOMES_BY_RESIDUE: tuple[str, ...] = ("absent", "partial", "full")
+"""The export of world ``N`` holds the requests' outcomes (``paid_amount``,
+``resolved_at``) as ``OUTCOMES_BY_RESIDUE[N % 3]``."""
+CREDITS_BY_RESIDUE: tuple[str, ...] = ("absent", "partial", "full", "absent", "full")
+"""The export of world ``N`` holds the issuer's crediting records (``credited_at``,
+``activation_failed_at``) as ``CREDITS_BY_RESIDUE[N % 5]``."""
 
 # Existing abuse patterns and the parameter that sets each one's volume.
 _ABUSE_VOLUME: dict[str, str] = {
@@ -154,6 +174,10 @@ class World:
     """The existing pattern scaled far above the others, if any."""
     switched_on: tuple[str, ...]
     """Members of ``SWITCHES`` that this world has."""
+    outcomes: str = "full"
+    """How much of the requests' outcomes the export holds (one of ``COVERAGES``)."""
+    credits: str = "full"
+    """How much of the issuer's crediting records the export holds (``COVERAGES``)."""
 
     def parameters(self) -> dict[str, Any]:
         """Everything drawn, as JSON-ready data (what ``world.json`` holds)."""
@@ -165,6 +189,8 @@ class World:
             "abuse_scale": dict(self.abuse_scale),
             "dominant": self.dominant,
             "switched_on": list(self.switched_on),
+            "outcomes": self.outcomes,
+            "credits": self.credits,
             "config": config,
         }
 
@@ -195,12 +221,29 @@ class World:
             f"(spread {c.price_sigma:.2g}), weekly swing {c.weekly_amplitude:.0%}, {peak}, "
             f"households {c.household_share:.0%}, public IPs {c.public_ip_share:.0%} of activity"
         )
+        lookalikes = (
+            f"retries {c.retry_rate:.1%} of requests, honest refusals {c.honest_refusal_rate:.0%} "
+            f"(re-submitted {c.resubmission_rate:.0%}), abuse caught {c.abuse_refusal_rate:.0%}, "
+            f"prorated by days elapsed {c.elapsed_proration_rate:.0%} (followed up "
+            f"{c.partial_followup_rate:.0%}), codes never credited {c.activation_failure_rate:.2%}"
+            f", sold used {c.sold_used_rate:.2%}"
+        )
+        export = (
+            f"outcomes {_coverage(self.outcomes, c.outcome_report_rate)}, "
+            f"crediting records {_coverage(self.credits, c.credit_report_rate)}"
+        )
         return [
             f"world {self.number} (seed {c.seed}): labels {labels}",
             "  abuse: " + ", ".join(present) + (f"; absent: {', '.join(absent)}" if absent else ""),
             "  switched on: " + (", ".join(self.switched_on) or "nothing new"),
             f"  market: {market}",
+            f"  look-alikes: {lookalikes}",
+            f"  export: {export}",
         ]
+
+
+def _coverage(coverage: str, rate: float) -> str:
+    return f"partial ({rate:.0%})" if coverage == "partial" else coverage
 
 
 class _Draws:
@@ -293,6 +336,10 @@ def draw_world(
     drawn_on = {name: d.chance(_SWITCH_CHANCE) for name in SWITCHES}
     on = tuple(name for name in SWITCHES if drawn_on[name] or name == guaranteed)
     values.update(_switches(d, on, values["price_level"]))
+    outcomes = OUTCOMES_BY_RESIDUE[number % len(OUTCOMES_BY_RESIDUE)]
+    credits = CREDITS_BY_RESIDUE[number % len(CREDITS_BY_RESIDUE)]
+    # Drawn last, so that what was drawn before them is as it was before they existed.
+    values.update(_lookalikes(d, "sold_used" in on, outcomes, credits))
     return World(
         number=number,
         config=SimulationConfig(**values),
@@ -300,6 +347,8 @@ def draw_world(
         abuse_scale=scale,
         dominant=dominant,
         switched_on=on,
+        outcomes=outcomes,
+        credits=credits,
     )
 
 
@@ -436,6 +485,34 @@ def _switches(d: _Draws, on: tuple[str, ...], price_level: float) -> dict[str, A
     }
     for name in on:
         values.update(drawn[name])
+    return values
+
+
+def _lookalikes(d: _Draws, sold_used_on: bool, outcomes: str, credits: str) -> dict[str, Any]:
+    """Honest look-alikes, the existing process's outcomes and what the export holds
+    (every draw is made whatever the switches and coverages)."""
+    values: dict[str, Any] = {
+        "activation_failure_rate": d.log_uniform(0.0002, 0.005),
+        "activation_failed_share": d.uniform(0.2, 0.9),
+    }
+    sold_used = d.log_uniform(0.0002, 0.002)
+    if not sold_used_on:  # the switch draws a higher rate (``_switches``)
+        values["sold_used_rate"] = sold_used
+    values.update(
+        honest_refusal_rate=d.uniform(0.02, 0.12),
+        abuse_refusal_rate=d.uniform(0.05, 0.5),
+        redeemed_claim_refusal_rate=d.uniform(0.0, 0.6),
+        auto_decision_share=d.uniform(0.1, 0.8),
+        elapsed_proration_rate=d.uniform(0.0, 0.3),
+        partial_followup_rate=d.uniform(0.1, 0.7),
+        resubmission_rate=d.uniform(0.05, 0.5),
+        retry_rate=d.log_uniform(0.002, 0.03),
+    )
+    outcome_share = d.uniform(0.3, 0.95)
+    credit_share = d.uniform(0.3, 0.95)
+    coverage = {"absent": 0.0, "full": 1.0}
+    values["outcome_report_rate"] = coverage.get(outcomes, outcome_share)
+    values["credit_report_rate"] = coverage.get(credits, credit_share)
     return values
 
 
