@@ -4,8 +4,10 @@ Most of it is generated from a few family declarations (``FAMILIES``): for each 
 a request (its user, device, IP, payment account, seller, product, and its order) and a
 set of windows, the orders and refund requests counted and added up, the refund share,
 verdicts and confirmed abuse as a count and a rate, new users, and the time since the
-latest event. The rest is the request and its order as they are, and a few features of
-one entity (a user's reasons, product mix, decisions...).
+latest event. The rest is the request and its order as they are (with the issuer's word
+on whether its value reached the buyer), what earlier requests on the order came to in
+money (paid, refused, unanswered, approved, and what is left to refund), and a few
+features of one entity (a user's reasons, product mix, decisions...).
 
 Missing data has a defined value, stated in each feature's ``doc``: counts and sums are 0
 when there is no event; "hours since", maxima, ages and ratios with nothing to divide are
@@ -16,8 +18,10 @@ zero. Amounts that are added up or compared across orders are in the reporting c
 order's currency.
 
     >>> from features.catalog import CATALOG
-    >>> CATALOG["user_orders_7d"].doc
-    'orders the user paid in the 7 days before the request'
+    >>> CATALOG["user_orders_7d"].window_days
+    7.0
+    >>> CATALOG["order_refunds_refused_all"].where
+    ('outcome', 'refused')
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from riskmodel.domain import ProductType, RefundReason
 
 __all__ = ["CATALOG", "FAMILIES", "FEATURE_VERSION", "Family", "feature_names", "model_features"]
 
-FEATURE_VERSION = "2"
+FEATURE_VERSION = "3"
 """Raised whenever a definition changes meaning, so stored data can say what made it."""
 
 MINUTE = HOUR // 60
@@ -295,8 +299,13 @@ def _minutes_delivered_to_request(c: Columns) -> np.ndarray:
     return minutes
 
 
-def _redeemed_before_request(c: Columns) -> np.ndarray:
-    return np.where(np.isnan(_known(c, "order_redeemed_at")), 0.0, 1.0)
+def _reported_before(column: str) -> Formula:
+    """1 if the order's ``column`` is a time before the request, else 0 (never null)."""
+
+    def compute(c: Columns) -> np.ndarray:
+        return np.where(np.isnan(_known(c, column)), 0.0, 1.0)
+
+    return compute
 
 
 def _membership(c: Columns, values: np.ndarray) -> np.ndarray:
@@ -391,10 +400,24 @@ def _order_context() -> Iterator[Feature]:
     )
     yield Context(
         "redeemed_before_request",
-        _redeemed_before_request,
+        _reported_before("order_redeemed_at"),
         ("order_redeemed_at", "requested_at"),
         doc="1 if the issuer reported the code redeemed (or the currency credited) before "
         "the request, else 0",
+    )
+    yield Context(
+        "order_value_credited",
+        _reported_before("order_credited_at"),
+        ("order_credited_at", "requested_at"),
+        doc="1 if the issuer reported, before the request, that the value reached the "
+        "buyer's own account; else 0 (also when the issuer does not report it)",
+    )
+    yield Context(
+        "order_activation_failed",
+        _reported_before("order_activation_failed_at"),
+        ("order_activation_failed_at", "requested_at"),
+        doc="1 if the issuer reported, before the request, that the value never reached the "
+        "buyer; else 0",
     )
     yield Aggregate(
         "order_days_used_seen",
@@ -439,6 +462,85 @@ def _order_context() -> Iterator[Feature]:
         Agg.SUM,
         doc="amount already asked back on the same order, in its currency",
     )
+
+
+def _order_refund_money() -> Iterator[Feature]:
+    """What earlier requests on the order came to, in money: paid back, refused, not yet
+    answered, approved by this service; and what is left to refund."""
+    yield Aggregate(
+        "order_refund_paid_all",
+        S.OUTCOMES,
+        Entity.ORDER,
+        Agg.SUM,
+        doc="money already paid back on the order, in its currency, by earlier requests "
+        "whose outcome was known before the request; 0 if none",
+    )
+    yield Aggregate(
+        "order_refunds_refused_all",
+        S.OUTCOMES,
+        Entity.ORDER,
+        Agg.COUNT,
+        where=("outcome", "refused"),
+        doc="earlier requests on the order refused (nothing paid back), known before the request",
+    )
+    yield Aggregate(
+        "order_refunds_answered_all",
+        S.OUTCOMES,
+        Entity.ORDER,
+        Agg.COUNT,
+        doc="earlier requests on the order paid or refused, known before the request",
+        internal=True,
+    )
+    yield Derived(
+        "order_refunds_unanswered",
+        lambda c: c["order_earlier_refunds"] - c["order_refunds_answered_all"],
+        ("order_earlier_refunds", "order_refunds_answered_all"),
+        doc="earlier requests on the order with no outcome known before the request (not "
+        "answered yet, or never); 0 if none",
+    )
+    yield Aggregate(
+        "order_refund_approved_all",
+        S.DECISIONS,
+        Entity.ORDER,
+        Agg.SUM,
+        where=("decision", "approve"),
+        doc="amount this service approved on earlier requests of the order, decided before "
+        "the request, in its currency; 0 if none",
+    )
+    yield Derived(
+        "order_refund_out_all",
+        lambda c: np.maximum(c["order_refund_paid_all"], c["order_refund_approved_all"]),
+        ("order_refund_paid_all", "order_refund_approved_all"),
+        doc="money paid or approved for payment on the order before the request: the larger "
+        "of order_refund_paid_all and order_refund_approved_all, not their sum (both may "
+        "describe the same request), so it under-counts when some earlier requests were "
+        "only paid and others only approved",
+    )
+    yield Derived(
+        "order_refund_left",
+        _refund_left,
+        ("order_amount", "order_refund_out_all"),
+        doc="amount paid for the order minus order_refund_out_all: what is still refundable, "
+        "in its currency (negative when more went out); null for an unknown order",
+    )
+    yield Derived(
+        "request_amount_over_left",
+        _over_left,
+        ("amount", "order_refund_left"),
+        doc="1 if the amount asked back is more than order_refund_left (it would pay more "
+        "than is left of the order), else 0; null for an unknown order",
+    )
+
+
+def _refund_left(c: Columns) -> np.ndarray:
+    # In whole cents: 0.3 - 0.1 is not 0.2 in floating point.
+    left: np.ndarray = np.round(c["order_amount"] - c["order_refund_out_all"], 2)
+    return left
+
+
+def _over_left(c: Columns) -> np.ndarray:
+    asked, left = np.rint(c["amount"] * 100), np.rint(c["order_refund_left"] * 100)
+    return np.where(np.isnan(asked) | np.isnan(left), np.nan, (asked > left).astype(float))
 
 
 # The typical amounts an order's is set against: the user's own, the seller's, the product's.
@@ -511,6 +613,7 @@ def _build() -> dict[str, Feature]:
         _families,
         _refund_history,
         _order_context,
+        _order_refund_money,
         _linked_entities,
         _seller,
     )

@@ -27,6 +27,7 @@ from riskmodel import dataset, store
 
 __all__ = [
     "ORDER_COLUMNS",
+    "ORDER_NUMBERS",
     "Events",
     "History",
     "Sources",
@@ -52,11 +53,22 @@ ORDER_COLUMNS = (
     "ip",
     "delivered_at",
     "redeemed_at",
+    "credited_at",
+    "activation_failed_at",
     "service_days",
 )
 """Order columns a request carries, as ``order_<name>``."""
 
+_ORDER_TIMES = ("paid_at", "delivered_at", "redeemed_at", "credited_at", "activation_failed_at")
+ORDER_NUMBERS = frozenset({"amount", *_ORDER_TIMES, "service_days"})
+"""Those of ``ORDER_COLUMNS`` that are numbers (float64, NaN for null); the rest are text."""
+
 _TABLES = ("users", "orders", "usage", "refund_requests", "labels", "decisions", "rates")
+_OPTIONAL = {
+    name: tuple(c.name for c in dataset.TABLES[name].columns if not c.required)
+    for name in _TABLES
+    if name in dataset.TABLES
+}
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,15 @@ class History:
     labels: pd.DataFrame
     decisions: pd.DataFrame
     rates: pd.DataFrame
+
+    def __post_init__(self) -> None:
+        # An optional column a table lacks (one written before the contract had it) reads
+        # as null, as when a dataset file leaves it out.
+        for name, optional in _OPTIONAL.items():
+            frame = getattr(self, name)
+            missing = [c for c in optional if c not in frame.columns]
+            if missing:
+                object.__setattr__(self, name, frame.assign(**dict.fromkeys(missing)))
 
     @classmethod
     def empty(cls) -> History:
@@ -169,8 +190,7 @@ def request_frame(
         columns[name] = _num(requests[name])
     for name in ORDER_COLUMNS:
         values = order_rows[name]
-        numeric = name in ("amount", "paid_at", "delivered_at", "redeemed_at", "service_days")
-        columns[f"order_{name}"] = _num(values) if numeric else _obj(values)
+        columns[f"order_{name}"] = _num(values) if name in ORDER_NUMBERS else _obj(values)
     rates = rates_of(history, order_rows["currency"])
     columns["amount_base"] = base_amounts(columns["amount"], rates) / 100
     columns["order_amount_base"] = base_amounts(columns["order_amount"], rates) / 100
@@ -244,6 +264,8 @@ class Sources:
         self._refunds: pd.DataFrame | None = None
         self._order_amounts: np.ndarray | None = None
         self._verdicts: pd.DataFrame | None = None
+        self._outcomes: pd.DataFrame | None = None
+        self._decisions: pd.DataFrame | None = None
         self._lock = threading.RLock()
         self._order_rows: pd.DataFrame | None = None
         self._users_of: dict[str, np.ndarray] = {}
@@ -319,6 +341,42 @@ class Sources:
         keys = ["request_id", *(e.value for e in Entity)]
         return changes.merge(requests[keys], on="request_id", how="inner")
 
+    def outcomes(self) -> pd.DataFrame:
+        """The refund requests answered (``paid_amount`` and ``resolved_at`` both known),
+        with ``outcome_at``: when the answer counts from (its time, or the request's if
+        dated before it), and ``outcome``: ``paid`` (more than 0) or ``refused``."""
+        with self._lock:
+            if self._outcomes is None:
+                requests = self._joined_refunds()
+                answered = requests["resolved_at"].notna() & requests["paid_amount"].notna()
+                frame = requests[answered.to_numpy(dtype=bool)].reset_index(drop=True)
+                resolved = pd.to_numeric(frame["resolved_at"]).to_numpy(dtype=np.int64)
+                asked = pd.to_numeric(frame["requested_at"]).to_numpy(dtype=np.int64)
+                paid = pd.to_numeric(frame["paid_amount"]).to_numpy(dtype=np.int64)
+                self._outcomes = frame.assign(
+                    outcome_at=np.maximum(resolved, asked),
+                    paid_amount=paid,
+                    outcome=np.where(paid > 0, "paid", "refused").astype(object),
+                )
+            return self._outcomes
+
+    def decisions(self) -> pd.DataFrame:
+        """The service's decisions with their request's entities, ``decided_at`` moved to
+        the request's time when dated before it, and ``approved_amount`` 0 where null."""
+        with self._lock:
+            if self._decisions is None:
+                requests = self._joined_refunds()
+                keys = ["request_id", *(e.value for e in Entity), "requested_at"]
+                frame = self.history.decisions.merge(requests[keys], on="request_id")
+                decided = pd.to_numeric(frame["decided_at"]).to_numpy(dtype=np.int64)
+                asked = pd.to_numeric(frame["requested_at"]).to_numpy(dtype=np.int64)
+                approved = pd.to_numeric(frame["approved_amount"]).fillna(0)
+                self._decisions = frame.assign(
+                    decided_at=np.maximum(decided, asked),
+                    approved_amount=approved.to_numpy(dtype=np.int64),
+                )
+            return self._decisions
+
     def _user_codes(self, frame: pd.DataFrame) -> np.ndarray:
         """Each row's user as a row number of ``history.users`` (-1: unknown user)."""
         return _positions(frame["user_id"], self.history.users["user_id"])
@@ -392,10 +450,10 @@ class Sources:
         elif source is Source.VERDICTS:
             changes = self.verdicts()
             frame, time, value = changes[changes["judged"] != 0], "labeled_at", "judged"
+        elif source is Source.OUTCOMES:
+            frame, time, value = self.outcomes(), "outcome_at", "paid_amount"
         elif source is Source.DECISIONS:
-            users = history.refund_requests[["request_id", "user_id"]]
-            frame = history.decisions.merge(users, on="request_id", how="inner")
-            time, value = "decided_at", None
+            frame, time, value = self.decisions(), "decided_at", "approved_amount"
         elif source is Source.USAGE:
             frame, time, value = history.usage, "used_at", None
         else:

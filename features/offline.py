@@ -135,6 +135,7 @@ _WEIGHT = {
     Source.ABUSE: 2,
     Source.VERDICTS: 2,
     Source.DECISIONS: 1,
+    Source.OUTCOMES: 1,
 }
 
 

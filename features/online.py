@@ -9,8 +9,10 @@ before the epoch, which is never tiled) from the events, so a decision's cost do
 grow with the size of what it touches. Tiles are summed in *bands*, the days between one
 window's start and the next (``_bands``): a plain range sum per band, where a conditional
 sum per window and row cost three times as much. A user's and an order's events are few
-and are read as they are. Context, ratio and derived formulas are the ones the offline
-engine runs, called on one row.
+and are read as they are; an entity's refund requests, what they came to (outcomes) and
+this service's decisions of them are one read of its requests (``_requests_query``).
+Context, ratio and derived formulas are the ones the offline engine runs, called on one
+row.
 
     >>> from features.online import online_features
     >>> from riskmodel.store import open_store
@@ -49,7 +51,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from features.catalog import CATALOG
-from features.history import ORDER_COLUMNS, base_amounts, request_entity
+from features.history import ORDER_COLUMNS, ORDER_NUMBERS, base_amounts, request_entity
 from features.offline import _with_inputs
 from features.spec import (
     DAY,
@@ -353,7 +355,11 @@ def _plan(names: tuple[str, ...]) -> _Plan:
         if isinstance(feature, Aggregate):
             # A tiled entity's "latest event" is one index seek, apart from its tiles.
             tiled = _tiled(feature)
-            grouped.setdefault((feature.source, feature.entity, tiled), []).append(feature)
+            source = feature.source
+            if source in _OF_REQUESTS and not tiled:
+                # What the entity's requests asked, came to and were decided: one read.
+                source = Source.REFUNDS
+            grouped.setdefault((source, feature.entity, tiled), []).append(feature)
     groups = tuple((s, e, tuple(group)) for (s, e, _), group in grouped.items())
     categories: list[tuple[str, tuple[str, ...]]] = []
     for name in names:
@@ -407,10 +413,9 @@ def _request_columns(conn: Connection, request: Mapping[str, Any]) -> dict[str, 
         columns[name] = np.array([request.get(name)], dtype=object)
     for name in ("requested_at", "amount", "days_used_claimed"):
         columns[name] = np.array([_number(request.get(name))])
-    numeric = {"amount", "paid_at", "delivered_at", "redeemed_at", "service_days"}
     for name, value in zip(ORDER_COLUMNS, order, strict=True):
         columns[f"order_{name}"] = (
-            np.array([_number(value)]) if name in numeric else np.array([value], dtype=object)
+            np.array([_number(value)]) if name in ORDER_NUMBERS else np.array([value], dtype=object)
         )
     rates = np.array([_number(rate)])
     columns["amount_base"] = base_amounts(columns["amount"], rates) / 100
@@ -539,7 +544,8 @@ def _combined(asked: tuple[Group, ...]) -> tuple[CompoundSelect[Any], int]:
 @dataclass(frozen=True)
 class _Events:
     """Where one source's events of one entity are: the table, its time, what COUNT counts
-    and SUM adds per event, its key column and its filters."""
+    and SUM adds per event, its key column, its filters, and the attributes filters and
+    distinct counts read that are expressions rather than columns of ``table``."""
 
     table: Any
     time: Any
@@ -548,6 +554,14 @@ class _Events:
     key: Any
     from_: Any
     filters: tuple[ColumnElement[bool], ...] = ()
+    attributes: tuple[tuple[str, Any], ...] = ()
+
+    def column(self, name: str) -> Any:
+        """The attribute ``name`` of an event."""
+        for attribute, expression in self.attributes:
+            if attribute == name:
+                return expression
+        return self.table.c[name]
 
     def rows(self, entity: Entity, ranges: Sequence[Any], columns: Sequence[str]) -> _Events:
         """The events of the key in each of the time ``ranges``, as one union (each range
@@ -557,7 +571,7 @@ class _Events:
                 self.time.label("time"),
                 self.count.label("count"),
                 (_const(0) if self.value is None else self.value).label("value"),
-                *[self.table.c[c] for c in columns],
+                *[self.column(c).label(c) for c in columns],
             )
             .select_from(self.from_)
             .where(self.key == _key(entity), *range_, *self.filters)
@@ -568,6 +582,17 @@ class _Events:
         return _Events(union, c.time, c["count"], c.value, None, union)
 
 
+_OF_REQUESTS = frozenset({Source.REFUNDS, Source.OUTCOMES, Source.DECISIONS})
+"""Sources read from the rows of ``refund_requests`` (and each one's decision): an
+entity's groups of them are one read of its requests (``_requests_query``)."""
+_DECIDED = _refunds.outerjoin(decisions, decisions.c.request_id == _refunds.c.request_id)
+
+
+def _later(first: Any, second: Any) -> Any:
+    """The later of two times (both known: the callers filter out the null ones)."""
+    return case((first > second, first), else_=second)
+
+
 def _events(source: Source, entity: Entity) -> _Events:
     one = _const(1)
     if source is Source.ORDERS:
@@ -575,12 +600,37 @@ def _events(source: Source, entity: Entity) -> _Events:
         return _Events(
             _orders, orders.paid_at, one, orders[BASE_AMOUNT], orders[entity.value], _orders
         )
-    if source is Source.REFUNDS:
-        column = _refunds.c[f"order_{entity.value}" if entity.on_order else entity.value]
+    if source in _OF_REQUESTS:
         requests = _refunds.c
-        # An order's requests share its currency: they add up as they are.
-        amount = requests.amount if entity is Entity.ORDER else requests[BASE_AMOUNT]
-        return _Events(_refunds, requests.requested_at, one, amount, column, _refunds)
+        key = requests[f"order_{entity.value}" if entity.on_order else entity.value]
+        if source is Source.REFUNDS:
+            # An order's requests share its currency: they add up as they are.
+            amount = requests.amount if entity is Entity.ORDER else requests[BASE_AMOUNT]
+            return _Events(_refunds, requests.requested_at, one, amount, key, _refunds)
+        if source is Source.OUTCOMES:
+            # Counted from the answer's time, or the request's if dated before it.
+            paid, resolved = requests.paid_amount, requests.resolved_at
+            outcome = case((paid > _const(0), _const("paid")), else_=_const("refused"))
+            return _Events(
+                _refunds,
+                _later(resolved, requests.requested_at),
+                one,
+                paid,
+                key,
+                _refunds,
+                (resolved.is_not(None), paid.is_not(None)),
+                (("outcome", outcome),),
+            )
+        decided = decisions.c
+        return _Events(
+            decisions,
+            _later(decided.decided_at, requests.requested_at),
+            one,
+            decided.approved_amount,
+            key,
+            _DECIDED,
+            (decided.decided_at.is_not(None),),
+        )
     if source in (Source.ABUSE, Source.VERDICTS):
         if entity.value not in ABUSE_KEYS:
             raise ValueError(f"the store keeps no verdicts by {entity.value}")
@@ -597,11 +647,6 @@ def _events(source: Source, entity: Entity) -> _Events:
         )
     if source is Source.USAGE:
         return _Events(_usage, _usage.c.used_at, one, None, _usage.c[entity.value], _usage)
-    if source is Source.DECISIONS:
-        joined = decisions.join(_refunds, _refunds.c.request_id == decisions.c.request_id)
-        return _Events(
-            decisions, decisions.c.decided_at, one, None, _refunds.c[entity.value], joined
-        )
     raise ValueError(f"no events of {source.value} by {entity.value}")
 
 
@@ -618,6 +663,8 @@ def _group_query(
         return _sightings_query(entity, group)
     if _tiled(group[0]):
         return _tiled_query(source, entity, group)
+    if source is Source.REFUNDS:
+        return _requests_query(entity, group), _Layout.direct(group)
     events = _events(source, entity)
     statement = (
         select(*_folds(group, events))
@@ -628,19 +675,45 @@ def _group_query(
     return statement, _Layout.direct(group)
 
 
+def _requests_query(entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any]:
+    """The entity's refund requests before ``t`` (with their decisions when the group has
+    any) read once, for its requests, their outcomes and this service's decisions of them.
+
+    An outcome or a decision counts from no earlier than its request, so every event the
+    group counts is of a request asked before ``t``: one index range of the requests."""
+    asked = _refunds.c.requested_at
+    sources = {a.source for a in group}
+    folds = []
+    for aggregate in group:
+        events = _events(aggregate.source, entity)
+        own = () if aggregate.source is Source.REFUNDS else (events.time < _T, *events.filters)
+        matched = _matched(aggregate, events, own)
+        folds.append(_fold(aggregate, matched, events).label(aggregate.name))
+    # The widest window bounds the range only when every event's time is its request's.
+    widest = _widest(group, asked, _start) if sources == {Source.REFUNDS} else []
+    return (
+        select(*folds)
+        .select_from(_DECIDED if Source.DECISIONS in sources else _refunds)
+        .where(_events(Source.REFUNDS, entity).key == _key(entity), asked < _T, *widest)
+    )
+
+
 def _folds(group: tuple[Aggregate, ...], events: _Events) -> list[Any]:
-    return [_fold(a, _matched(a, events.table, events.time), events).label(a.name) for a in group]
+    return [_fold(a, _matched(a, events), events).label(a.name) for a in group]
 
 
-def _matched(aggregate: Aggregate, table: Any, time: Any) -> ColumnElement[bool] | None:
-    """What an event must be to count: inside the window, passing the filter."""
-    conditions: list[ColumnElement[bool]] = []
+def _matched(
+    aggregate: Aggregate, events: _Events, conditions: Sequence[ColumnElement[bool]] = ()
+) -> ColumnElement[bool] | None:
+    """What an event must be to count: the ``conditions``, inside the window, passing the
+    filter."""
+    matched = list(conditions)
     if aggregate.window is not None:
-        conditions.append(time >= _start(aggregate.window))
+        matched.append(events.time >= _start(aggregate.window))
     if aggregate.where is not None:
         column, wanted = aggregate.where
-        conditions.append(table.c[column] == _const(wanted))
-    return and_(*conditions) if conditions else None
+        matched.append(events.column(column) == _const(wanted))
+    return and_(*matched) if matched else None
 
 
 def _fold(aggregate: Aggregate, matched: ColumnElement[bool] | None, events: _Events) -> Any:
@@ -657,7 +730,7 @@ def _fold(aggregate: Aggregate, matched: ColumnElement[bool] | None, events: _Ev
         return func.max(when(events.time))
     if aggregate.agg is Agg.DISTINCT:
         assert aggregate.of is not None
-        return func.count(distinct(when(events.table.c[aggregate.of])))
+        return func.count(distinct(when(events.column(aggregate.of))))
     raise ValueError(f"{aggregate.name}: {aggregate.agg} is not supported online")
 
 

@@ -3,14 +3,15 @@
 A feature is one of three kinds, each executed by both engines (``features.offline`` over
 many requests at once, ``features.online`` for one request from the store):
 
-- ``Aggregate``: events of one *source* (orders, refund requests, verdicts, decisions,
-  usage days, entity sightings) that share the request's *entity* (its user, device, IP,
-  payment account, seller, product or order), folded by an *aggregation* over a *window*
-  that ends just before the request. Point in time by construction: an event counts only
-  if its time is strictly before ``requested_at``. Windows are whole UTC days: a window of
-  ``w`` days holds the ``w`` days before the request's own day and that day up to the
-  request (``window_start``), so that a large entity's counts can be read from daily
-  totals, and online and offline agree to the microsecond.
+- ``Aggregate``: events of one *source* (orders, refund requests and their outcomes,
+  verdicts, decisions, usage days, entity sightings) that share the request's *entity*
+  (its user, device, IP, payment account, seller, product or order), folded by an
+  *aggregation* over a *window* that ends just before the request. Point in time by
+  construction: an event counts only if its time is strictly before ``requested_at``.
+  Windows are whole UTC days: a window of ``w`` days holds the ``w`` days before the
+  request's own day and that day up to the request (``window_start``), so that a large
+  entity's counts can be read from daily totals, and online and offline agree to the
+  microsecond.
 - ``Context``: a value of the request itself and its order, as known at ``requested_at``.
 - ``Ratio``: one feature over another (a share, a rate, an amount against a mean), null
   where the denominator is not positive; declared rather than written as a formula, so the
@@ -77,7 +78,12 @@ class Source(StrEnum):
       Summed over all time this counts requests whose latest label known says abuse.
     - ``verdicts``: the first verdict on each refund request, at its time, value 1:
       how many of an entity's requests have been judged, the denominator of an abuse rate.
-    - ``decisions``: the service's earlier decisions, at ``decided_at``.
+    - ``outcomes``: what each refund request came to in the end (``paid_amount`` and
+      ``resolved_at`` both known), at ``resolved_at`` (at the request's time if dated
+      before it); value ``paid_amount`` in cents of the order's currency; attribute
+      ``outcome``: ``paid`` (more than 0 paid back) or ``refused`` (0).
+    - ``decisions``: the service's earlier decisions, at ``decided_at`` (at the request's
+      time if dated before it); value ``approved_amount`` in cents of the order's currency.
     - ``usage``: days a membership was used, at ``used_at``.
     - ``sightings``: the first time a user was seen (ordering or asking a refund) on a
       device, IP or payment account; value the user's ``registered_at``.
@@ -87,6 +93,7 @@ class Source(StrEnum):
     REFUNDS = "refunds"
     ABUSE = "abuse"
     VERDICTS = "verdicts"
+    OUTCOMES = "outcomes"
     DECISIONS = "decisions"
     USAGE = "usage"
     SIGHTINGS = "sightings"
@@ -110,6 +117,11 @@ class Entity(StrEnum):
 
 
 ORDER_SIDE = frozenset({Entity.PAYMENT_ACCOUNT, Entity.SELLER, Entity.PRODUCT})
+
+OWN_CURRENCY = frozenset({Source.OUTCOMES, Source.DECISIONS})
+"""Sources whose amounts are kept in the order's currency only: summed by order alone."""
+MONEY = frozenset({Source.ORDERS, Source.REFUNDS, *OWN_CURRENCY})
+"""Sources whose values are amounts (cents), summed into currency units."""
 
 
 class Agg(StrEnum):
@@ -145,11 +157,15 @@ class Aggregate:
             raise ValueError(f"{self.name}: a maximum is over the whole history only")
         if self.window is not None and (self.window <= 0 or self.window % DAY):
             raise ValueError(f"{self.name}: a window is a positive number of whole days")
+        own_currency = self.source in OWN_CURRENCY and self.entity is not Entity.ORDER
+        if self.agg is Agg.SUM and own_currency:
+            # Kept in the order's currency only: another entity's would add up currencies.
+            raise ValueError(f"{self.name}: {self.source.value} amounts add up by order only")
 
     @property
     def in_currency(self) -> bool:
         """A sum of amounts: stored in cents, reported in currency units."""
-        return self.agg is Agg.SUM and self.source in (Source.ORDERS, Source.REFUNDS)
+        return self.agg is Agg.SUM and self.source in MONEY
 
     @property
     def window_days(self) -> float | None:

@@ -37,6 +37,10 @@ def _refunds(history: History) -> pd.DataFrame:
     return refunds
 
 
+def _later(first: pd.Series, second: pd.Series) -> list[int]:
+    return [max(int(a), int(b)) for a, b in zip(first, second, strict=True)]
+
+
 def _source_rows(history: History, source: Source) -> pd.DataFrame:
     """Every row of the source, with ``time`` (and ``value`` for money) columns."""
     if source is Source.ORDERS:
@@ -49,10 +53,23 @@ def _source_rows(history: History, source: Source) -> pd.DataFrame:
         rows = refunds.assign(time=refunds["requested_at"], value=refunds["base"])
     elif source is Source.USAGE:
         rows = history.usage.assign(time=history.usage["used_at"])
+    elif source is Source.OUTCOMES:
+        refunds = _refunds(history)
+        answered = refunds[refunds["paid_amount"].notna() & refunds["resolved_at"].notna()]
+        # What the request came to, from when it was known (not before the request).
+        rows = answered.assign(
+            time=_later(answered["resolved_at"], answered["requested_at"]),
+            amount=answered["paid_amount"],
+            outcome=["paid" if int(p) > 0 else "refused" for p in answered["paid_amount"]],
+        )
     elif source is Source.DECISIONS:
-        users = history.refund_requests[["request_id", "user_id"]]
-        rows = history.decisions.merge(users, on="request_id")
-        rows = rows.assign(time=rows["decided_at"])
+        keys = ["request_id", *(e.value for e in Entity), "requested_at"]
+        rows = history.decisions.merge(_refunds(history)[keys], on="request_id")
+        # A decision of a request counts from no earlier than the request.
+        rows = rows.assign(
+            time=_later(rows["decided_at"], rows["requested_at"]),
+            amount=rows["approved_amount"],
+        )
     else:
         raise AssertionError(source)
     return rows
@@ -162,7 +179,7 @@ def _aggregate(
     if feature.agg is Agg.COUNT:
         return float(len(events))
     if feature.agg is Agg.SUM:
-        # An order's requests share its currency: they add up as they are.
+        # An order's amounts share its currency: they add up as they are.
         money = "amount" if feature.entity is Entity.ORDER else "value"
         return float(pd.to_numeric(events[money]).sum()) / 100
     if feature.agg is Agg.HOURS_SINCE_LAST:
@@ -180,7 +197,7 @@ def oracle_features(history: History, requests: pd.DataFrame | None = None) -> p
     base = request_frame(requests, history)
     sources = {
         s: _source_rows(history, s)
-        for s in (Source.ORDERS, Source.REFUNDS, Source.USAGE, Source.DECISIONS)
+        for s in (Source.ORDERS, Source.REFUNDS, Source.OUTCOMES, Source.USAGE, Source.DECISIONS)
     }
     timeline = _timelines(history)
     out: list[dict[str, Any]] = []

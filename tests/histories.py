@@ -64,6 +64,9 @@ def histories(draw: st.DrawFn, max_orders: int = 14, max_requests: int = 10) -> 
                 "delivered_at": delivered,
                 # A code may be sold already redeemed.
                 "redeemed_at": draw(st.sampled_from([None, paid + 2 * HOUR, paid - 5 * HOUR])),
+                # The issuer's word on whether the value reached the buyer, when it says.
+                "credited_at": draw(st.sampled_from([None, paid + 2 * HOUR, paid + 50 * HOUR])),
+                "activation_failed_at": draw(st.sampled_from([None, paid + 3 * HOUR])),
                 "service_days": 30 if product == ProductType.MEMBERSHIP.value else None,
                 "extra": None,
             }
@@ -79,18 +82,28 @@ def histories(draw: st.DrawFn, max_orders: int = 14, max_requests: int = 10) -> 
     request_rows = []
     for i in range(draw(st.integers(1, max_requests))):
         order = draw(st.sampled_from(order_rows))
+        asked = order["paid_at"] + draw(st.integers(0, 300)) * HOUR
+        # Often the whole order back: what makes a second payout.
+        whole = draw(st.booleans())
+        amount = (order["amount"] or 1) if whole else draw(st.integers(1, 50_000))
+        # Paid in full, in part, refused, or unanswered; answered at the request's time,
+        # after it, or dated before it.
+        paid = draw(st.sampled_from([None, 0, amount, amount // 2]))
+        resolved = None if paid is None else asked + draw(st.sampled_from([-2, 0, 5, 200])) * HOUR
         request_rows.append(
             {
                 "request_id": f"r{i}",
                 "order_id": order["order_id"],
                 "user_id": order["user_id"],
-                "requested_at": order["paid_at"] + draw(st.integers(0, 300)) * HOUR,
-                "amount": draw(st.integers(1, 50_000)),
+                "requested_at": asked,
+                "amount": amount,
                 "reason": draw(st.sampled_from([r.value for r in RefundReason])),
                 "days_used_claimed": draw(st.sampled_from([None, 0, 3])),
                 "device_id": _pick(draw, devices),
                 "ip": _pick(draw, ips),
                 "channel": "app",
+                "paid_amount": paid,
+                "resolved_at": resolved,
                 "extra": None,
             }
         )
@@ -108,25 +121,30 @@ def histories(draw: st.DrawFn, max_orders: int = 14, max_requests: int = 10) -> 
             }
             for h in sorted(times)
         ]
-    decision_rows = [
-        {
-            "request_id": request["request_id"],
-            "decision": draw(st.sampled_from(["approve", "review", "block"])),
-            "score": 0.5,
-            "approved_amount": 0,
-            "reasons": "[]",
-            "review_queue": None,
-            "review_due_at": None,
-            "model_version": None,
-            "policy_version": None,
-            "feature_version": None,
-            "decided_at": request["requested_at"] + draw(st.integers(0, 2)) * HOUR,
-            "request_hash": "h",
-            "shadow": None,
-        }
-        for request in request_rows
-        if draw(st.booleans())
-    ]
+    decision_rows = []
+    for request in request_rows:
+        if not draw(st.booleans()):
+            continue
+        decision = draw(st.sampled_from(["approve", "review", "block"]))
+        approved = request["amount"] if draw(st.booleans()) else request["amount"] // 3
+        decision_rows.append(
+            {
+                "request_id": request["request_id"],
+                "decision": decision,
+                "score": 0.5,
+                "approved_amount": approved if decision == "approve" else 0,
+                "reasons": "[]",
+                "review_queue": None,
+                "review_due_at": None,
+                "model_version": None,
+                "policy_version": None,
+                "feature_version": None,
+                # A decision may be dated before its request (a clock running behind).
+                "decided_at": request["requested_at"] + draw(st.integers(-1, 2)) * HOUR,
+                "request_hash": "h",
+                "shadow": None,
+            }
+        )
     empty = History.empty()
 
     def frame(rows: list[dict[str, object]], like: pd.DataFrame) -> pd.DataFrame:

@@ -284,7 +284,9 @@ def latest_time(history: History) -> int:
 
 
 def as_of(history: History, until: int) -> History:
-    """``history`` as it was known just before ``until`` (store microseconds)."""
+    """``history`` as it was known just before ``until`` (store microseconds): later rows
+    left out, and what happened to earlier ones from ``until`` on (a delivery, the issuer's
+    word, a refund's outcome) not yet known."""
 
     def before(table: pd.DataFrame, column: str) -> pd.DataFrame:
         keep = (pd.to_numeric(table[column]) < until).to_numpy(dtype=bool, na_value=False)
@@ -292,17 +294,34 @@ def as_of(history: History, until: int) -> History:
             return table
         return table[keep].reset_index(drop=True)
 
-    orders = before(history.orders, "paid_at")
-    for column in ("delivered_at", "redeemed_at"):
-        later = (pd.to_numeric(orders[column]) >= until).to_numpy(dtype=bool, na_value=False)
-        if later.any():
-            orders = orders.copy() if orders is history.orders else orders
-            orders[column] = orders[column].where(~later)
+    def unknown(
+        table: pd.DataFrame, original: pd.DataFrame, hidden: dict[str, tuple[str, ...]]
+    ) -> pd.DataFrame:
+        """``table`` with each time's ``hidden`` columns null where the time is ``until``
+        or later (copied once, and only if it is still the caller's ``original``)."""
+        for time, columns in hidden.items():
+            if time not in table.columns:
+                continue
+            later = (pd.to_numeric(table[time]) >= until).to_numpy(dtype=bool, na_value=False)
+            if later.any():
+                table = table.copy() if table is original else table
+                for column in columns:
+                    table[column] = table[column].where(~later)
+        return table
+
+    issuer = ("delivered_at", "redeemed_at", "credited_at", "activation_failed_at")
+    orders = unknown(before(history.orders, "paid_at"), history.orders, {c: (c,) for c in issuer})
+    # An outcome is its amount and its time together: while one is unknown, both are.
+    requests = unknown(
+        before(history.refund_requests, "requested_at"),
+        history.refund_requests,
+        {"resolved_at": ("paid_amount", "resolved_at")},
+    )
     return history.replace(
         users=before(history.users, "registered_at"),
         orders=orders,
         usage=before(history.usage, "used_at"),
-        refund_requests=before(history.refund_requests, "requested_at"),
+        refund_requests=requests,
         labels=before(history.labels, "labeled_at"),
         decisions=before(history.decisions, "decided_at"),
     )
