@@ -72,6 +72,7 @@ def test_a_backtest_against_the_policy_in_service(
     history: features.History, starter: Policy, tmp_path: Path
 ) -> None:
     truth = load_ground_truth(SAMPLE)
+    assert truth is not None
     result = backtest(
         history, stricter(tmp_path), RefundCountScorer(), against=starter, ground_truth=truth
     )
@@ -131,6 +132,10 @@ def test_the_figures_by_hand() -> None:
     assert figures["abuse_caught_amount"] == 50.0
     assert figures["abuse_caught_share"] == pytest.approx(2 / 3)
     assert figures["paid_to_abuse"] == 2.5
+    assert figures["paid_to_abuse_share"] == pytest.approx(2.5 / 52.5)
+    assert figures["honest_held_amount_share"] == pytest.approx(40.0 / 50.0)
+    assert figures["honest_blocked"] == 0
+    assert figures["honest_block_rate"] == 0.0
     assert figures["honest_held"] == 1
     assert figures["honest_held_amount"] == 40.0
     assert figures["honest_blocked_amount"] == 0.0
@@ -181,8 +186,19 @@ def test_the_backtest_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     assert code == 0
     assert "outcomes from ground truth" in out
+    # Money first: what abuse is paid, honest money held, honest requests blocked.
+    lines = out.splitlines()
+    assert lines[1].startswith("money first")
+    assert [line.split("(")[0].strip() for line in lines[2:5]] == [
+        "abusive money paid",
+        "honest money held",
+        "honest requests blocked",
+    ]
+    assert out.index("honest requests blocked") < out.index("approve_rate")
     assert "abuse_caught_amount" in out
     assert "decisions that change:" in out
     table = pd.read_csv(changes)
     assert len(table) > 0
-    assert {"request_id", "decision", "current_decision", "reason_codes"} <= set(table.columns)
+    assert {"request_id", "decision", "current_decision", "reason_codes", "blocked_by"} <= set(
+        table.columns
+    )

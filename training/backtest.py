@@ -10,14 +10,21 @@ Outcomes come from the simulator's ground truth when there is one, else from the
 label known for each request (a request without a label counts as honest, as in
 training's evaluation). Money is reported in currency units.
 
+Money comes first: what was paid to abuse (approved amounts on abusive requests, and their
+share of all the abusive amount asked), the honest amount held (asked by honest requests
+reviewed or blocked) and the honest requests blocked, each block put down to the one
+reason code that caused it (``block_causes``): a block list, else the first block rule in
+the file, else the model's score (``MODEL_SCORE_BLOCK``), so the split adds up to the total.
+
     >>> result = backtest(history, policy, bundle, against=current)      # doctest: +SKIP
-    >>> result.summary["new"]["abuse_caught_amount"]                     # doctest: +SKIP
+    >>> result.summary["new"]["paid_to_abuse"]                           # doctest: +SKIP
+    >>> result.blocks["new"]  # honest and abusive blocks per cause     # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -25,25 +32,44 @@ import pandas as pd
 
 import features
 from features import History
+from riskmodel.domain import Decision
 from riskmodel.engine import Scorer, decide_frame
-from riskmodel.policy import Policy
+from riskmodel.policy import LIST_KINDS, Policy
 from training.dataset import latest_labels
 
-__all__ = ["Backtest", "backtest", "engine_frame", "summarise"]
+__all__ = [
+    "BLOCK_COLUMNS",
+    "MODEL_BLOCK",
+    "Backtest",
+    "backtest",
+    "block_causes",
+    "blocks_by_cause",
+    "engine_frame",
+    "summarise",
+]
+
+MODEL_BLOCK = "MODEL_SCORE_BLOCK"
+"""The cause of a block that no list and no block rule made: the model's score."""
+
+BLOCK_COLUMNS = ("honest_blocked", "honest_blocked_amount", "abuse_blocked", "abuse_blocked_amount")
+"""The columns of ``blocks_by_cause``: counts of requests and amounts asked back."""
 
 _DAY_US = 86_400_000_000
 
 
 @dataclass(frozen=True)
 class Backtest:
-    """Per request decisions (``decisions``), the figures per policy (``summary``: "new"
-    and, with ``against``, "current"), and the requests whose decision changes."""
+    """Per request decisions (``decisions``, with ``blocked_by``: the code that caused a
+    block), the figures per policy (``summary``: "new" and, with ``against``, "current"),
+    the blocks per cause and policy (``blocks``, see ``blocks_by_cause``), and the
+    requests whose decision changes."""
 
     decisions: pd.DataFrame
     summary: Mapping[str, Mapping[str, float]]
     changes: pd.DataFrame
     judged_against: str
     model_version: str | None
+    blocks: Mapping[str, pd.DataFrame] = field(default_factory=dict)
 
 
 def engine_frame(history: History, requests: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -75,10 +101,60 @@ def _outcomes(
     return verdicts.fillna(False).to_numpy(dtype=bool), "labels (unlabelled as honest)"
 
 
+def block_causes(decided: pd.DataFrame, policy: Policy) -> np.ndarray:
+    """Per request (a row of ``decide_frame``'s answer under ``policy``), the reason code
+    that made it a block, None when it is not one. One cause per block, the first in the
+    engine's precedence: a block list (``LIST_BLOCK_...``, in the engine's order), else the
+    first enabled block rule of the file that held, else the model's score
+    (``MODEL_SCORE_BLOCK``; an allow list or an approve rule can soften only that one)."""
+    rank = {f"LIST_BLOCK_{kind.removesuffix('s').upper()}": i for i, kind in enumerate(LIST_KINDS)}
+    for rule in policy.spec.rules:
+        if rule.enabled and rule.action is Decision.BLOCK:
+            rank.setdefault(rule.code, len(rank))
+    rank[MODEL_BLOCK] = len(rank)
+    decision = decided["decision"].to_numpy(dtype=object)
+    out = np.full(len(decision), None, dtype=object)
+    found: dict[tuple[str, ...], str] = {}
+    codes = decided["reason_codes"].to_numpy(dtype=object)
+    for position in np.flatnonzero(decision == Decision.BLOCK.value):
+        row = codes[position]
+        cause = found.get(row)
+        if cause is None:
+            candidates = [code for code in row if code in rank]
+            if not candidates:
+                raise RuntimeError(
+                    f"a block without a block list, a block rule or a model block: {row}"
+                )
+            cause = found[row] = min(candidates, key=rank.__getitem__)
+        out[position] = cause
+    return out
+
+
+def blocks_by_cause(causes: np.ndarray, amount: np.ndarray, is_abuse: np.ndarray) -> pd.DataFrame:
+    """Blocked requests per cause (``block_causes``): honest and abusive, counted and by
+    amount asked (currency units); most honest requests blocked first. The rows add up to
+    the blocks in all."""
+    blocked = np.asarray(pd.notna(causes), dtype=bool)
+    frame = pd.DataFrame(
+        {
+            "cause": causes[blocked],
+            "honest_blocked": (~is_abuse[blocked]).astype(np.int64),
+            "honest_blocked_amount": np.where(is_abuse[blocked], 0.0, amount[blocked]),
+            "abuse_blocked": is_abuse[blocked].astype(np.int64),
+            "abuse_blocked_amount": np.where(is_abuse[blocked], amount[blocked], 0.0),
+        }
+    )
+    table = frame.groupby("cause", sort=True)[list(BLOCK_COLUMNS)].sum()
+    return table.sort_values(["honest_blocked", "abuse_blocked"], ascending=False, kind="stable")
+
+
 def summarise(
     decided: pd.DataFrame, amount: np.ndarray, is_abuse: np.ndarray, day: np.ndarray
 ) -> dict[str, float]:
-    """Decision rates, abuse caught, honest refunds held, money paid and review load."""
+    """Money first (paid to abuse, honest amount held, honest requests blocked), then
+    decision rates, abuse caught, honest refunds held, money paid and review load. Shares
+    of money are of the amount asked back by abusive (or honest) requests; rates are of
+    requests."""
     decision = decided["decision"].to_numpy(dtype=object)
     held = decision != "approve"
     review = decision == "review"
@@ -87,7 +163,25 @@ def summarise(
     paid = decided["approved_cents"].to_numpy(dtype=np.int64) / 100
     per_day = pd.Series(review).groupby(day).sum()
     n = max(len(decision), 1)
+    abusive_amount = float(amount[is_abuse].sum())
+    honest_amount = float(amount[honest].sum())
+    paid_to_abuse = float(paid[is_abuse].sum())
+    honest_held_amount = float(amount[held & honest].sum())
+    honest_blocked = float((block & honest).sum())
+    honest_blocked_amount = float(amount[block & honest].sum())
     return {
+        "paid_to_abuse": paid_to_abuse,
+        "paid_to_abuse_share": paid_to_abuse / abusive_amount if abusive_amount else 0.0,
+        "honest_held_amount": honest_held_amount,
+        "honest_held_amount_share": honest_held_amount / honest_amount if honest_amount else 0.0,
+        "honest_blocked": honest_blocked,
+        "honest_block_rate": honest_blocked / max(honest.sum(), 1),
+        "honest_blocked_amount": honest_blocked_amount,
+        "honest_blocked_amount_share": (
+            honest_blocked_amount / honest_amount if honest_amount else 0.0
+        ),
+        "abusive_amount": abusive_amount,
+        "honest_amount": honest_amount,
         "requests": float(len(decision)),
         "approve_rate": float((decision == "approve").sum() / n),
         "review_rate": float(review.sum() / n),
@@ -97,12 +191,9 @@ def summarise(
         "abuse_caught_share": float((held & is_abuse).sum() / max(is_abuse.sum(), 1)),
         "abuse_caught_amount": float(amount[held & is_abuse].sum()),
         "abuse_blocked": float((block & is_abuse).sum()),
-        "paid_to_abuse": float(paid[is_abuse].sum()),
         "honest_requests": float(honest.sum()),
         "honest_held": float((held & honest).sum()),
         "honest_held_share": float((held & honest).sum() / max(honest.sum(), 1)),
-        "honest_held_amount": float(amount[held & honest].sum()),
-        "honest_blocked_amount": float(amount[block & honest].sum()),
         "paid_total": float(paid.sum()),
         "reviews_per_day_mean": float(per_day.mean()) if len(per_day) else 0.0,
         "reviews_per_day_max": float(per_day.max()) if len(per_day) else 0.0,
@@ -139,6 +230,8 @@ def backtest(
     amount = frame["amount"].to_numpy(dtype=float)
     day = times[keep] // _DAY_US
     summary = {"new": summarise(new, amount, is_abuse, day)}
+    causes = block_causes(new, policy)
+    blocks = {"new": blocks_by_cause(causes, amount, is_abuse)}
     decisions = pd.DataFrame(
         {
             "requested_at": times[keep],
@@ -148,6 +241,7 @@ def backtest(
             "decision": new["decision"].to_numpy(dtype=object),
             "approved_amount": new["approved_cents"].to_numpy(dtype=np.int64) / 100,
             "reason_codes": new["reason_codes"].to_numpy(dtype=object),
+            "blocked_by": causes,
         },
         index=frame.index,
     )
@@ -155,11 +249,14 @@ def backtest(
     if against is not None:
         current = decide_frame(frame, scores, against, decided_at=moment)
         summary["current"] = summarise(current, amount, is_abuse, day)
+        current_causes = block_causes(current, against)
+        blocks["current"] = blocks_by_cause(current_causes, amount, is_abuse)
         decisions["current_decision"] = current["decision"].to_numpy(dtype=object)
         decisions["current_reason_codes"] = current["reason_codes"].to_numpy(dtype=object)
+        decisions["current_blocked_by"] = current_causes
         changed = decisions["decision"].to_numpy(dtype=object) != decisions[
             "current_decision"
         ].to_numpy(dtype=object)
         changes = decisions[changed]
     version = None if scorer is None else scorer.version
-    return Backtest(decisions, summary, changes, judged, version)
+    return Backtest(decisions, summary, changes, judged, version, blocks)

@@ -1,5 +1,7 @@
 """``riskmodel backtest`` and ``riskmodel tune``: what a policy (and the model) would have
-decided on past requests, and which thresholds to give it."""
+decided on past requests, and which thresholds to give it. Both print the money first
+(abusive money paid, honest money held, honest requests blocked per cause) and write the
+same figures to ``report.json`` and ``report.md`` (``training.policy_report``)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,18 @@ from riskmodel.errors import DataError
 from riskmodel.registry import Registry
 from training.backtest import Backtest, backtest
 from training.dataset import iso, load_ground_truth, to_micros
+from training.policy_report import (
+    BACKTEST_ROWS,
+    TUNE_ROWS,
+    backtest_columns,
+    backtest_document,
+    backtest_markdown,
+    money_text,
+    tuning_columns,
+    tuning_document,
+    tuning_markdown,
+    write_report,
+)
 from training.signature import catalog_signature
 from training.tune import Constraints, Tuning, grid, plot_tuning, tune, write_policy
 
@@ -24,25 +38,6 @@ __all__ = ["INFEASIBLE", "register"]
 
 INFEASIBLE = 3
 """Exit status of ``riskmodel tune`` when no threshold pair meets the constraints."""
-
-_ROWS = (
-    ("requests", "{:,.0f}"),
-    ("approve_rate", "{:.2%}"),
-    ("review_rate", "{:.2%}"),
-    ("block_rate", "{:.2%}"),
-    ("abuse_caught", "{:,.0f}"),
-    ("abuse_caught_share", "{:.2%}"),
-    ("abuse_caught_amount", "{:,.2f}"),
-    ("abuse_blocked", "{:,.0f}"),
-    ("paid_to_abuse", "{:,.2f}"),
-    ("honest_held", "{:,.0f}"),
-    ("honest_held_share", "{:.2%}"),
-    ("honest_held_amount", "{:,.2f}"),
-    ("honest_blocked_amount", "{:,.2f}"),
-    ("paid_total", "{:,.2f}"),
-    ("reviews_per_day_mean", "{:,.1f}"),
-    ("reviews_per_day_max", "{:,.0f}"),
-)
 
 
 def _date(text: str) -> int:
@@ -64,6 +59,32 @@ def _share(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number (a number of honest requests)"
+        ) from exc
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text} must be 0 or more (a number of honest requests; 0 blocks none)"
+        )
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"{text} is a share of the honest requests: between 0 and 1 (0.001 is 1 in 1,000)"
+        )
+    return value
+
+
 def _non_negative(text: str) -> float:
     try:
         value = float(text)
@@ -80,9 +101,11 @@ def register(commands: Any) -> None:
         "backtest",
         help="replay past requests through a policy and a model; what would change",
         description="Decide every past refund request with its point-in-time features, the "
-        "model's scores and POLICY (and --against, the one in service): decision rates, "
-        "abuse caught, honest refunds held, review load per day, and each request whose "
-        "decision would change with the reason codes of both.",
+        "model's scores and POLICY (and --against, the one in service). Money first: abusive "
+        "money paid, honest money held, honest requests blocked (in all and per reason code "
+        "that blocked them); then decision rates, abuse caught, honest refunds held, review "
+        "load per day, and each request whose decision would change with the reason codes "
+        "of both.",
     )
     source = bt.add_mutually_exclusive_group(required=True)
     source.add_argument("--from", dest="directory", type=Path, help="dataset directory")
@@ -99,6 +122,9 @@ def register(commands: Any) -> None:
     bt.add_argument("--until", type=_date, help="requests before this time (ISO 8601)")
     bt.add_argument("--changes", type=Path, help="write every changed request to this .csv")
     bt.add_argument("--show", type=int, default=10, help="changed requests to print (10)")
+    bt.add_argument(
+        "--out", type=Path, help="report directory: report.json, report.md (default: print only)"
+    )
     bt.set_defaults(handler=_backtest)
     _register_tune(commands)
 
@@ -106,6 +132,8 @@ def register(commands: Any) -> None:
 def _backtest(args: argparse.Namespace) -> int:
     if args.changes is not None and args.changes.suffix != ".csv":
         raise DataError(f"--changes {args.changes}: changes are written as .csv")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise DataError(f"--out {args.out}: a report directory, not a file")
     policy = load_with_catalogue(args.policy)
     against = load_with_catalogue(args.against) if args.against else None
     bundle = Registry(args.registry).load(args.model, expect=catalog_signature())
@@ -122,7 +150,16 @@ def _backtest(args: argparse.Namespace) -> int:
         until=args.until,
     )
     seconds = time.perf_counter() - started
-    _print(result, policy.version, against.version if against else None, seconds, args.show)
+    current = against.version if against else None
+    _print(result, policy.version, current, seconds, args.show)
+    if args.out is not None:
+        files = {"new": str(args.policy)} | ({"current": str(args.against)} if against else {})
+        write_report(
+            backtest_document(result, policy.version, current, files),
+            backtest_markdown(result, policy.version, current),
+            args.out,
+        )
+        print(f"report: {args.out / 'report.json'}, {args.out / 'report.md'}")
     if args.changes is not None:
         table = result.changes.copy()
         for column in ("reason_codes", "current_reason_codes"):
@@ -135,13 +172,19 @@ def _backtest(args: argparse.Namespace) -> int:
 
 
 def _print(result: Backtest, new: str, current: str | None, seconds: float, show: int) -> None:
+    summary = result.summary["new"]
     print(
-        f"{result.summary['new']['requests']:,.0f} requests replayed with model "
-        f"{result.model_version} in {seconds:.1f} s; outcomes from {result.judged_against}"
+        f"{summary['requests']:,.0f} requests replayed with model "
+        f"{result.model_version} in {seconds:.1f} s; outcomes from {result.judged_against}: "
+        f"{summary['abusive_requests']:,.0f} abusive asking {summary['abusive_amount']:,.2f}, "
+        f"{summary['honest_requests']:,.0f} honest asking {summary['honest_amount']:,.2f}"
     )
+    for line in money_text(backtest_columns(result, new, current)):
+        print(line)
     columns = [("new", new)] + ([("current", current)] if current else [])
+    print("rates and counts")
     print(f"  {'':<24}" + "".join(f"{label:>24}" for _, label in columns))
-    for key, fmt in _ROWS:
+    for key, fmt in BACKTEST_ROWS:
         cells = "".join(f"{fmt.format(result.summary[name][key]):>24}" for name, _ in columns)
         print(f"  {key:<24}{cells}")
     if current is None:
@@ -167,9 +210,11 @@ def _register_tune(commands: Any) -> None:
         description="On the latest evaluation period (by default from the end of the "
         "model's training window), decide every request with every candidate pair of the "
         "default thresholds (or --segment's), rules and lists included: review and block "
-        "rates, abuse caught, honest refunds held and blocked, reviews per day. Propose the "
-        "pair that holds the most abusive money within the constraints. Exit status 3 when "
-        "no pair meets them (the closest is shown).",
+        "rates, abuse caught, honest refunds held and blocked, reviews per day; the money "
+        "(abusive money paid, honest money held, honest requests blocked per cause) first. "
+        "Propose the pair that holds the most abusive money within the constraints, never "
+        "above a ceiling on honest blocks. Exit status 3 when no pair meets them (the "
+        "closest is shown).",
     )
     source = tu.add_mutually_exclusive_group(required=True)
     source.add_argument("--from", dest="directory", type=Path, help="dataset directory")
@@ -184,7 +229,9 @@ def _register_tune(commands: Any) -> None:
     )
     tu.add_argument("--since", type=_date, help="period start (default: the model's until)")
     tu.add_argument("--until", type=_date, help="period end (default: the data's end)")
-    limits = tu.add_argument_group("constraints (shares are of money asked back)")
+    limits = tu.add_argument_group(
+        "constraints (shares are of money asked back; rates and counts are of requests)"
+    )
     limits.add_argument(
         "--max-reviews-per-day", type=_non_negative, help="review capacity, requests a day"
     )
@@ -206,6 +253,19 @@ def _register_tune(commands: Any) -> None:
     limits.add_argument(
         "--min-abuse-caught-share", type=_share, help="abusive amount reviewed or blocked, share"
     )
+    limits.add_argument(
+        "--max-honest-blocks",
+        type=_count,
+        metavar="N",
+        help="hard ceiling: honest requests blocked outright, at most N (0: none)",
+    )
+    limits.add_argument(
+        "--max-honest-block-rate",
+        type=_rate,
+        metavar="R",
+        help="hard ceiling: honest requests blocked outright, at most this share of the "
+        "honest requests (0.001: 1 in 1,000)",
+    )
     tu.add_argument(
         "--honest-weight",
         type=_non_negative,
@@ -217,30 +277,11 @@ def _register_tune(commands: Any) -> None:
         "--out",
         type=Path,
         default=Path("data/tune"),
-        help="directory for tradeoff.csv and tradeoff.png (data/tune)",
+        help="directory for tradeoff.csv, tradeoff.png, report.json and report.md (data/tune)",
     )
     tu.add_argument("--write-policy", type=Path, help="write the policy with the proposed pair")
     tu.add_argument("--new-version", help="version of the written policy (default: kept)")
     tu.set_defaults(handler=_tune)
-
-
-_TUNE_ROWS = (
-    ("review_rate", "{:.2%}"),
-    ("block_rate", "{:.2%}"),
-    ("reviews_per_day_mean", "{:,.1f}"),
-    ("reviews_per_day_max", "{:,.0f}"),
-    ("abuse_caught", "{:,.0f}"),
-    ("abuse_caught_amount", "{:,.2f}"),
-    ("abuse_caught_amount_share", "{:.2%}"),
-    ("abuse_blocked", "{:,.0f}"),
-    ("paid_to_abuse", "{:,.2f}"),
-    ("honest_held", "{:,.0f}"),
-    ("honest_held_amount", "{:,.2f}"),
-    ("honest_held_amount_share", "{:.2%}"),
-    ("honest_blocked", "{:,.0f}"),
-    ("honest_blocked_amount", "{:,.2f}"),
-    ("honest_blocked_amount_share", "{:.3%}"),
-)
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -257,6 +298,8 @@ def _tune(args: argparse.Namespace) -> int:
         max_honest_blocked_share=args.max_honest_blocked_share,
         max_honest_held_share=args.max_honest_held_share,
         min_abuse_caught_share=args.min_abuse_caught_share,
+        max_honest_blocks=args.max_honest_blocks,
+        max_honest_block_rate=args.max_honest_block_rate,
     )
     policy = load_with_catalogue(args.policy)
     bundle = Registry(args.registry).load(args.model, expect=catalog_signature())
@@ -290,11 +333,20 @@ def _tune(args: argparse.Namespace) -> int:
     result.table.to_csv(args.out / "tradeoff.csv", index=False, float_format="%.6g")
     plot_tuning(result, args.out / "tradeoff.png")
     _print_tuning(result, seconds)
+    files = {
+        "policy": str(args.policy),
+        "tradeoff": str(args.out / "tradeoff.csv"),
+        "plot": str(args.out / "tradeoff.png"),
+    }
+    proposal = result.proposal
+    if proposal.feasible and args.write_policy is not None:
+        files["written_policy"] = str(args.write_policy)
+    write_report(tuning_document(result, files), tuning_markdown(result), args.out)
     print(
         f"table: {len(result.table):,} pairs -> {args.out / 'tradeoff.csv'}; plot -> "
-        f"{args.out / 'tradeoff.png'}"
+        f"{args.out / 'tradeoff.png'}; report -> {args.out / 'report.json'}, "
+        f"{args.out / 'report.md'}"
     )
-    proposal = result.proposal
     if not proposal.feasible:
         if args.write_policy is not None:
             print(f"{args.write_policy} not written: no pair meets the constraints")
@@ -340,21 +392,27 @@ def _print_tuning(result: Tuning, seconds: float) -> None:
     else:
         print(
             "NO threshold pair meets every constraint; the closest is "
-            f"review {proposal.review:g}, block {proposal.block:g}, which misses:"
+            f"review {proposal.review:g}, block {proposal.block:g}"
         )
+    for line in money_text(tuning_columns(result)):
+        print(line)
+    if not proposal.feasible:
+        print(f"the closest pair, {pair}, misses:")
         for violation in proposal.violations:
             print(f"  {violation}")
         print("the best any pair reaches, one constraint at a time:")
         for name, value in proposal.best.items():
             print(f"  {name}: {value:.4g}")
+        _print_fixed_blocks(result)
         print(
             "  (rules, lists and money checks decide some requests whatever the thresholds: "
             "loosen a constraint, or change the rules and backtest them)"
         )
     now = f"{current['review']:g} / {current['block']:g}"
     label = "proposed" if proposal.feasible else "closest"
+    print("rates and counts")
     print(f"  {'':<28}{'current ' + now:>22}{label + ' ' + pair:>22}")
-    for key, fmt in _TUNE_ROWS:
+    for key, fmt in TUNE_ROWS:
         print(f"  {key:<28}{fmt.format(current[key]):>22}{fmt.format(proposal.row[key]):>22}")
     _print_slice(
         f"moving the review threshold (block {proposal.block:g})",
@@ -372,6 +430,25 @@ def _print_tuning(result: Tuning, seconds: float) -> None:
     )
 
 
+def _print_fixed_blocks(result: Tuning) -> None:
+    """When a ceiling on honest blocks cannot be met: the honest requests that lists, block
+    rules and the other segments block whatever the pair."""
+    ceilings = {"max_honest_blocks", "max_honest_block_rate"}
+    if not any(v.constraint in ceilings for v in result.proposal.violations):
+        return
+    fixed = result.fixed_blocks[result.fixed_blocks["honest_blocked"] > 0]
+    if len(fixed) == 0:
+        return
+    causes = ", ".join(
+        f"{cause} {int(row['honest_blocked']):,}"
+        for cause, row in fixed.sort_values("honest_blocked", ascending=False).iterrows()
+    )
+    print(
+        f"  {int(fixed['honest_blocked'].sum()):,} honest requests are blocked whatever the "
+        f"pair: {causes}"
+    )
+
+
 def _print_slice(title: str, rows: Any, moving: str, chosen: float, current: float) -> None:
     """Every 0.05 of the moving threshold, plus the proposed and the current value."""
     values = rows[moving].to_numpy(dtype=float)
@@ -380,7 +457,7 @@ def _print_slice(title: str, rows: Any, moving: str, chosen: float, current: flo
     print(
         f"  {'review':>7} {'block':>6} {'rev/day':>8} {'review%':>8} {'block%':>7} "
         f"{'abuse':>6} {'abuse amount':>13} {'share':>7} {'honest':>7} {'honest held':>12} "
-        f"{'share':>7} {'honest blocked':>15} {'share':>7}"
+        f"{'share':>7} {'hon.blk':>7} {'honest blocked':>15} {'share':>7}"
     )
     for _, row in rows[keep].iterrows():
         mark = " <- proposed" if row[moving] == chosen else ""
@@ -390,6 +467,7 @@ def _print_slice(title: str, rows: Any, moving: str, chosen: float, current: flo
             f"{row['review_rate']:>8.2%} {row['block_rate']:>7.2%} {row['abuse_caught']:>6,} "
             f"{row['abuse_caught_amount']:>13,.2f} {row['abuse_caught_amount_share']:>7.1%} "
             f"{row['honest_held']:>7,} {row['honest_held_amount']:>12,.2f} "
-            f"{row['honest_held_amount_share']:>7.1%} {row['honest_blocked_amount']:>15,.2f} "
+            f"{row['honest_held_amount_share']:>7.1%} {row['honest_blocked']:>7,} "
+            f"{row['honest_blocked_amount']:>15,.2f} "
             f"{row['honest_blocked_amount_share']:>7.2%}{mark}"
         )

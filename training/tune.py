@@ -27,6 +27,12 @@ reviews; then the higher thresholds. With ``honest_weight`` 0 the most abusive m
 held, capacity permitting. When no pair meets the constraints, the closest one (least
 total relative excess over the limits) is returned with what it misses.
 
+Honest requests blocked can be capped outright (``max_honest_blocks``, a number of
+requests, and ``max_honest_block_rate``, a share of the honest requests): no proposed pair
+exceeds the ceiling. ``Tuning.blocks(row)`` splits a pair's blocks by the code that caused
+each (``training.backtest.block_causes``): lists and block rules block the same requests
+whatever the pair, so only the model's share (``MODEL_SCORE_BLOCK``) moves with it.
+
     >>> period = tuning_period(history, bundle, since="2026-05-01", ground_truth=truth)
     >>> result = tune_period(period, policy, Constraints(max_reviews_per_day=150))
     >>> result.proposal.review, result.proposal.block, result.proposal.feasible
@@ -50,7 +56,13 @@ from features.policy_commands import load_with_catalogue
 from riskmodel.engine import Scorer, decide_frame
 from riskmodel.errors import DataError
 from riskmodel.policy import Policy
-from training.backtest import engine_frame
+from training.backtest import (
+    BLOCK_COLUMNS,
+    MODEL_BLOCK,
+    block_causes,
+    blocks_by_cause,
+    engine_frame,
+)
 from training.dataset import DAY_US, iso, latest_labels, latest_time, to_micros
 
 __all__ = [
@@ -114,7 +126,9 @@ class Constraints:
     ``max_honest_blocked_share`` of the honest amount, blocked; ``max_honest_held_share``
     of the honest amount, reviewed or blocked; ``min_abuse_caught_share`` of the abusive
     amount, reviewed or blocked. ``reviews_per_day``: "mean" (over the period's days) or
-    "max" (the busiest day) for ``max_reviews_per_day``.
+    "max" (the busiest day) for ``max_reviews_per_day``. Hard ceilings on honest requests
+    blocked outright, by count: ``max_honest_blocks`` (requests) and
+    ``max_honest_block_rate`` (a share of the honest requests).
 
     At least one of ``max_reviews_per_day`` and ``max_honest_held_share`` is needed:
     without a limit on what is held, reviewing everything catches the most abuse."""
@@ -124,13 +138,28 @@ class Constraints:
     max_honest_blocked_share: float | None = None
     max_honest_held_share: float | None = None
     min_abuse_caught_share: float | None = None
+    max_honest_blocks: int | None = None
+    max_honest_block_rate: float | None = None
 
     def __post_init__(self) -> None:
         if self.reviews_per_day not in ("mean", "max"):
             raise DataError(f"reviews_per_day is 'mean' or 'max', not {self.reviews_per_day!r}")
         if self.max_reviews_per_day is not None and not self.max_reviews_per_day >= 0:
             raise DataError(f"max_reviews_per_day must be >= 0, got {self.max_reviews_per_day}")
-        for name in ("max_honest_blocked_share", "max_honest_held_share", "min_abuse_caught_share"):
+        blocks = self.max_honest_blocks
+        if blocks is not None and (
+            isinstance(blocks, bool) or not isinstance(blocks, int | np.integer) or not blocks >= 0
+        ):
+            raise DataError(
+                "max_honest_blocks is a number of honest requests blocked: a whole number, "
+                f"0 or more, got {blocks!r}"
+            )
+        for name in (
+            "max_honest_blocked_share",
+            "max_honest_held_share",
+            "min_abuse_caught_share",
+            "max_honest_block_rate",
+        ):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise DataError(f"{name} is a share between 0 and 1, got {value}")
@@ -176,6 +205,20 @@ class Constraints:
                     1e-3,
                 )
             )
+        if self.max_honest_blocks is not None:
+            out.append(
+                _Limit("max_honest_blocks", "honest_blocked", self.max_honest_blocks, True, 1.0)
+            )
+        if self.max_honest_block_rate is not None:
+            out.append(
+                _Limit(
+                    "max_honest_block_rate",
+                    "honest_block_rate",
+                    self.max_honest_block_rate,
+                    True,
+                    1e-3,
+                )
+            )
         return out
 
     def describe(self) -> str:
@@ -183,6 +226,10 @@ class Constraints:
         for limit in self.limits():
             if limit.name == "max_reviews_per_day":
                 words.append(f"reviews a day ({self.reviews_per_day}) <= {limit.bound:g}")
+            elif limit.name == "max_honest_blocks":
+                words.append(f"honest requests blocked <= {limit.bound:g}")
+            elif limit.name == "max_honest_block_rate":
+                words.append(f"honest requests blocked (of honest requests) <= {limit.bound:.3%}")
             else:
                 what = limit.name.removeprefix("max_").removeprefix("min_").replace("_", " ")
                 sign = "<=" if limit.upper else ">="
@@ -369,6 +416,7 @@ class _Rows:
     by_verdict: tuple[np.ndarray, np.ndarray, np.ndarray]  # severity if the model says 0/1/2
     capped: np.ndarray  # bool: green channel and score below its review threshold
     payable_cents: np.ndarray
+    fixed_cause: np.ndarray  # the cause of a block no pair changes, else None
 
 
 def _decompose(period: Period, policy: Policy, segment: str | None) -> _Rows:
@@ -395,7 +443,11 @@ def _decompose(period: Period, policy: Policy, segment: str | None) -> _Rows:
         capped = tuned & green & ~(scores >= lift)
     severities = (_severity(runs[0]), _severity(runs[1]), _severity(runs[2]))
     payable = runs[0]["approved_cents"].to_numpy(dtype=np.int64)
-    return _Rows(~tuned, _severity(as_is), severities, capped, payable)
+    # A block the pair cannot change: an untuned request's, or one that a list or a block
+    # rule makes even when the model approves. Its cause is the same under every pair.
+    fixed_cause = block_causes(as_is, policy)
+    fixed_cause[~(~tuned | (severities[0] == 2))] = None
+    return _Rows(~tuned, _severity(as_is), severities, capped, payable, fixed_cause)
 
 
 def _verdicts(rows: _Rows, bucket: np.ndarray, i: int, j: int) -> np.ndarray:
@@ -423,6 +475,7 @@ def _weights(
         "abuse_caught": (held & abuse) * 1.0,
         "abuse_caught_cents": np.where(held & abuse, cents, 0) * 1.0,
         "abuse_blocked": (block & abuse) * 1.0,
+        "abuse_blocked_cents": np.where(block & abuse, cents, 0) * 1.0,
         "honest_held": (held & honest) * 1.0,
         "honest_held_cents": np.where(held & honest, cents, 0) * 1.0,
         "honest_blocked": (block & honest) * 1.0,
@@ -443,7 +496,17 @@ def tradeoff(
     ``grid()``), with what the policy would decide on ``period`` with that pair in place
     of the default one (or ``segment``'s). The policy's own pair is always a row
     (``current`` True). Money is in currency units; shares of money are of the honest
-    (or abusive) amount asked."""
+    (or abusive) amount asked. The money columns come first: paid to abuse, honest amount
+    held, honest requests blocked (``honest_block_rate``: of the honest requests)."""
+    return _tradeoff(period, policy, segment, levels)[0]
+
+
+def _tradeoff(
+    period: Period,
+    policy: Policy,
+    segment: str | None,
+    levels: np.ndarray | Sequence[float] | None,
+) -> tuple[pd.DataFrame, _Rows]:
     now = current_pair(policy, segment)
     if levels is None:
         levels = grid(include=now)
@@ -508,7 +571,8 @@ def tradeoff(
         for w in per_verdict
     ]
     daily += c[0][:, j] + c[2][:, [count]] - c[2][:, j]
-    return _table(levels, i, j, (current_i, current_j), totals, daily, abuse, cents)
+    table = _table(levels, i, j, (current_i, current_j), totals, daily, abuse, cents)
+    return table, rows
 
 
 def _cumulative(bucket: np.ndarray, weight: np.ndarray, count: int) -> np.ndarray:
@@ -544,6 +608,14 @@ def _table(
             "review": levels[i],
             "block": levels[j],
             "current": (i == current[0]) & (j == current[1]),
+            "paid_to_abuse": t["paid_to_abuse_cents"] / 100,
+            "paid_to_abuse_share": t["paid_to_abuse_cents"] / abusive_cents,
+            "honest_held_amount": t["honest_held_cents"] / 100,
+            "honest_held_amount_share": t["honest_held_cents"] / honest_cents,
+            "honest_blocked": t["honest_blocked"],
+            "honest_block_rate": t["honest_blocked"] / honest,
+            "honest_blocked_amount": t["honest_blocked_cents"] / 100,
+            "honest_blocked_amount_share": t["honest_blocked_cents"] / honest_cents,
             "requests": len(abuse),
             "approve_rate": (len(abuse) - t["reviews"] - t["blocks"]) / n,
             "review_rate": t["reviews"] / n,
@@ -556,14 +628,9 @@ def _table(
             "abuse_caught_amount": t["abuse_caught_cents"] / 100,
             "abuse_caught_amount_share": t["abuse_caught_cents"] / abusive_cents,
             "abuse_blocked": t["abuse_blocked"],
-            "paid_to_abuse": t["paid_to_abuse_cents"] / 100,
+            "abuse_blocked_amount": t["abuse_blocked_cents"] / 100,
             "honest_held": t["honest_held"],
             "honest_held_share": t["honest_held"] / honest,
-            "honest_held_amount": t["honest_held_cents"] / 100,
-            "honest_held_amount_share": t["honest_held_cents"] / honest_cents,
-            "honest_blocked": t["honest_blocked"],
-            "honest_blocked_amount": t["honest_blocked_cents"] / 100,
-            "honest_blocked_amount_share": t["honest_blocked_cents"] / honest_cents,
             "paid_total": t["paid_cents"] / 100,
         }
     )
@@ -656,10 +723,33 @@ class Tuning:
     abusive: int
     abusive_amount: float
     honest_amount: float
+    honest: int
+    fixed_blocks: pd.DataFrame  # blocks no pair changes, per cause (BLOCK_COLUMNS)
 
     @property
     def current(self) -> pd.Series:
         return self.table[self.table["current"]].iloc[0]
+
+    def blocks(self, row: pd.Series) -> pd.DataFrame:
+        """The blocks of one row of ``table``, per cause (``BLOCK_COLUMNS``), adding up to
+        the row's: the lists' and block rules' (the same for every pair) and the model's
+        (``MODEL_SCORE_BLOCK``, what the row has beyond them). Most honest blocks first."""
+        others = self.fixed_blocks.drop(MODEL_BLOCK, errors="ignore")
+        model = {
+            column: float(row[column]) - float(others[column].sum()) for column in BLOCK_COLUMNS
+        }
+        causes = [*(str(cause) for cause in others.index), MODEL_BLOCK]
+        values = others[list(BLOCK_COLUMNS)].to_numpy(dtype=float).tolist()
+        values.append([model[c] for c in BLOCK_COLUMNS])
+        table = pd.DataFrame(values, index=pd.Index(causes, name="cause"), columns=BLOCK_COLUMNS)
+        for column in ("honest_blocked_amount", "abuse_blocked_amount"):
+            table[column] = table[column].round(2)
+        for column in ("honest_blocked", "abuse_blocked"):
+            table[column] = table[column].round().astype(np.int64)
+        table = table[(table["honest_blocked"] > 0) | (table["abuse_blocked"] > 0)]
+        return table.sort_values(
+            ["honest_blocked", "abuse_blocked"], ascending=False, kind="stable"
+        )
 
     @property
     def tuned(self) -> str:
@@ -676,7 +766,7 @@ def tune_period(
     honest_weight: float = 0.1,
 ) -> Tuning:
     """The trade-off table of ``period`` and the proposal under ``constraints``."""
-    table = tradeoff(period, policy, segment=segment, levels=levels)
+    table, rows = _tradeoff(period, policy, segment, levels)
     amount = period.amount
     return Tuning(
         table=table,
@@ -693,6 +783,8 @@ def tune_period(
         abusive=int(period.is_abuse.sum()),
         abusive_amount=float(amount[period.is_abuse].sum()),
         honest_amount=float(amount[~period.is_abuse].sum()),
+        honest=int((~period.is_abuse).sum()),
+        fixed_blocks=blocks_by_cause(rows.fixed_cause, amount, period.is_abuse),
     )
 
 
