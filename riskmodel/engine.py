@@ -477,7 +477,7 @@ def decide(
     degraded = valid is None or bool(missing)
     if valid is None:
         verdict = Decision.REVIEW
-    elif valid >= block_at:
+    elif valid >= block_at and block_at < 1.0:
         verdict = Decision.BLOCK
     elif valid >= review_at:
         verdict = Decision.REVIEW
@@ -754,7 +754,8 @@ def decide_frame(
         raise ValueError(f"{score.shape[0]} scores for {n} rows")
     with np.errstate(invalid="ignore"):
         valid = (score >= 0.0) & (score <= 1.0)
-        verdict = np.where(score >= block_at, 2, np.where(score >= review_at, 1, 0))
+        blocks = (score >= block_at) & (block_at < 1.0)
+        verdict = np.where(blocks, 2, np.where(score >= review_at, 1, 0))
     verdict = np.where(valid, verdict, 1)
     hits.append(("MODEL_SCORE_REVIEW", valid & (verdict == 1)))
     hits.append(("MODEL_SCORE_BLOCK", valid & (verdict == 2)))

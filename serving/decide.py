@@ -51,6 +51,7 @@ from serving.runtime import Models, Runtime
 from serving.stored import (
     fetch_one,
     marker,
+    order_money_out,
     order_requests,
     reading,
     request_hash,
@@ -306,8 +307,13 @@ def _decide(
     values = features.online_features(conn, row)
     siblings = order_requests(conn, row["order_id"], row["request_id"])
     if len(siblings) > values["order_earlier_refunds"]:
+        # Those it did not count had no outcome known at its time: they count as unanswered.
+        uncounted = len(siblings) - values["order_earlier_refunds"]
         values["order_earlier_refunds"] = float(len(siblings))
         values["order_earlier_refund_amount"] = sum(amount for _, amount in siblings) / 100
+        values["order_refunds_unanswered"] = values["order_refunds_unanswered"] + uncounted
+    if siblings:
+        _count_money_out(values, order_money_out(conn, row["order_id"], row["request_id"]), row)
     outcome = decide_with_scorer(
         models.champion, request_fields(request, parents.order), values, policy, decided_at=now
     )
@@ -319,6 +325,22 @@ def _decide(
         order_counted=int(values["order_earlier_refunds"]),
     )
     return write, outcome
+
+
+def _count_money_out(values: dict[str, Any], out: tuple[int, int], row: Mapping[str, Any]) -> None:
+    """Money already paid or approved on the order, whatever the time of the requests it
+    went out on: a request dated before one approved earlier must not be paid as if
+    nothing had gone out (the features see only what is dated before it)."""
+    paid, approved = (cents / 100 for cents in out)
+    if max(paid, approved) <= values["order_refund_out_all"]:
+        return
+    values["order_refund_paid_all"] = max(values["order_refund_paid_all"], paid)
+    values["order_refund_approved_all"] = max(values["order_refund_approved_all"], approved)
+    gone = max(values["order_refund_paid_all"], values["order_refund_approved_all"])
+    values["order_refund_out_all"] = gone
+    left = round(values["order_amount"] - gone, 2)
+    values["order_refund_left"] = left
+    values["request_amount_over_left"] = float(int(row["amount"]) > round(left * 100))
 
 
 async def _decide_in_store(

@@ -21,6 +21,7 @@ __all__ = [
     "fetch_one",
     "insert_decision",
     "marker",
+    "order_money_out",
     "order_requests",
     "reading",
     "request_hash",
@@ -124,6 +125,21 @@ def order_requests(conn: Connection, order_id: str, request_id: str) -> tuple[tu
         many=True,
     )
     return tuple((str(found), int(amount)) for found, amount in rows)
+
+
+def order_money_out(conn: Connection, order_id: str, request_id: str) -> tuple[int, int]:
+    """Money gone out on ``order_id`` through its stored requests other than
+    ``request_id``, whatever their time, in cents: what their outcomes say was paid, and
+    what this service approved on them."""
+    found = fetch_one(
+        conn,
+        "SELECT COALESCE(SUM(r.paid_amount), 0), COALESCE(SUM(CASE WHEN d.decision = "
+        "'approve' THEN d.approved_amount ELSE 0 END), 0) FROM refund_requests r "
+        "LEFT JOIN decisions d ON d.request_id = r.request_id "
+        f"WHERE r.order_id = {marker(conn)} AND r.request_id <> {marker(conn)}",
+        (order_id, request_id),
+    )
+    return (0, 0) if found is None else (int(found[0]), int(found[1]))
 
 
 def same_request_stored(conn: Connection, row: Mapping[str, Any]) -> bool:

@@ -701,3 +701,14 @@ def test_the_starter_policy_on_the_sample_data_agrees_row_by_row() -> None:
     ]
     assert all(name in fields for name in frame.columns)
     assert_engines_agree(frame, scores, starter, rows)
+
+
+def test_a_block_threshold_of_one_means_the_model_never_blocks() -> None:
+    text = POLICY.replace("  block: 0.80\n", "  block: 1.0\n", 1)
+    never = parse_policy(text, {**REQUEST_FIELDS, **FEATURES})
+    certain = run(never, 1.0, user_orders_all=0.0)
+
+    assert certain.decision is Decision.REVIEW
+    assert certain.codes == ("MODEL_SCORE_REVIEW",)
+    full = [base(request_id=f"r{i}") for i in range(3)]
+    assert_engines_agree(pd.DataFrame(full), [0.2, 0.99, 1.0], never, full)

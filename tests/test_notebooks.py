@@ -43,9 +43,9 @@ def test_the_tuning_notebook_tunes_writes_and_backtests_a_policy(
 
     assert (tmp_path / "out" / "tuning" / "tradeoff.png").stat().st_size > 10_000
     tuned = load_with_catalogue(tmp_path / "out" / "tuning" / "tuned.yaml")
-    assert tuned.version == "starter-2-tuned"
+    assert tuned.version == "starter-3-tuned"
     last = notebook.cells[-1].outputs[0]["data"]["text/plain"]
-    assert "starter-2-tuned" in last
+    assert "starter-3-tuned" in last
     assert f"'review': {tuned.spec.thresholds.review!r}" in last
     images = [
         output

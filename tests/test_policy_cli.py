@@ -14,7 +14,7 @@ def test_check_the_starter_policy(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["policy", "check", str(STARTER_POLICY)]) == 0
 
     out = capsys.readouterr().out
-    assert "policy starter-2 is valid" in out
+    assert "policy starter-3 is valid" in out
     assert "RULE_REDEEMED_THEN_INVALID" in out
     assert "small_first_refund (disabled)" in out
 
@@ -23,7 +23,7 @@ def test_check_a_bad_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         STARTER_POLICY.read_text().replace(
-            "when: order_earlier_refunds >= 1\n", "when: order_earlier_refundz >= 1\n"
+            "when: order_refund_out_all > 0\n", "when: order_refund_out_alll > 0\n"
         )
     )
 
@@ -31,5 +31,5 @@ def test_check_a_bad_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
     err = capsys.readouterr().err
     assert err.startswith(f"error: {bad}, line ")
-    assert "rule 'repeat_refund_of_order', when: unknown field 'order_earlier_refundz'" in err
-    assert "did you mean 'order_earlier_refunds'?" in err
+    assert "rule 'repeat_refund_of_order', when: unknown field 'order_refund_out_alll'" in err
+    assert "did you mean 'order_refund_out_all'?" in err

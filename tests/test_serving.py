@@ -60,7 +60,7 @@ def test_a_decision_is_stored_with_its_versions_and_read_back(service: Service) 
     assert answer["stored"] is True
     assert answer["replayed"] is False
     assert answer["model_version"] == sample_bundle().version
-    assert answer["policy_version"] == "starter-2"
+    assert answer["policy_version"] == "starter-3"
     assert answer["feature_version"] == str(features.FEATURE_VERSION)
     assert all({"code", "kind", "message"} <= set(r) for r in answer["reasons"])
     if answer["decision"] != "approve":

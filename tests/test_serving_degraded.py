@@ -236,23 +236,25 @@ def test_an_invalid_policy_is_refused_on_reload_and_the_old_one_keeps_serving(
 ) -> None:
     path = service.settings.policy
     good = path.read_text()
-    path.write_text(good.replace("order_earlier_refunds >= 1\n", "order_earlier_refundz >= 1\n"))
+    path.write_text(
+        good.replace("when: order_refund_out_all > 0\n", "when: order_refund_outz > 0\n")
+    )
     refused = service.client.post("/v1/admin/reload", headers=service.headers("admin"))
 
     assert refused.status_code == 422
     error = refused.json()["error"]
-    assert "order_earlier_refundz" in error["message"]
+    assert "order_refund_outz" in error["message"]
     assert any("line" in f["message"] for f in error["fields"])
-    assert service.decide(body(request_id="old")).json()["policy_version"] == "starter-2"
+    assert service.decide(body(request_id="old")).json()["policy_version"] == "starter-3"
     assert service.client.get("/readyz").status_code == 200
 
-    path.write_text(good.replace("version: starter-2", "version: starter-3"))
+    path.write_text(good.replace("version: starter-3", "version: starter-4"))
     done = service.client.post(
         "/v1/admin/reload", json={"model": False}, headers=service.headers("admin")
     )
     assert done.status_code == 200, done.text
-    assert done.json()["policy_version"] == "starter-3"
-    assert service.decide(body(request_id="new")).json()["policy_version"] == "starter-3"
+    assert done.json()["policy_version"] == "starter-4"
+    assert service.decide(body(request_id="new")).json()["policy_version"] == "starter-4"
 
 
 def test_a_corrupt_model_is_refused_on_reload_and_a_good_one_goes_live(

@@ -22,7 +22,7 @@ from tests.test_serving_fixtures import Service, body, load_tiny, make_settings,
 
 __all__ = ["service"]
 
-_REPEAT = {"RULE_REPEAT_REFUND", "RULE_DUPLICATE_REFUND"}
+_REPEAT = {"RULE_REPEAT_REFUND", "RULE_DUPLICATE_REFUND", "RULE_EARLIER_REQUEST_OPEN"}
 
 
 def _batch(service: Service, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -53,13 +53,14 @@ def _groups(service: Service) -> tuple[float, float]:
 
 
 def test_a_request_counts_an_earlier_one_still_being_written(service: Service) -> None:
-    # Two refunds of one order, decided side by side in one batch: the second must see the
-    # first (the repeat-refund rule), although the first is not committed when it starts.
+    # Two refunds of one order (120.50), asking more than its price together, decided side
+    # by side in one batch: the second must see the first (still without an outcome: a
+    # person checks), although the first is not committed when it starts.
     first, second = _batch(
         service,
         [
-            body(request_id="same-order-1", amount="10.00"),
-            body(request_id="same-order-2", amount="10.00", requested_at="2026-01-20T10:05:00Z"),
+            body(request_id="same-order-1", amount="100.00"),
+            body(request_id="same-order-2", amount="100.00", requested_at="2026-01-20T10:05:00Z"),
         ],
     )
 
@@ -183,15 +184,15 @@ def test_a_refund_of_an_order_asked_again_out_of_time_order_is_not_approved_alon
     # earlier refund of the order (features are as of its own time), yet the order has
     # been asked back already: it must not be approved as if it were the first.
     later = service.decide(
-        body(request_id="late-first", amount="5.00", requested_at="2026-01-20T12:00:00Z")
+        body(request_id="late-first", amount="100.00", requested_at="2026-01-20T12:00:00Z")
     ).json()
-    earlier = service.decide(body(request_id="early-second", amount="5.00")).json()
+    earlier = service.decide(body(request_id="early-second", amount="100.00")).json()
 
     assert not _codes(later) & _REPEAT
     assert _codes(earlier) & _REPEAT, earlier["reasons"]
     assert earlier["decision"] != "approve"
     # Stored as answered: asking again gives the same decision.
-    again = service.decide(body(request_id="early-second", amount="5.00")).json()
+    again = service.decide(body(request_id="early-second", amount="100.00")).json()
     assert again["replayed"] is True
     assert again["decision"] == earlier["decision"]
 
@@ -228,8 +229,8 @@ def test_two_workers_deciding_one_order_at_the_same_moment_do_not_both_count_not
         database_url,
         tmp_path,
         [
-            body(request_id="w1-first", amount="5.00"),
-            body(request_id="w2-second", amount="5.00", requested_at="2026-01-20T10:01:00Z"),
+            body(request_id="w1-first", amount="100.00"),
+            body(request_id="w2-second", amount="100.00", requested_at="2026-01-20T10:01:00Z"),
         ],
     )
 

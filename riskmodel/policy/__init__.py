@@ -3,7 +3,7 @@
     >>> from riskmodel.policy import STARTER_POLICY, load_policy
     >>> fields = ["order_earlier_refunds", "amount"]                 # doctest: +SKIP
     >>> load_policy(STARTER_POLICY, fields).version                 # doctest: +SKIP
-    'starter-2'
+    'starter-3'
 
 The file format, the condition language and every reason code are in ``docs/policy.md``.
 """

@@ -124,7 +124,10 @@ class Segment(_Section):
 
 
 class Thresholds(_Section):
-    """Score >= block: block; score >= review: review. The first matching segment wins."""
+    """Score >= block: block; score >= review: review. The first matching segment wins.
+
+    A block threshold of 1.0 means the model never blocks on its own: a score is a
+    suggestion, and a policy may keep blocks for what the records prove."""
 
     review: Probability
     block: Probability
