@@ -31,6 +31,11 @@ known then) and judged on every later request against the ground truth:
   point-in-time features, fitted on every example our pipeline reads, same labels;
 - **raw**: our pipeline (LightGBM, early stopping, calibration) on ``RAW_FIELDS`` only.
 
+Both modes print money first: the starter policy with our model replayed over the test
+period (``riskmodel backtest``'s figures): abusive money paid, honest money held, honest
+requests blocked by cause, and how many of those were honest retries, re-submissions or
+follow-ups of an order asked back before.
+
 Prints, and writes to ``<data-root>/quality-<set>.md``: per world ROC AUC, average
 precision and recall at 1% FPR of each model; their mean and worst over the worlds; and
 recall per abuse pattern when reviewing the top 5%, averaged over the worlds that have it.
@@ -53,7 +58,9 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import features
+from features.policy_commands import load_with_catalogue
 from riskmodel.errors import DataError
+from riskmodel.policy import STARTER_POLICY
 from riskmodel.simulator import (
     DEVELOPMENT_WORLDS,
     EVALUATION_WORLDS,
@@ -77,6 +84,7 @@ from training import (
     training_examples,
     write_report,
 )
+from training.backtest import backtest
 from training.dataset import DAY_US, iso, to_micros
 from training.metrics import ranking_metrics, recall_by_pattern, top_share_threshold
 
@@ -117,6 +125,8 @@ MEASURES = [
 ]
 MODELS = [("ours", "ours"), ("lr", "LR (a)"), ("raw", "raw (b)")]
 REVIEW_SHARE = 0.05  # the top share reviewed, as in training.report.evaluate
+# Honest requests that look like a second request on an order: never to be blocked.
+RETRIES = ("honest_retry", "honest_resubmission", "honest_partial_followup")
 SETS = {"eval": EVALUATION_WORLDS, "dev": DEVELOPMENT_WORLDS}
 
 
@@ -187,6 +197,7 @@ def single_world(args: argparse.Namespace) -> None:
     test = evaluation_period(history, since=until, ground_truth=truth)
     mine, theirs = evaluate(ours, test), evaluate(baseline, test)
     write_report([mine, theirs], args.report, "Quality benchmark: ours vs raw request fields")
+    money = starter_money(history, truth, ours, until)
 
     print(
         f"train: {len(examples):,} examples before {iso(until)} "
@@ -198,6 +209,7 @@ def single_world(args: argparse.Namespace) -> None:
         f"test:  {len(test):,} requests from {iso(until)} on, "
         f"{int(test.target().sum()):,} abusive by ground truth\n"
     )
+    print(f"money, the starter policy with our model: {money.line()}\n")
     print(f"| measure | ours ({len(ours.features)} features) | raw request fields (5) |")
     print("|---|---|---|")
     for key, label in ROWS:
@@ -249,6 +261,67 @@ def _prequential(
 
 
 # ---------------------------------------------------------------------------------------
+# Money: the starter policy with our model, on the test period
+
+
+@dataclass(frozen=True)
+class Money:
+    """What the starter policy with our model would have done with the test period."""
+
+    abusive_asked: float
+    paid_to_abuse: float
+    honest_asked: float
+    honest_held: float
+    honest_requests: int
+    honest_blocked: int
+    retries_blocked: int  # honest retries, re-submissions and follow-ups blocked
+    blocked_by: dict[str, int]  # honest blocks per cause
+
+    @property
+    def paid_share(self) -> float:
+        return self.paid_to_abuse / self.abusive_asked if self.abusive_asked else 0.0
+
+    @property
+    def held_share(self) -> float:
+        return self.honest_held / self.honest_asked if self.honest_asked else 0.0
+
+    @property
+    def block_rate(self) -> float:
+        return self.honest_blocked / self.honest_requests if self.honest_requests else 0.0
+
+    def line(self) -> str:
+        causes = ", ".join(f"{c} {n}" for c, n in self.blocked_by.items()) or "none"
+        return (
+            f"abusive money paid {self.paid_to_abuse:,.2f} of {self.abusive_asked:,.2f} "
+            f"({self.paid_share:.1%}); honest money held {self.honest_held:,.2f} "
+            f"({self.held_share:.1%}); honest requests blocked {self.honest_blocked:,} of "
+            f"{self.honest_requests:,} ({self.block_rate:.2%}; by {causes}), of them "
+            f"retries or re-submissions {self.retries_blocked}"
+        )
+
+
+def starter_money(history: features.History, truth: pd.DataFrame, scorer: Any, since: int) -> Money:
+    """Replay every request from ``since`` through the starter policy with ``scorer``."""
+    policy = load_with_catalogue(STARTER_POLICY)
+    result = backtest(history, policy, scorer, ground_truth=truth, since=since)
+    figures = result.summary["new"]
+    decisions = result.decisions
+    pattern = truth.set_index("request_id")["pattern"].reindex(decisions.index)
+    honest_block = (decisions["decision"] == "block") & ~decisions["is_abuse"]
+    causes = decisions.loc[honest_block, "blocked_by"].value_counts()
+    return Money(
+        abusive_asked=figures["abusive_amount"],
+        paid_to_abuse=figures["paid_to_abuse"],
+        honest_asked=figures["honest_amount"],
+        honest_held=figures["honest_held_amount"],
+        honest_requests=int(figures["honest_requests"]),
+        honest_blocked=int(figures["honest_blocked"]),
+        retries_blocked=int((honest_block & pattern.isin(RETRIES).to_numpy()).sum()),
+        blocked_by={str(k): int(v) for k, v in causes.items()},
+    )
+
+
+# ---------------------------------------------------------------------------------------
 # Many worlds: ours against two baselines on randomised marketplaces
 
 
@@ -270,6 +343,7 @@ class WorldResult:
     seconds: float
     models: dict[str, Scored]  # by the keys of MODELS
     pattern_requests: dict[str, int]  # abusive requests of each pattern in the test period
+    money: Money  # the starter policy with our model
 
 
 def many_worlds(args: argparse.Namespace) -> None:
@@ -296,6 +370,7 @@ def many_worlds(args: argparse.Namespace) -> None:
             print(f"world {number} FAILED: {exc}\n")
     lines = [header, ""]
     if results:
+        lines += [*money_table(results), ""]
         lines += [*world_table(results), "", *summary_table(results), ""]
         lines += [*pattern_table(results), ""]
     if failed:
@@ -360,7 +435,8 @@ def run_world(number: int, args: argparse.Namespace) -> WorldResult:
     raw = train_on(replace(examples, features=examples.features[RAW_FIELDS]), until, config)
     theirs = evaluate(raw.bundle, test)
     done = time.perf_counter()
-
+    money = starter_money(history, truth, result.bundle, until)
+    replayed = time.perf_counter()
     mine = from_evaluation(ours)
     _check_same_figures(mine, score_figures(ours.scores, test))
     maturity = examples.maturity_days
@@ -381,9 +457,11 @@ def run_world(number: int, args: argparse.Namespace) -> WorldResult:
         f"{result.bundle.calibrator.kind}; raw {raw.bundle.details['best_iteration']} trees; "
         f"LR on {len(examples):,} rows" + (f" ({'; '.join(notes)})" if notes else "")
     )
+    print(f"  money, the starter policy with our model: {money.line()}")
     print(
-        f"  {done - began:.1f} s: data {loaded - began:.1f}, features {built - loaded:.1f}, "
-        f"ours {trained - built:.1f}, LR {fitted - trained:.1f}, raw {done - fitted:.1f}\n"
+        f"  {replayed - began:.1f} s: data {loaded - began:.1f}, features {built - loaded:.1f}, "
+        f"ours {trained - built:.1f}, LR {fitted - trained:.1f}, raw {done - fitted:.1f}, "
+        f"policy replay {replayed - done:.1f}\n"
     )
     return WorldResult(
         number=number,
@@ -391,9 +469,10 @@ def run_world(number: int, args: argparse.Namespace) -> WorldResult:
         requests=len(test),
         abusive=int(test.target().sum()),
         maturity_days=maturity,
-        seconds=done - began,
+        seconds=replayed - began,
         models={"ours": mine, "lr": lr, "raw": from_evaluation(theirs)},
         pattern_requests=abuse_counts(test),
+        money=money,
     )
 
 
@@ -469,6 +548,26 @@ def _fmt(value: float | None) -> str:
 
 def _values(results: list[WorldResult], model: str, key: str) -> list[float]:
     return [v for r in results if (v := r.models[model].summary[key]) is not None]
+
+
+def money_table(results: list[WorldResult]) -> list[str]:
+    """Money first: the starter policy with our model, per world."""
+    lines = [
+        "Money: the starter policy with our model on each test period (amounts in each "
+        "world's currency units).",
+        "",
+        "| world | abusive money paid | share of abusive asked | honest money held | share "
+        "of honest asked | honest blocked | honest block rate | retries blocked |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        m = r.money
+        lines.append(
+            f"| {r.number} | {m.paid_to_abuse:,.2f} | {m.paid_share:.1%} | "
+            f"{m.honest_held:,.2f} | {m.held_share:.1%} | {m.honest_blocked:,} | "
+            f"{m.block_rate:.2%} | {m.retries_blocked} |"
+        )
+    return lines
 
 
 def world_table(results: list[WorldResult]) -> list[str]:

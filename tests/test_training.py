@@ -387,3 +387,23 @@ def test_commands_report_mistakes_in_one_line(
     assert main(["models", "rollback", *registry]) == 1
     assert "no earlier version" in capsys.readouterr().err
     assert iso(to_micros("2026-01-05T00:00:00") or 0) == "2026-01-05T00:00:00+00:00"
+
+
+@pytest.mark.parametrize("valid_positives", [0, 3])
+def test_a_valid_period_too_thin_to_stop_on_joins_the_trees(valid_positives: int) -> None:
+    from riskmodel.bundle import FeatureSpec
+    from training.model import TrainConfig, fit_trees
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 2))
+    y = (x[:, 0] + rng.normal(scale=0.5, size=600) > 1.2).astype(float)
+    valid_x = rng.normal(size=(200, 2))
+    valid_y = np.zeros(200)
+    valid_y[:valid_positives] = 1.0
+    specs = (FeatureSpec("a", "number"), FeatureSpec("b", "number"))
+    config = TrainConfig(fallback_rounds=37, early_stopping_rounds=5)
+
+    booster = fit_trees(specs, (x, y), (valid_x, valid_y), config)
+
+    # Not stopped after a few noisy rounds, nor refused: the fixed number of rounds.
+    assert booster.current_iteration() == 37

@@ -9,7 +9,7 @@ that reviewers see, where log-loss is dominated by the many easy honest requests
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import lightgbm
@@ -25,6 +25,9 @@ __all__ = ["SMALL_DATA", "TrainConfig", "fit_trees"]
 SMALL_DATA = 50_000
 """Below this many rows LightGBM's threads cost more than they save: measured ten times
 slower on two busy cores for a thousand rows, so small runs use one thread."""
+
+
+STOPPING_METRICS = ("average_precision", "binary_logloss")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,11 @@ class TrainConfig:
     lambda_l2: float = 1.0
     max_rounds: int = 2000
     early_stopping_rounds: int = 100  # 0: no early stopping, every round is kept
+    stopping_metric: str = "binary_logloss"  # or average_precision
+    # With fewer abusive requests than this in valid, its AP is noise and stops the trees
+    # almost at once: valid then joins the trees, boosted a fixed ``fallback_rounds``.
+    min_stopping_positives: int = 20
+    fallback_rounds: int = 100
     calibration: str = "auto"
     num_threads: int = 0  # 0: one thread below SMALL_DATA rows, else every core
     seed: int = 7
@@ -65,6 +73,11 @@ class TrainConfig:
             raise DataError(f"valid + calibration + test shares {sum(shares):g} leave no trees")
         if self.calibration not in CALIBRATIONS:
             raise DataError(f"calibration must be one of {CALIBRATIONS}")
+        if self.stopping_metric not in STOPPING_METRICS:
+            raise DataError(
+                f"stopping_metric {self.stopping_metric!r} is not one of "
+                f"{', '.join(STOPPING_METRICS)}"
+            )
         if self.max_rounds < 1 or self.early_stopping_rounds < 0:
             raise DataError("max_rounds must be positive, early_stopping_rounds not negative")
 
@@ -84,7 +97,10 @@ class TrainConfig:
             threads = 1
         return {
             "objective": "binary",
-            "metric": ["average_precision", "binary_logloss"],
+            "metric": [
+                self.stopping_metric,
+                *(m for m in STOPPING_METRICS if m != self.stopping_metric),
+            ],
             "first_metric_only": True,
             "learning_rate": self.learning_rate,
             "num_leaves": self.num_leaves,
@@ -109,7 +125,15 @@ def fit_trees(
     valid: tuple[np.ndarray, np.ndarray],
     config: TrainConfig,
 ) -> lightgbm.Booster:
-    """Boost on ``train`` (matrix, labels), stopping when AP on ``valid`` stops improving."""
+    """Boost on ``train`` (matrix, labels), stopping when AP on ``valid`` stops improving.
+
+    When ``valid`` holds fewer than ``config.min_stopping_positives`` abusive requests,
+    it cannot guide the stopping: it joins the trees' data, which are boosted
+    ``config.fallback_rounds`` rounds."""
+    if int(np.sum(valid[1])) < config.min_stopping_positives:
+        train = (np.vstack([train[0], valid[0]]), np.concatenate([train[1], valid[1]]))
+        config = replace(config, max_rounds=config.fallback_rounds, early_stopping_rounds=0)
+        valid = train
     for name, (_, y) in (("training", train), ("validation", valid)):
         if not 0 < int(np.sum(y)) < len(y):
             raise DataError(
@@ -132,7 +156,13 @@ def fit_trees(
         num_boost_round=config.max_rounds,
         valid_sets=[check],
         valid_names=["valid"],
-        callbacks=[lightgbm.early_stopping(config.early_stopping_rounds, verbose=False)]
+        # The callback's own flag: without it, the first metric of any kind to stall stops
+        # the boosting and picks the trees.
+        callbacks=[
+            lightgbm.early_stopping(
+                config.early_stopping_rounds, first_metric_only=True, verbose=False
+            )
+        ]
         if config.early_stopping_rounds
         else [],
     )
