@@ -153,6 +153,7 @@ def _aggregate(
     feature: Aggregate,
     row: dict[str, Any],
     timeline: Timeline,
+    keyed: dict[tuple[Source, Entity, Any], pd.DataFrame],
 ) -> float:
     key = _entity_of_request(row, feature.entity)
     if _missing(key):
@@ -169,9 +170,14 @@ def _aggregate(
         if feature.agg is Agg.COUNT:
             return float(len(known))
         return float(max(int(registered[u]) for u in known)) if known else math.nan
-    events = sources[feature.source]
-    events = events[events[feature.entity.value].notna()]
-    events = events[(events[feature.entity.value] == key) & (events["time"] < t)]
+    # The key's events, found once per request and source: many features read the same.
+    found = (feature.source, feature.entity, key)
+    if found not in keyed:
+        events = sources[feature.source]
+        events = events[events[feature.entity.value].notna()]
+        keyed[found] = events[events[feature.entity.value] == key]
+    events = keyed[found]
+    events = events[events["time"] < t]
     events = events[events["time"] >= _start(t, feature.window)]
     if feature.where is not None:
         column, value = feature.where
@@ -204,9 +210,10 @@ def oracle_features(history: History, requests: pd.DataFrame | None = None) -> p
     for i in range(len(requests)):
         row = {name: values[i] for name, values in base.items()}
         columns = {name: values[i : i + 1] for name, values in base.items()}
+        keyed: dict[tuple[Source, Entity, Any], pd.DataFrame] = {}
         for name, feature in CATALOG.items():
             if isinstance(feature, Aggregate):
-                value = _aggregate(history, sources, feature, row, timeline)
+                value = _aggregate(history, sources, feature, row, timeline, keyed)
                 row[name] = value
                 columns[name] = np.array([value])
         for name, feature in CATALOG.items():
