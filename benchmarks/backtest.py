@@ -35,7 +35,7 @@ from feature_engines import synthetic_history
 import features
 import training.backtest as backtest_module
 import training.tune as tune_module
-from features.policy_commands import load_with_catalogue
+from features.policy_fields import load_with_catalogue
 from riskmodel.bundle import ModelBundle
 from riskmodel.policy import STARTER_POLICY
 from training import Examples, LabelPolicy, TrainConfig, latest_labels, train_on

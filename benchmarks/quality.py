@@ -58,7 +58,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import features
-from features.policy_commands import load_with_catalogue
+from features.policy_fields import load_with_catalogue
 from riskmodel.errors import DataError
 from riskmodel.policy import STARTER_POLICY
 from riskmodel.simulator import (

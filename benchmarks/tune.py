@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import features
-from features.policy_commands import load_with_catalogue
+from features.policy_fields import load_with_catalogue
 from riskmodel.cli import main as riskmodel
 from riskmodel.policy import STARTER_POLICY
 from riskmodel.registry import Registry

@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from features.policy_commands import load_with_catalogue
+from features.policy_fields import load_with_catalogue
 from riskmodel.cli import add_database_option
 from riskmodel.errors import RiskModelError
 from riskmodel.policy import STARTER_POLICY

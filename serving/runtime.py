@@ -18,7 +18,7 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import DBAPIError
 
 import features
-from features.policy_commands import load_with_catalogue
+from features.policy_fields import load_with_catalogue
 from riskmodel.bundle import ModelBundle
 from riskmodel.errors import RiskModelError
 from riskmodel.policy import Policy

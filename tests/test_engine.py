@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import features
-from features.policy_commands import load_with_catalogue, policy_fields
+from features.policy_fields import load_with_catalogue, policy_fields
 from riskmodel.domain import Decision, Order, RefundRequest
 from riskmodel.engine import (
     REQUEST_FIELDS,

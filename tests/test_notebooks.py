@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from features.policy_commands import load_with_catalogue
+from features.policy_fields import load_with_catalogue
 
 from .notebooks import NOTEBOOKS, execute
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from features.policy_commands import load_with_catalogue, policy_fields
+from features.policy_fields import load_with_catalogue, policy_fields
 from riskmodel.domain import Decision
 from riskmodel.policy import STARTER_POLICY, Kind, PolicyError, load_policy, parse_policy
 

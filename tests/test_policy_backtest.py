@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import features
-from features.policy_commands import load_with_catalogue
+from features.policy_fields import load_with_catalogue
 from riskmodel.cli import main
 from riskmodel.engine import required_fields
 from riskmodel.policy import STARTER_POLICY, Policy

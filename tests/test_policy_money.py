@@ -21,7 +21,7 @@ import pytest
 
 import features
 import training.policy_commands
-from features.policy_commands import load_with_catalogue
+from features.policy_fields import load_with_catalogue
 from riskmodel.cli import main
 from riskmodel.engine import decide_frame
 from riskmodel.errors import DataError

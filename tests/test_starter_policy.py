@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 import features
-from features.policy_commands import load_with_catalogue
+from features.policy_fields import load_with_catalogue
 from riskmodel.dataset import write_table
 from riskmodel.engine import decide_frame
 from riskmodel.policy import STARTER_POLICY

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import features
-from features.policy_commands import load_with_catalogue
+from features.policy_fields import load_with_catalogue
 from riskmodel.cli import main
 from riskmodel.engine import decide_frame
 from riskmodel.errors import DataError

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from features import History, load_history
-from features.policy_commands import load_with_catalogue
+from features.policy_fields import load_with_catalogue
 from riskmodel.cli import add_database_option
 from riskmodel.errors import DataError
 from riskmodel.registry import Registry

@@ -52,7 +52,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from features import History
-from features.policy_commands import load_with_catalogue
+from features.policy_fields import load_with_catalogue
 from riskmodel.engine import Scorer, decide_frame
 from riskmodel.errors import DataError
 from riskmodel.policy import Policy

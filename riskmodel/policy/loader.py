@@ -6,7 +6,7 @@ wrong, ``PolicyError`` lists each problem with the file, the line and column, an
 (or segment, queue) it belongs to; nothing is returned, so the policy in service stays.
 
 The fields a condition may read are the caller's to give (``fields``): this package sits
-below the feature catalogue and must not import it. ``features.policy_commands`` passes
+below the feature catalogue and must not import it. ``features.policy_fields`` passes
 the catalogue plus the request fields of ``riskmodel.engine``.
 
 The policy hash is SHA-256 over the policy file's bytes, then for each list file it names,
