@@ -20,7 +20,7 @@ from pathlib import Path
 from riskmodel import quickstart
 from riskmodel.errors import RiskModelError
 
-__all__ = ["add_database_option", "build_parser", "main"]
+__all__ = ["add_database_option", "build_parser", "main", "positive_int"]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -33,7 +33,8 @@ def _utc_date(text: str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argument type: a whole number above zero."""
     try:
         value = int(text)
     except ValueError as exc:
@@ -141,11 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
         "labels) plus a separate ground-truth file. Deterministic for a seed.",
     )
     sim.add_argument("--out", type=Path, required=True, help="dataset directory to write")
-    sim.add_argument("--users", type=_positive, default=10_000, help="number of users")
-    sim.add_argument("--days", type=_positive, default=180, help="days of history")
+    sim.add_argument("--users", type=positive_int, default=10_000, help="number of users")
+    sim.add_argument("--days", type=positive_int, default=180, help="days of history")
     sim.add_argument(
         "--world",
-        type=_positive,
+        type=positive_int,
         help="draw a whole randomised world from this number (1 or more); its parameters "
         "go to world.json beside the tables (default: the standard marketplace)",
     )

@@ -30,10 +30,11 @@ from training.search import search
 from training.signature import catalog_signature
 from training.train import train_on
 
-__all__ = ["register"]
+__all__ = ["date_argument", "register"]
 
 
-def _date(text: str) -> int:
+def date_argument(text: str) -> int:
+    """An argument type: an ISO 8601 date or time, as store microseconds."""
     try:
         micros = to_micros(text)
     except DataError as exc:
@@ -81,7 +82,9 @@ def register(commands: Any) -> None:
         "--until: only requests, events and labels known before it are read.",
     )
     _source(tr)
-    tr.add_argument("--until", type=_date, help="train as of this date (default: data's end)")
+    tr.add_argument(
+        "--until", type=date_argument, help="train as of this date (default: data's end)"
+    )
     _maturity_options(tr)
     tr.add_argument(
         "--unlabelled",
@@ -109,7 +112,7 @@ def register(commands: Any) -> None:
         "features, and write request_id,score as CSV.",
     )
     _source(sc)
-    sc.add_argument("--since", type=_date, help="first request time to score")
+    sc.add_argument("--since", type=date_argument, help="first request time to score")
     sc.add_argument("--out", type=Path, required=True, help="CSV file to write")
     sc.add_argument("--model", default="champion", help="version or alias (champion)")
     sc.add_argument("--policy", type=Path, help="policy file (YAML): add each request's decision")
@@ -125,8 +128,10 @@ def register(commands: Any) -> None:
     )
     ev.add_argument("version", help="version or alias")
     _source(ev)
-    ev.add_argument("--since", type=_date, help="start of the period (default: model's until)")
-    ev.add_argument("--until", type=_date, help="end of the period (default: data's end)")
+    ev.add_argument(
+        "--since", type=date_argument, help="start of the period (default: model's until)"
+    )
+    ev.add_argument("--until", type=date_argument, help="end of the period (default: data's end)")
     ev.add_argument("--against", help="compare with this version or alias (e.g. champion)")
     ev.add_argument("--out", type=Path, help="report directory (default: print only)")
     _registry_option(ev)
@@ -271,7 +276,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         bundles.append(registry.load(args.against, expect=signature))
     since: int = args.since
     if since is None:
-        since = _date(bundles[0].training_window.until)
+        since = date_argument(bundles[0].training_window.until)
     truth = _truth(args)
     period = evaluation_period(
         _history(args), since, args.until, truth, bundles[0].training_window.maturity_days

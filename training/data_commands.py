@@ -10,31 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from riskmodel.cli import positive_int
 from riskmodel.dataset import read_dataset
-from riskmodel.errors import DataError
+from training.commands import date_argument
 from training.datacheck import FEATURE_SAMPLE, check_dataset, render
-from training.dataset import to_micros
 
 __all__ = ["register"]
-
-
-def _date(text: str) -> int:
-    try:
-        micros = to_micros(text)
-    except DataError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-    assert micros is not None
-    return micros
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from exc
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
 
 
 def register(commands: Any) -> None:
@@ -52,7 +33,7 @@ def register(commands: Any) -> None:
     check.add_argument("directory", type=Path, help="dataset directory (Parquet or CSV files)")
     check.add_argument(
         "--until",
-        type=_date,
+        type=date_argument,
         metavar="DATE",
         help="profile the data as known before this date (ISO 8601)",
     )
@@ -61,7 +42,7 @@ def register(commands: Any) -> None:
     )
     check.add_argument(
         "--sample",
-        type=_positive,
+        type=positive_int,
         default=FEATURE_SAMPLE,
         metavar="N",
         help=f"most recent labelled requests whose features are scored ({FEATURE_SAMPLE:,})",

@@ -18,6 +18,7 @@ from riskmodel.cli import add_database_option
 from riskmodel.errors import DataError
 from riskmodel.registry import Registry
 from training.backtest import Backtest, backtest
+from training.commands import date_argument
 from training.dataset import iso, load_ground_truth, to_micros
 from training.policy_report import (
     BACKTEST_ROWS,
@@ -38,15 +39,6 @@ __all__ = ["INFEASIBLE", "register"]
 
 INFEASIBLE = 3
 """Exit status of ``riskmodel tune`` when no threshold pair meets the constraints."""
-
-
-def _date(text: str) -> int:
-    try:
-        micros = to_micros(text)
-    except DataError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-    assert micros is not None
-    return micros
 
 
 def _share(text: str) -> float:
@@ -118,8 +110,8 @@ def register(commands: Any) -> None:
         type=Path,
         help="registry directory (default: $RISKMODEL_REGISTRY, else data/registry)",
     )
-    bt.add_argument("--since", type=_date, help="first request time (ISO 8601)")
-    bt.add_argument("--until", type=_date, help="requests before this time (ISO 8601)")
+    bt.add_argument("--since", type=date_argument, help="first request time (ISO 8601)")
+    bt.add_argument("--until", type=date_argument, help="requests before this time (ISO 8601)")
     bt.add_argument("--changes", type=Path, help="write every changed request to this .csv")
     bt.add_argument("--show", type=int, default=10, help="changed requests to print (10)")
     bt.add_argument(
@@ -227,8 +219,8 @@ def _register_tune(commands: Any) -> None:
         type=Path,
         help="registry directory (default: $RISKMODEL_REGISTRY, else data/registry)",
     )
-    tu.add_argument("--since", type=_date, help="period start (default: the model's until)")
-    tu.add_argument("--until", type=_date, help="period end (default: the data's end)")
+    tu.add_argument("--since", type=date_argument, help="period start (default: the model's until)")
+    tu.add_argument("--until", type=date_argument, help="period end (default: the data's end)")
     limits = tu.add_argument_group(
         "constraints (shares are of money asked back; rates and counts are of requests)"
     )
