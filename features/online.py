@@ -10,9 +10,11 @@ grow with the size of what it touches. Tiles are summed in *bands*, the days bet
 window's start and the next (``_bands``): a plain range sum per band, where a conditional
 sum per window and row cost three times as much. A user's and an order's events are few
 and are read as they are; an entity's refund requests, what they came to (outcomes) and
-this service's decisions of them are one read of its requests (``_requests_query``).
-Context, ratio and derived formulas are the ones the offline engine runs, called on one
-row.
+this service's decisions of them are one read of its requests (``_requests_query``); its
+verdict changes counted as abuse and as verdicts are one read too. Each group answers one
+row with a column per aggregate. Context, ratio and derived formulas are the ones the
+offline engine runs, called on one row; the numbers live in one vector, the ratios of a
+step divided in one operation.
 
     >>> from features.online import online_features
     >>> from riskmodel.store import open_store
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache, cached_property
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -146,19 +148,20 @@ def online_features(
         keys[entity] = key
         parameters[f"key_{entity.value}"] = key
     asked = [index for index, entity in enumerate(plan.entities) if entity in keys]
-    values = np.full(len(plan.aggregates), np.nan)
+    # Every number lives in one vector (the aggregates first): per feature, a dict of
+    # one-element arrays cost more than the features' arithmetic.
+    vector = np.full(plan.width, np.nan)
     if asked:
         # Every group in one statement: one round trip to the database, not one per group.
         query = plan.query(tuple(asked))
-        values[query.positions] = query.finish(_run(conn, query.statement, parameters, []), t)
-    columns.update(zip(plan.aggregate_names, values.reshape(-1, 1), strict=True))
+        vector[query.positions] = query.finish(_run(conn, query.statement, parameters, []), t)
+    vector[plan.seeded] = [columns[name][0] for name in plan.seeds]
     for step in plan.computed:
-        step.compute_into(columns)
-    numbers = np.array([columns[name][0] for name in plan.numbers], dtype=float)
-    out = dict(zip(plan.numbers, numbers.tolist(), strict=True))
+        step.compute_into(columns, vector)
+    out = dict(zip(plan.names, vector[plan.answered].tolist(), strict=True))
     for name, levels in plan.categories:
         out[name] = _category(levels, columns[name][0])
-    return {name: out[name] for name in plan.names}
+    return out
 
 
 def _bounds(t: int, windows: Sequence[int]) -> dict[str, Any]:
@@ -179,67 +182,31 @@ def _bounds(t: int, windows: Sequence[int]) -> dict[str, Any]:
     return parameters
 
 
-# --- how a group's columns become its aggregates ---------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """Which of a group's columns make each of its aggregates: the sum of some columns
-    (counts and sums: no column means 0), or the largest (maxima, latest events: none
-    means null)."""
-
-    columns: int
-    sums: tuple[tuple[int, ...] | None, ...]  # per aggregate; None: a maximum
-    maxima: tuple[tuple[int, ...] | None, ...]  # per aggregate; None: a sum
-
-    @classmethod
-    def direct(cls, group: Sequence[Aggregate]) -> _Layout:
-        """One column per aggregate."""
-        summed = [a.agg not in (Agg.MAX, Agg.HOURS_SINCE_LAST) for a in group]
-        return cls(
-            len(group),
-            tuple((i,) if s else None for i, s in enumerate(summed)),
-            tuple(None if s else (i,) for i, s in enumerate(summed)),
-        )
+# --- how the rows become aggregates ------------------------------------------------------------
 
 
 @dataclass(frozen=True, eq=False)
 class _Query:
-    """The statement for some groups of a plan, and how its rows become aggregates: group
-    ``g``'s column ``c`` is cell ``g * width + c`` of the rows laid end to end."""
+    """The statement for some groups of a plan, and how its rows become aggregates: each
+    group's row holds one cell per aggregate, group ``g``'s column ``c`` is cell
+    ``g * width + c`` of the rows laid end to end."""
 
     statement: CompoundSelect[Any]
     width: int
     positions: np.ndarray  # where each aggregate it computes goes among the plan's
-    summing: np.ndarray  # (aggregates x cells) 0/1: the cells each count or sum adds
-    largest: np.ndarray  # the aggregates that are a largest value
-    largest_cells: np.ndarray  # (those x cells), padded with the cell past the end
+    cells: np.ndarray  # the cell of each
+    summed: np.ndarray  # counts and sums: nothing counted is 0, not null
     cents: np.ndarray  # money summed in cents, answered in currency units
     hours_since: np.ndarray  # the latest event's time, answered as hours before ``t``
-
-    @cached_property
-    def sum_rows(self) -> np.ndarray:
-        return np.nonzero(self.summing)[0]
-
-    @cached_property
-    def sum_cells(self) -> np.ndarray:
-        return np.nonzero(self.summing)[1]
 
     def finish(self, rows: Sequence[Sequence[Any]], t: int) -> np.ndarray:
         """The rows as feature values (the driver's None is NaN, a PostgreSQL sum a
         Decimal)."""
-        read = np.full(self.summing.shape[1] + 1, np.nan)  # the last cell: always null
+        read = np.full(len(rows) * self.width, np.nan)
         cells = np.array(rows, dtype=float)
-        groups = cells[:, 0].astype(np.intp)
-        read[:-1].reshape(-1, self.width)[groups] = cells[:, 1:]
-        # The sums as a sparse product: a dense one multiplies hundreds of zeros per cell.
-        cells_read = np.nan_to_num(read[self.sum_cells], nan=0.0)
-        values: np.ndarray = np.bincount(
-            self.sum_rows, weights=cells_read, minlength=self.summing.shape[0]
-        )
-        if len(self.largest):
-            # The largest cell of each, null only if all are (fmax skips nulls).
-            values[self.largest] = np.fmax.reduce(read[self.largest_cells], axis=1)
+        read.reshape(-1, self.width)[cells[:, 0].astype(np.intp)] = cells[:, 1:]
+        values: np.ndarray = read[self.cells]
+        values[self.summed & np.isnan(values)] = 0.0
         values[self.cents] /= 100
         values[self.hours_since] = (t - values[self.hours_since]) / HOUR
         return values
@@ -250,52 +217,79 @@ Group = tuple[Source, Entity, tuple[Aggregate, ...]]
 
 @dataclass(frozen=True)
 class _One:
-    """A context or derived feature, computed as the offline engine does, on one row."""
+    """A context or derived feature, computed as the offline engine does, on one row:
+    given its inputs that are numbers of the vector as one-row columns, and writing its
+    value to the vector when it is a number."""
 
     feature: Context | Derived
+    reads: tuple[tuple[str, int], ...]  # (input, its place in the vector)
+    slot: int | None  # its own place; None: a category
 
-    def compute_into(self, columns: dict[str, np.ndarray]) -> None:
-        columns[self.feature.name] = self.feature.compute(columns)
+    def compute_into(self, columns: dict[str, np.ndarray], vector: np.ndarray) -> None:
+        for name, slot in self.reads:
+            columns[name] = vector[slot : slot + 1]
+        value = self.feature.compute(columns)
+        columns[self.feature.name] = value
+        if self.slot is not None:
+            vector[self.slot] = value[0]
 
 
+@dataclass(frozen=True)
 class _Ratios:
-    """Ratios none of which reads another, divided in one numpy operation: one at a time,
-    numpy's fixed cost per call was most of a decision's Python."""
+    """Ratios none of which reads another, divided in one numpy operation on the vector:
+    one at a time, numpy's fixed cost per call was most of a decision's Python."""
 
-    def __init__(self, ratios: Sequence[Ratio]) -> None:
-        self.names = [r.name for r in ratios]
-        self.numerators = [r.numerator for r in ratios]
-        self.denominators = [r.denominator for r in ratios]
-        self.clipped = np.flatnonzero([r.clip for r in ratios])
+    out: np.ndarray
+    top: np.ndarray
+    bottom: np.ndarray
+    clipped: np.ndarray  # those kept within [0, 1], among ``out``
 
-    def compute_into(self, columns: dict[str, np.ndarray]) -> None:
-        top = np.array([columns[n][0] for n in self.numerators], dtype=float)
-        bottom = np.array([columns[d][0] for d in self.denominators], dtype=float)
-        values = divide(top, bottom)
+    @classmethod
+    def of(cls, ratios: Sequence[Ratio], slots: Mapping[str, int]) -> _Ratios:
+        def places(names: Sequence[str]) -> np.ndarray:
+            return np.array([slots[name] for name in names], dtype=np.intp)
+
+        return cls(
+            places([r.name for r in ratios]),
+            places([r.numerator for r in ratios]),
+            places([r.denominator for r in ratios]),
+            np.flatnonzero([r.clip for r in ratios]),
+        )
+
+    def compute_into(self, columns: dict[str, np.ndarray], vector: np.ndarray) -> None:
+        values = divide(vector[self.top], vector[self.bottom])
         if len(self.clipped):
             values[self.clipped] = np.minimum(np.maximum(values[self.clipped], 0.0), 1.0)
-        for name, value in zip(self.names, values.reshape(-1, 1), strict=True):
-            columns[name] = value
+        vector[self.out] = values
 
 
-def _steps(computed: Sequence[Computed]) -> tuple[_One | _Ratios, ...]:
-    """The computed features in order, consecutive ratios that do not read one another
-    gathered into one step."""
+def _steps(computed: Sequence[Computed], slots: Mapping[str, int]) -> tuple[_One | _Ratios, ...]:
+    """The computed features in an order that respects what each reads: every feature
+    whose inputs are ready, one by one, then every ratio whose inputs are ready, in one
+    step; and again, until none is left. Few ratio steps: each costs numpy's fixed price."""
     steps: list[_One | _Ratios] = []
-    batch: list[Ratio] = []
-    for feature in computed:
-        if isinstance(feature, Ratio) and not set(feature.inputs) & {r.name for r in batch}:
-            batch.append(feature)
-            continue
-        if batch:
-            steps.append(_Ratios(batch))
-            batch = []
-        if isinstance(feature, Ratio):
-            batch.append(feature)
+    pending = list(computed)
+    waiting = {f.name for f in computed}  # not computed yet
+    # Numbers only the vector holds until a step reads them: the aggregates and ratios.
+    uncolumned = {n for n in slots if isinstance(CATALOG.get(n), Aggregate | Ratio)}
+    while pending:
+        # A context feature named as its request column reads that column.
+        ready = [f for f in pending if not (set(f.inputs) - {f.name}) & waiting]
+        if not ready:
+            raise ValueError(f"features reading one another: {[f.name for f in pending]}")
+        ones = [f for f in ready if not isinstance(f, Ratio)]
+        for feature in ones:
+            reads = tuple((n, slots[n]) for n in feature.inputs if n in uncolumned)
+            uncolumned -= set(feature.inputs)
+            steps.append(_One(feature, reads, slots.get(feature.name)))
+        ratios = [f for f in ready if isinstance(f, Ratio)]
+        if ratios and not ones:
+            steps.append(_Ratios.of(ratios, slots))
         else:
-            steps.append(_One(feature))
-    if batch:
-        steps.append(_Ratios(batch))
+            ratios = []
+        done = {f.name for f in (*ones, *ratios)}
+        waiting -= done
+        pending = [f for f in pending if f.name not in done]
     return tuple(steps)
 
 
@@ -310,12 +304,14 @@ class _Plan:
     """
 
     aggregates: tuple[Aggregate, ...]
-    aggregate_names: tuple[str, ...]
     entities: tuple[Entity, ...]
     groups: tuple[Group, ...]
     computed: tuple[_One | _Ratios, ...]
     names: tuple[str, ...]  # answered, in this order
-    numbers: tuple[str, ...]  # those that are numbers
+    width: int  # the numbers' vector: the aggregates, then the computed numbers
+    answered: np.ndarray  # the vector's place of each name (a category's is ignored)
+    seeds: tuple[str, ...]  # request columns a ratio reads, copied into the vector
+    seeded: np.ndarray  # their places
     categories: tuple[tuple[str, tuple[str, ...]], ...]  # the others, with their levels
     windows: tuple[int, ...]
     _queries: dict[tuple[int, ...], _Query] = field(default_factory=dict, compare=False)
@@ -329,35 +325,21 @@ class _Plan:
     def _query(self, asked: tuple[int, ...]) -> _Query:
         chosen = tuple(self.groups[i] for i in asked)
         order = {a.name: i for i, a in enumerate(self.aggregates)}
-        read = [a for _, _, group in chosen for a in group]
-        layouts = [_group_query(*group)[1] for group in chosen]
         statement, width = _combined(chosen)
-        summing = np.zeros((len(read), width * len(chosen)))
-        maxima: list[tuple[int, tuple[int, ...]]] = []
-        row = 0
-        for number, layout in enumerate(layouts):
-            offset = number * width
-            for sums, largest in zip(layout.sums, layout.maxima, strict=True):
-                if sums is not None:
-                    summing[row, [offset + c for c in sums]] = 1.0
-                else:
-                    assert largest is not None
-                    maxima.append((row, tuple(offset + c for c in largest)))
-                row += 1
-        kinds = [a.agg for a in read]
-        longest = max((len(cells) for _, cells in maxima), default=0)
-        largest_cells = np.full((len(maxima), longest), summing.shape[1], dtype=np.intp)
-        for index, (_, cells) in enumerate(maxima):
-            largest_cells[index, : len(cells)] = cells
+        read = [a for _, _, group in chosen for a in group]
+        cells = [
+            number * width + column
+            for number, (_, _, group) in enumerate(chosen)
+            for column in range(len(group))
+        ]
         return _Query(
             statement,
             width,
             np.array([order[a.name] for a in read], dtype=np.intp),
-            summing,
-            np.array([aggregate for aggregate, _ in maxima], dtype=np.intp),
-            largest_cells,
+            np.array(cells, dtype=np.intp),
+            np.array([a.agg in (Agg.COUNT, Agg.SUM, Agg.DISTINCT) for a in read]),
             np.array([a.in_currency for a in read]),
-            np.array([k is Agg.HOURS_SINCE_LAST for k in kinds]),
+            np.array([a.agg is Agg.HOURS_SINCE_LAST for a in read]),
         )
 
 
@@ -373,6 +355,8 @@ def _plan(names: tuple[str, ...]) -> _Plan:
             if source in _OF_REQUESTS and not tiled:
                 # What the entity's requests asked, came to and were decided: one read.
                 source = Source.REFUNDS
+            if source is Source.VERDICTS and not tiled:
+                source = Source.ABUSE  # one read of the entity's verdict changes
             grouped.setdefault((source, feature.entity, tiled), []).append(feature)
     groups = tuple((s, e, tuple(group)) for (s, e, _), group in grouped.items())
     categories: list[tuple[str, tuple[str, ...]]] = []
@@ -382,14 +366,22 @@ def _plan(names: tuple[str, ...]) -> _Plan:
             # A value outside the declared levels is unknown, as offline (build_features).
             categories.append((name, feature.levels if isinstance(feature, Context) else ()))
     aggregates = tuple(a for _, _, group in groups for a in group)
+    computed = [f for f in wanted if isinstance(f, Computed)]
+    numbers = [*aggregates, *(f for f in computed if f.type is not Type.CATEGORY)]
+    slots = {feature.name: slot for slot, feature in enumerate(numbers)}
+    ratios = [f for f in computed if isinstance(f, Ratio)]
+    seeds = tuple(sorted({n for r in ratios for n in r.inputs if n not in slots}))
+    slots.update({name: len(numbers) + i for i, name in enumerate(seeds)})
     return _Plan(
         aggregates=aggregates,
-        aggregate_names=tuple(a.name for a in aggregates),
         entities=tuple(e for _, e, _ in groups),
         groups=groups,
-        computed=_steps([f for f in wanted if isinstance(f, Computed)]),
+        computed=_steps(computed, slots),
         names=names,
-        numbers=tuple(n for n in names if CATALOG[n].type is not Type.CATEGORY),
+        width=len(slots),
+        answered=np.array([slots.get(n, 0) for n in names], dtype=np.intp),
+        seeds=seeds,
+        seeded=np.array([slots[n] for n in seeds], dtype=np.intp),
         categories=tuple(categories),
         windows=tuple(sorted({a.window for a in aggregates if a.window is not None})),
     )
@@ -537,12 +529,12 @@ def _combined(asked: tuple[Group, ...]) -> tuple[CompoundSelect[Any], int]:
     after (padded to the widest group's); and that width. Stacked, not joined side by side:
     SQLite ran the same sub-selects joined into one row at twice the cost of running each
     alone."""
-    queries = [_group_query(*group) for group in asked]
-    width = max(layout.columns for _, layout in queries)
+    width = max(len(group) for _, _, group in asked)
     parts = []
-    for number, (statement, layout) in enumerate(queries):
-        own = statement.subquery(f"g{number}")
-        pads = [cast(null(), Numeric) for _ in range(width - layout.columns)]
+    for number, group in enumerate(asked):
+        own = _group_query(*group).subquery(f"g{number}")
+        # Padded with zeros, not nulls: a null costs the driver and numpy more.
+        pads = [cast(_const(0), Numeric) for _ in range(width - len(group[2]))]
         columns = [*own.c, *pads]
         parts.append(
             select(
@@ -668,25 +660,28 @@ def _events(source: Source, entity: Entity) -> _Events:
 
 
 @cache
-def _group_query(
-    source: Source, entity: Entity, group: tuple[Aggregate, ...]
-) -> tuple[Select[Any], _Layout]:
-    """One statement folding every aggregate of the group as of ``t``, and how its
-    columns make the aggregates."""
+def _group_query(source: Source, entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any]:
+    """One statement folding every aggregate of the group as of ``t``: one row, a column
+    per aggregate."""
     if source is Source.SIGHTINGS:
         return _sightings_query(entity, group)
     if _tiled(group[0]):
         return _tiled_query(source, entity, group)
     if source is Source.REFUNDS:
-        return _requests_query(entity, group), _Layout.direct(group)
+        return _requests_query(entity, group)
+    # The sources of one group share a table, its key, time and filters (verdict changes
+    # counted as abuse and as verdicts); each aggregate counts and sums its own source's.
     events = _events(source, entity)
-    statement = (
-        select(*_folds(group, events))
+    folds = []
+    for aggregate in group:
+        own = _events(aggregate.source, entity)
+        folds.append(_fold(aggregate, _matched(aggregate, own), own).label(aggregate.name))
+    return (
+        select(*folds)
         .select_from(events.from_)
         .where(events.key == _key(entity), events.time < _T, *events.filters)
         .where(*_widest(group, events.time, _start))
     )
-    return statement, _Layout.direct(group)
 
 
 def _requests_query(entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any]:
@@ -736,10 +731,12 @@ def _fold(aggregate: Aggregate, matched: ColumnElement[bool] | None, events: _Ev
             return expression
         return case((matched, expression), else_=otherwise)
 
+    # Counts and sums of nothing are 0, not null: a null cell costs the driver and numpy
+    # three times a number's.
     if aggregate.agg is Agg.COUNT:
-        return func.sum(when(events.count, _const(0)))
+        return func.coalesce(func.sum(when(events.count, _const(0))), _const(0))
     if aggregate.agg is Agg.SUM:
-        return func.sum(when(events.value, _const(0)))
+        return func.coalesce(func.sum(when(events.value, _const(0))), _const(0))
     if aggregate.agg is Agg.HOURS_SINCE_LAST:
         return func.max(when(events.time))
     if aggregate.agg is Agg.DISTINCT:
@@ -779,13 +776,12 @@ def _in_band(aggregate: Aggregate, bands: Sequence[tuple[int | None, list[Any]]]
     return list(range(last + 1))
 
 
-def _stacked(
-    width: int, largest: set[int], branches: Sequence[tuple[dict[int, Any], Any]]
-) -> Select[Any]:
-    """One select over the union of ``branches``, each filling some of ``width`` columns
+def _stacked(largest: set[int], branches: Sequence[tuple[dict[int, Any], Any]]) -> Select[Any]:
+    """One select over the union of ``branches``, each filling some of the group's columns
     (``(column -> expression, finish)``, ``finish`` adding its FROM and WHERE): the sum of
     each column, or its largest value for those in ``largest``. One table for the group
     however many parts it reads (SQLite joins at most 64)."""
+    width = 1 + max(i for expressions, _ in branches for i in expressions)
     parts = []
     for expressions, finish in branches:
         # What a branch leaves out adds nothing (0, or null to a maximum): one type a column.
@@ -796,31 +792,37 @@ def _stacked(
         parts.append(finish(select(*[c.label(f"c{i}") for i, c in enumerate(columns)])))
     union = union_all(*parts).subquery("parts")
     return select(
-        *[(func.max if i in largest else func.sum)(union.c[f"c{i}"]) for i in range(width)]
+        *[
+            func.max(union.c[f"c{i}"])
+            if i in largest
+            else func.coalesce(func.sum(union.c[f"c{i}"]), _const(0))
+            for i in range(width)
+        ]
     )
 
 
-def _tiled_query(
-    source: Source, entity: Entity, group: tuple[Aggregate, ...]
-) -> tuple[Select[Any], _Layout]:
+def _tiled_query(source: Source, entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any]:
     """The group's counts and sums as whole days' tiles (``entity_days``), summed band by
     band, plus the events of ``t``'s own day and before the epoch: a few dozen rows for any
-    entity."""
+    entity. Each band fills the column of every aggregate whose window holds it, so the
+    union's column sums are the aggregates (the database sums a band's measure once
+    however many columns repeat it)."""
     tiles = entity_days.c
     bands = _bands(group, tiles.day)
-    # What each band sums: every count (n), the money (total) and each reason's count.
     money = source in (Source.ORDERS, Source.REFUNDS)
-    measures: list[tuple[str, Any]] = [("n", tiles.n)]
-    if money and any(a.agg is Agg.SUM for a in group):
-        measures.append(("total", tiles.amount))
-    for reason in sorted({a.where[1] for a in group if a.where is not None}):
-        measures.append((reason, case((tiles.reason == _const(reason), tiles.n), else_=_const(0))))
-    width = len(bands) * len(measures)
+
+    def measure(aggregate: Aggregate) -> Any:
+        """What the aggregate sums of a tile: one reason's count, the money or the count."""
+        if aggregate.where is not None:
+            return case((tiles.reason == _const(aggregate.where[1]), tiles.n), else_=_const(0))
+        return tiles.amount if aggregate.agg is Agg.SUM and money else tiles.n
+
     branches: list[tuple[dict[int, Any], Any]] = []
     for b, (_, conditions) in enumerate(bands):
         expressions = {
-            b * len(measures) + m: func.sum(expression)
-            for m, (_, expression) in enumerate(measures)
+            index: func.sum(measure(aggregate))
+            for index, aggregate in enumerate(group)
+            if b in _in_band(aggregate, bands)
         }
         where = (
             tiles.entity_kind == _const(entity.value),
@@ -836,38 +838,33 @@ def _tiled_query(
         (events.time < _HEAD, *_widest(group, events.time, _start)),
     )
     rows = events.rows(entity, ranges, filters)
-    raw = {width + i: fold for i, fold in enumerate(_folds(group, rows))}
+    raw = dict(enumerate(_folds(group, rows)))
     branches.append((raw, lambda q: q.select_from(rows.from_)))
-    names = [m for m, _ in measures]
-    sums: list[tuple[int, ...] | None] = []
-    for index, aggregate in enumerate(group):
-        if aggregate.where is not None:
-            measure = names.index(aggregate.where[1])
-        elif aggregate.agg is Agg.SUM and money:
-            measure = names.index("total")
-        else:
-            measure = 0
-        columns = [b * len(measures) + measure for b in _in_band(aggregate, bands)]
-        sums.append((*columns, width + index))
-    statement = _stacked(width + len(group), set(), branches)
-    return statement, _Layout(width + len(group), tuple(sums), tuple(None for _ in group))
+    return _stacked(set(), branches)
 
 
-def _sightings_query(entity: Entity, group: tuple[Aggregate, ...]) -> tuple[Select[Any], _Layout]:
+def _sightings_query(entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any]:
     """Users first seen on the entity before ``t`` (in a window, or ever) and the newest
     registration among them: the whole days' tiles of ``sighting_days`` band by band, plus
-    the sightings of ``t``'s own day and before the epoch."""
+    the sightings of ``t``'s own day and before the epoch; a column per aggregate as in
+    ``_tiled_query``."""
     if entity.value not in SIGHTED:
         raise ValueError(f"the store keeps no sightings of {entity.value}")
     tiles, seen, key = sighting_days.c, sightings.c, _key(entity)
     kind = _const(entity.value)
     bands = _bands(group, tiles.day)
-    width = 2 * len(bands)
+    for aggregate in group:
+        if aggregate.agg not in (Agg.COUNT, Agg.MAX):
+            raise ValueError(f"{aggregate.name}: {aggregate.agg} is not kept for sightings")
+    largest = {i for i, aggregate in enumerate(group) if aggregate.agg is Agg.MAX}
     branches: list[tuple[dict[int, Any], Any]] = []
     for b, (_, conditions) in enumerate(bands):
         expressions = {
-            2 * b: func.sum(tiles.users),
-            2 * b + 1: func.max(tiles.newest_registration),
+            index: func.max(tiles.newest_registration)
+            if index in largest
+            else func.sum(tiles.users)
+            for index, aggregate in enumerate(group)
+            if b in _in_band(aggregate, bands)
         }
         where = (tiles.entity_kind == kind, tiles.entity == key, *conditions)
         branches.append((expressions, lambda q, where=where: q.where(*where)))
@@ -884,28 +881,13 @@ def _sightings_query(entity: Entity, group: tuple[Aggregate, ...]) -> tuple[Sele
         ]
     ).subquery("seen")
     raw: dict[int, Any] = {}
-    largest = {2 * b + 1 for b in range(len(bands))}
     for index, aggregate in enumerate(group):
-        if aggregate.agg is Agg.COUNT:
-            counted: Any = _const(1)
-            if aggregate.window is not None:
-                counted = case((rows.c.at >= _start(aggregate.window), counted), else_=_const(0))
-            raw[width + index] = func.sum(counted)
-        elif aggregate.agg is Agg.MAX:
-            raw[width + index] = func.max(rows.c.newest)
-            largest.add(width + index)
-        else:
-            raise ValueError(f"{aggregate.name}: {aggregate.agg} is not kept for sightings")
+        if index in largest:
+            raw[index] = func.max(rows.c.newest)
+            continue
+        counted: Any = _const(1)
+        if aggregate.window is not None:
+            counted = case((rows.c.at >= _start(aggregate.window), counted), else_=_const(0))
+        raw[index] = func.sum(counted)
     branches.append((raw, lambda q: q.select_from(rows)))
-    sums: list[tuple[int, ...] | None] = []
-    maxima: list[tuple[int, ...] | None] = []
-    for index, aggregate in enumerate(group):
-        inside = _in_band(aggregate, bands)
-        if aggregate.agg is Agg.COUNT:
-            sums.append((*[2 * b for b in inside], width + index))
-            maxima.append(None)
-        else:
-            sums.append(None)
-            maxima.append((*[2 * b + 1 for b in inside], width + index))
-    statement = _stacked(width + len(group), largest, branches)
-    return statement, _Layout(width + len(group), tuple(sums), tuple(maxima))
+    return _stacked(largest, branches)

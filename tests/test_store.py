@@ -290,6 +290,37 @@ def test_a_version_1_store_is_migrated_in_place(database_url: str, tiny_dir: Pat
     engine.dispose()
 
 
+def test_a_version_7_sqlite_store_keeps_its_day_tiles_in_key_order(
+    tmp_path: Path, tiny_dir: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    ingest(tiny_dir, url)
+    engine = store.open_store(url)
+    tiles = _entity_days(engine), _table(engine, store.sighting_days)
+    with engine.begin() as conn:  # as version 7 made them: rows by number, a key index
+        for table in (store.entity_days, store.sighting_days):
+            ddl = conn.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE name = ?", (table.name,)
+            ).scalar_one()
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} RENAME TO old")
+            conn.exec_driver_sql(ddl.replace("WITHOUT ROWID", ""))
+            conn.exec_driver_sql(f"INSERT INTO {table.name} SELECT * FROM old")
+            conn.exec_driver_sql("DROP TABLE old")
+        conn.execute(update(store.schema_info).values(version=7))
+    engine.dispose()
+
+    engine = store.open_store(url)
+
+    with engine.connect() as conn:
+        ddl = conn.exec_driver_sql(
+            "SELECT group_concat(sql) FROM sqlite_master WHERE name IN (?, ?)",
+            (store.entity_days.name, store.sighting_days.name),
+        ).scalar_one()
+    assert ddl.count("WITHOUT ROWID") == 2
+    assert (_entity_days(engine), _table(engine, store.sighting_days)) == tiles
+    engine.dispose()
+
+
 def _sightings(engine: Engine) -> list[tuple[object, ...]]:
     return _table(engine, store.sightings)
 
