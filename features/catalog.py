@@ -444,8 +444,8 @@ def _order_context() -> Iterator[Feature]:
     )
     yield Context(
         "excess_over_entitlement",
-        lambda c: c["amount"] - _entitlement(c),
-        ("amount", *_ENTITLEMENT_NEEDS),
+        lambda c: c["amount"] - c["prorated_entitlement"],
+        ("amount", "prorated_entitlement"),
         doc="amount asked back minus the prorated entitlement (memberships; null otherwise)",
     )
     yield Aggregate(
