@@ -349,8 +349,8 @@ def _plan(names: tuple[str, ...]) -> _Plan:
     grouped: dict[tuple[Source, Entity, bool], list[Aggregate]] = {}
     for feature in wanted:
         if isinstance(feature, Aggregate):
-            # A tiled entity's "latest event" is one index seek, apart from its tiles.
-            tiled = _tiled(feature)
+            # A tiled entity's "latest event" is one index seek, read with its tiles.
+            tiled = _tiled(feature) or _latest_of_tiled(feature)
             source = feature.source
             if source in _OF_REQUESTS and not tiled:
                 # What the entity's requests asked, came to and were decided: one read.
@@ -399,6 +399,16 @@ def _tiled(aggregate: Aggregate) -> bool:
         aggregate.source is Source.REFUNDS and aggregate.where[0] == "reason"
     )
     return aggregate.agg in (Agg.COUNT, Agg.SUM) and filtered
+
+
+def _latest_of_tiled(aggregate: Aggregate) -> bool:
+    """Whether the aggregate is the time of a tiled entity's latest order or request."""
+    return (
+        aggregate.agg is Agg.HOURS_SINCE_LAST
+        and aggregate.where is None
+        and aggregate.entity.value in TILED
+        and aggregate.source in (Source.ORDERS, Source.REFUNDS)
+    )
 
 
 def _category(levels: tuple[str, ...], value: Any) -> str | None:
@@ -671,7 +681,7 @@ def _group_query(source: Source, entity: Entity, group: tuple[Aggregate, ...]) -
     per aggregate."""
     if source is Source.SIGHTINGS:
         return _sightings_query(entity, group)
-    if _tiled(group[0]):
+    if any(_tiled(a) or _latest_of_tiled(a) for a in group):
         return _tiled_query(source, entity, group)
     if source is Source.REFUNDS:
         return _requests_query(entity, group)
@@ -808,9 +818,10 @@ def _tiled_query(source: Source, entity: Entity, group: tuple[Aggregate, ...]) -
     band, plus the events of ``t``'s own day and before the epoch: a few dozen rows for any
     entity. Each band fills the column of every aggregate whose window holds it, so the
     union's column sums are the aggregates (the database sums a band's measure once
-    however many columns repeat it)."""
+    however many columns repeat it). The time of the latest event is one index seek."""
     tiles = entity_days.c
-    bands = _bands(group, tiles.day)
+    counted = [a for a in group if not _latest_of_tiled(a)]
+    bands = _bands(counted, tiles.day)
     money = source in (Source.ORDERS, Source.REFUNDS)
     # Sources sharing a table (verdict changes counted as abuse and as verdicts) share
     # the group's read of their events.
@@ -830,7 +841,9 @@ def _tiled_query(source: Source, entity: Entity, group: tuple[Aggregate, ...]) -
             expressions = {
                 index: func.sum(measure(aggregate))
                 for index, aggregate in enumerate(group)
-                if aggregate.source is kind and b in _in_band(aggregate, bands)
+                if aggregate in counted
+                and aggregate.source is kind
+                and b in _in_band(aggregate, bands)
             }
             where = (
                 tiles.entity_kind == _const(entity.value),
@@ -840,15 +853,26 @@ def _tiled_query(source: Source, entity: Entity, group: tuple[Aggregate, ...]) -
             )
             branches.append((expressions, lambda q, where=where: q.where(*where)))
     events = _events(source, entity)
-    filters = sorted({a.where[0] for a in group if a.where is not None})
-    ranges = (
-        (events.time >= _TAIL, events.time < _T),
-        (events.time < _HEAD, *_widest(group, events.time, _start)),
-    )
-    rows = events.rows(entity, ranges, filters, sources)
-    raw = {i: _fold(a, _matched(a, rows[a.source]), rows[a.source]) for i, a in enumerate(group)}
-    branches.append((raw, lambda q: q.select_from(rows[source].from_)))
-    return _stacked(set(), branches)
+    if counted:
+        filters = sorted({a.where[0] for a in counted if a.where is not None})
+        ranges = (
+            (events.time >= _TAIL, events.time < _T),
+            (events.time < _HEAD, *_widest(counted, events.time, _start)),
+        )
+        rows = events.rows(entity, ranges, filters, sources)
+        raw = {
+            i: _fold(a, _matched(a, rows[a.source]), rows[a.source])
+            for i, a in enumerate(group)
+            if a in counted
+        }
+        branches.append((raw, lambda q: q.select_from(rows[source].from_)))
+    latest = {i for i, a in enumerate(group) if a not in counted}
+    seek = (events.key == _key(entity), events.time < _T, *events.filters)
+    for index in latest:
+        branches.append(
+            ({index: func.max(events.time)}, lambda q: q.select_from(events.from_).where(*seek))
+        )
+    return _stacked(latest, branches)
 
 
 def _sightings_query(entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any]:
