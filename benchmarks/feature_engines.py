@@ -25,9 +25,8 @@ from features import History, build_features, online_features
 from riskmodel import store
 from riskmodel.ingest import ingest
 from riskmodel.simulator import SimulationConfig, simulate, write_simulation
+from riskmodel.units import DAY, HOUR
 
-HOUR = 3_600_000_000
-DAY = 24 * HOUR
 START = 1_767_225_600_000_000
 
 

@@ -71,6 +71,7 @@ from riskmodel.simulator import (
     write_simulation,
     write_world,
 )
+from riskmodel.units import DAY, iso, to_micros
 from training import (
     Evaluation,
     Examples,
@@ -85,7 +86,6 @@ from training import (
     write_report,
 )
 from training.backtest import backtest
-from training.dataset import DAY_US, iso, to_micros
 from training.metrics import ranking_metrics, recall_by_pattern, top_share_threshold
 
 RAW_FIELDS = ["request_amount", "reason", "product_type", "hours_paid_to_request", "payment_method"]
@@ -182,7 +182,7 @@ def single_world(args: argparse.Namespace) -> None:
     assert truth is not None, f"{args.data} has no ground_truth.parquet"
     first = to_micros(start)
     assert first is not None
-    until = first + int(args.train_days * DAY_US)
+    until = first + int(args.train_days * DAY)
 
     began = time.perf_counter()
     examples = training_examples(history, until, LabelPolicy(maturity_days=args.maturity_days))
@@ -412,7 +412,7 @@ def run_world(number: int, args: argparse.Namespace) -> WorldResult:
     assert truth is not None, f"{directory} has no ground_truth.parquet"
     first = to_micros(world.config.start)
     assert first is not None
-    until = first + int(args.train_days * DAY_US)
+    until = first + int(args.train_days * DAY)
     loaded = time.perf_counter()
 
     policy = LabelPolicy(maturity_days=args.maturity_days)

@@ -23,8 +23,8 @@ from riskmodel.cli import main as riskmodel
 from riskmodel.policy import STARTER_POLICY
 from riskmodel.registry import Registry
 from riskmodel.simulator import SimulationConfig, simulate, write_simulation
+from riskmodel.units import DAY, to_micros
 from training import LabelPolicy, TrainConfig, load_ground_truth, train_on, training_examples
-from training.dataset import DAY_US, to_micros
 from training.tune import Constraints, tune_period, tuning_period
 
 
@@ -45,7 +45,7 @@ def main() -> None:
     assert truth is not None, f"{args.data} has no ground_truth.parquet"
     first = to_micros("2026-01-01")
     assert first is not None
-    until = first + int(args.train_days * DAY_US)
+    until = first + int(args.train_days * DAY)
     labels = LabelPolicy(maturity_days=30)
     began = time.perf_counter()
     examples = training_examples(history, until, labels)

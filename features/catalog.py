@@ -32,8 +32,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from features.spec import (
-    DAY,
-    HOUR,
     Agg,
     Aggregate,
     Columns,
@@ -47,13 +45,13 @@ from features.spec import (
 from features.spec import Source as S
 from features.spec import Type as T
 from riskmodel.domain import ProductType, RefundReason
+from riskmodel.units import CENTS, DAY, HOUR, MINUTE
 
 __all__ = ["CATALOG", "FAMILIES", "FEATURE_VERSION", "Family", "feature_names", "model_features"]
 
 FEATURE_VERSION = "3"
 """Raised whenever a definition changes meaning, so stored data can say what made it."""
 
-MINUTE = HOUR // 60
 WINDOWS = {"1d": DAY, "7d": 7 * DAY, "30d": 30 * DAY, "90d": 90 * DAY}
 ALL = "all"
 _LINKED = {
@@ -539,7 +537,7 @@ def _refund_left(c: Columns) -> np.ndarray:
 
 
 def _over_left(c: Columns) -> np.ndarray:
-    asked, left = np.rint(c["amount"] * 100), np.rint(c["order_refund_left"] * 100)
+    asked, left = np.rint(c["amount"] * CENTS), np.rint(c["order_refund_left"] * CENTS)
     return np.where(np.isnan(asked) | np.isnan(left), np.nan, (asked > left).astype(float))
 
 

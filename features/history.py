@@ -24,6 +24,7 @@ from sqlalchemy import Connection, Engine
 
 from features.spec import Entity, Source
 from riskmodel import dataset, store
+from riskmodel.units import CENTS, RATE_UNIT
 
 __all__ = [
     "ORDER_COLUMNS",
@@ -146,9 +147,9 @@ def base_amounts(cents: np.ndarray, rates: np.ndarray) -> np.ndarray:
     int64 arithmetic as in the store's SQL; NaN stays NaN."""
     known = ~np.isnan(cents)
     out = cents.copy()
-    convert = known & ~np.isnan(rates) & (rates != dataset.RATE_UNIT)
+    convert = known & ~np.isnan(rates) & (rates != RATE_UNIT)
     whole = cents[convert].astype(np.int64) * rates[convert].astype(np.int64)
-    out[convert] = (whole // dataset.RATE_UNIT).astype(float)
+    out[convert] = (whole // RATE_UNIT).astype(float)
     return out
 
 
@@ -192,10 +193,10 @@ def request_frame(
         values = order_rows[name]
         columns[f"order_{name}"] = _num(values) if name in ORDER_NUMBERS else _obj(values)
     rates = rates_of(history, order_rows["currency"])
-    columns["amount_base"] = base_amounts(columns["amount"], rates) / 100
-    columns["order_amount_base"] = base_amounts(columns["order_amount"], rates) / 100
-    columns["amount"] = columns["amount"] / 100
-    columns["order_amount"] = columns["order_amount"] / 100
+    columns["amount_base"] = base_amounts(columns["amount"], rates) / CENTS
+    columns["order_amount_base"] = base_amounts(columns["order_amount"], rates) / CENTS
+    columns["amount"] = columns["amount"] / CENTS
+    columns["order_amount"] = columns["order_amount"] / CENTS
     columns["user_registered_at"] = _num(user_rows["registered_at"])
     verified = user_rows["phone_verified"]
     columns["user_phone_verified"] = np.array(

@@ -36,7 +36,6 @@ from features.history import (
     request_frame,
 )
 from features.spec import (
-    HOUR,
     Agg,
     Aggregate,
     Computed,
@@ -47,6 +46,7 @@ from features.spec import (
     Type,
     window_start,
 )
+from riskmodel.units import CENTS, HOUR
 
 __all__ = ["build_features", "compute_columns"]
 
@@ -259,7 +259,7 @@ class _Stream:
             prefix = self.prefix("count" if feature.agg is Agg.COUNT else "sum", feature.where)
             result = (prefix[hi] - prefix[lo]).astype(float)
             if feature.in_currency:
-                result = result / 100
+                result = result / CENTS
         elif feature.agg is Agg.HOURS_SINCE_LAST:
             result = self._hours_since_last(feature, lo, hi)
         elif feature.agg is Agg.MAX:

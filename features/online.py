@@ -56,8 +56,6 @@ from features.catalog import CATALOG
 from features.history import ORDER_COLUMNS, ORDER_NUMBERS, base_amounts, request_entity
 from features.offline import _with_inputs
 from features.spec import (
-    DAY,
-    HOUR,
     Agg,
     Aggregate,
     Computed,
@@ -82,6 +80,7 @@ from riskmodel.store import (
     sighting_days,
     sightings,
 )
+from riskmodel.units import CENTS, DAY, HOUR
 
 __all__ = ["online_features"]
 
@@ -207,7 +206,7 @@ class _Query:
         read.reshape(-1, self.width)[cells[:, 0].astype(np.intp)] = cells[:, 1:]
         values: np.ndarray = read[self.cells]
         values[self.summed & np.isnan(values)] = 0.0
-        values[self.cents] /= 100
+        values[self.cents] /= CENTS
         values[self.hours_since] = (t - values[self.hours_since]) / HOUR
         return values
 
@@ -434,10 +433,10 @@ def _request_columns(conn: Connection, request: Mapping[str, Any]) -> dict[str, 
             np.array([_number(value)]) if name in ORDER_NUMBERS else np.array([value], dtype=object)
         )
     rates = np.array([_number(rate)])
-    columns["amount_base"] = base_amounts(columns["amount"], rates) / 100
-    columns["order_amount_base"] = base_amounts(columns["order_amount"], rates) / 100
-    columns["amount"] = columns["amount"] / 100
-    columns["order_amount"] = columns["order_amount"] / 100
+    columns["amount_base"] = base_amounts(columns["amount"], rates) / CENTS
+    columns["order_amount_base"] = base_amounts(columns["order_amount"], rates) / CENTS
+    columns["amount"] = columns["amount"] / CENTS
+    columns["order_amount"] = columns["order_amount"] / CENTS
     columns["user_registered_at"] = np.array([_number(registered)])
     columns["user_phone_verified"] = np.array([np.nan if verified is None else float(verified)])
     return columns

@@ -21,7 +21,8 @@ many requests at once, ``features.online`` for one request from the store):
 ``Context`` and ``Derived`` formulas are numpy functions over columns; the offline engine
 calls them on a million rows, the online engine on one, so both give the same value.
 
-    >>> from features.spec import Aggregate, Agg, Source, DAY, window_start
+    >>> from features.spec import Aggregate, Agg, Source, window_start
+    >>> from riskmodel.units import DAY
     >>> Aggregate("user_orders_7d", Source.ORDERS, "user_id", Agg.COUNT, window=7 * DAY,
     ...           doc="orders paid by the user in the 7 days before the request").window_days
     7.0
@@ -37,9 +38,9 @@ from enum import StrEnum
 
 import numpy as np
 
+from riskmodel.units import DAY
+
 __all__ = [
-    "DAY",
-    "HOUR",
     "Agg",
     "Aggregate",
     "Computed",
@@ -53,9 +54,6 @@ __all__ = [
     "divide",
     "window_start",
 ]
-
-HOUR = 3_600_000_000  # microseconds, the store's unit
-DAY = 24 * HOUR
 
 
 def window_start(t: int, window: int) -> int:

@@ -31,10 +31,10 @@ import pandas as pd
 
 from riskmodel.domain import LabelSource, ProductType, RefundReason
 from riskmodel.errors import DatasetError
+from riskmodel.units import CENTS, RATE_UNIT
 
 __all__ = [
     "EXTRA",
-    "RATE_UNIT",
     "TABLES",
     "Column",
     "Kind",
@@ -420,8 +420,8 @@ def _money(
     spec: Table, column: Column, values: pd.Series, present: np.ndarray, file: str | None
 ) -> pd.Series:
     numbers = _numbers(spec, column, values, present, file)
-    cents = np.rint(numbers * 100)
-    bad = present & (np.abs(numbers * 100 - cents) > 1e-6)
+    cents = np.rint(numbers * CENTS)
+    bad = present & (np.abs(numbers * CENTS - cents) > 1e-6)
     if bad.any():
         i = _first(bad)
         raise _fail(
@@ -452,10 +452,6 @@ def _counts(
             raise _fail(spec, column.name, i, f"{values.iloc[i]!r} is below {column.minimum}", file)
     ints = np.where(present, numbers, 0).astype("int64")
     return pd.Series(pd.array(ints, dtype="Int64")).mask(~present)
-
-
-RATE_UNIT = 1_000_000
-"""Rates are stored as integer millionths: exact, and integer arithmetic on both databases."""
 
 
 def _rates(

@@ -64,6 +64,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from riskmodel import units
 from riskmodel.domain import Decision, Order, ProductType, RefundRequest
 from riskmodel.policy.conditions import Kind
 from riskmodel.policy.loader import LIST_KINDS, Policy
@@ -160,7 +161,7 @@ class ReviewAssignment:
     @property
     def due_at_us(self) -> int:
         """Microseconds since the epoch, the store's unit."""
-        return _micros(self.due_at)
+        return units.micros(self.due_at)
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,7 @@ class Outcome:
 
     @property
     def approved_cents(self) -> int:
-        return int(self.approved_amount * 100)
+        return units.cents(self.approved_amount)
 
     @property
     def codes(self) -> tuple[str, ...]:
@@ -275,14 +276,6 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
-def _cents(amount: float) -> int:
-    return round(amount * 100)
-
-
-def _money(cents: int) -> str:
-    return f"{Decimal(cents) / 100:.2f}"
-
-
 @dataclass(frozen=True)
 class _Money:
     """What may be paid (cents) and the policy reasons saying why, before the decision."""
@@ -296,14 +289,14 @@ def _money_check(row: Mapping[str, Any], policy: Policy) -> _Money:
     amount = _number(row.get("amount"))
     if amount is None:
         return _unknown_money("the amount asked is missing")
-    asked = _cents(amount)
+    asked = units.cents(amount)
     terms = policy.spec.prorated
     product = _text(row.get("product_type"))
     reason = _text(row.get("reason"))
     price = _number(row.get("order_amount"))
     if price is None:
         return _unknown_money("the order's price is unknown")
-    price_cents = _cents(price)
+    price_cents = units.cents(price)
     if product == ProductType.MEMBERSHIP.value and reason in {r.value for r in terms.reasons}:
         days = _number(row.get("service_days"))
         seen = _number(row.get("order_days_used_seen"))
@@ -313,14 +306,16 @@ def _money_check(row: Mapping[str, Any], policy: Policy) -> _Money:
         if asked > entitled:
             charged = max(int(seen), terms.min_charged_days)
             text = (
-                f"asked {_money(asked)}, the prorated entitlement is {_money(entitled)} "
-                f"(price {_money(price_cents)}, {charged} of {int(days)} days charged as used, "
-                f"fee {terms.fee:.2f}); at most {_money(entitled)} can be paid"
+                f"asked {units.money(asked)}, the prorated entitlement is "
+                f"{units.money(entitled)} (price {units.money(price_cents)}, {charged} of "
+                f"{int(days)} days charged as used, "
+                f"fee {terms.fee:.2f}); at most {units.money(entitled)} can be paid"
             )
             return _finish(entitled, asked, Reason("PRORATED_CAP", ReasonKind.POLICY, text))
         return _finish(asked, asked, None)
     if asked > price_cents:
-        text = f"asked {_money(asked)}, more than the {_money(price_cents)} paid for the order"
+        paid = units.money(price_cents)
+        text = f"asked {units.money(asked)}, more than the {paid} paid for the order"
         return _finish(price_cents, asked, Reason("AMOUNT_ABOVE_PAID", ReasonKind.POLICY, text))
     return _finish(asked, asked, None)
 
@@ -329,7 +324,7 @@ def _entitlement(price_cents: int, days: int, seen: int, policy: Policy) -> int:
     terms = policy.spec.prorated
     charged = max(seen, terms.min_charged_days)
     remaining = max(days - charged, 0)
-    fee = int(terms.fee * 100)
+    fee = units.cents(terms.fee)
     # Nearest cent, halves up, in integers: the same on every row and in numpy.
     return max((2 * price_cents * remaining + days) // (2 * days) - fee, 0)
 
@@ -529,7 +524,7 @@ def decide(
         request_id=str(row.get("request_id")),
         decision=decision,
         score=valid,
-        approved_amount=Decimal(paid) / 100,
+        approved_amount=Decimal(paid) / units.CENTS,
         reasons=tuple(reasons),
         review=review,
         model_version=model_version,
@@ -550,11 +545,6 @@ def _utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         raise ValueError("decided_at must be timezone-aware")
     return moment.astimezone(UTC)
-
-
-def _micros(moment: datetime) -> int:
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _model_reasons(
@@ -662,7 +652,7 @@ def _isin(values: np.ndarray, entries: frozenset[str]) -> np.ndarray:
 
 
 def _cents_col(values: np.ndarray) -> np.ndarray:
-    return np.asarray(np.rint(np.nan_to_num(values) * 100), dtype=np.int64)
+    return np.asarray(np.rint(np.nan_to_num(values) * units.CENTS), dtype=np.int64)
 
 
 def decide_frame(
@@ -779,10 +769,11 @@ def decide_frame(
     queue = np.where(queue == None, routed, queue)  # noqa: E711
     queue[~is_review] = None
     hours = {q.name: q.deadline_hours for q in spec.review.queues}
-    start = _micros(_utc(decided_at))
+    start = units.micros(_utc(decided_at))
     due = np.full(n, -1, dtype=np.int64)
     for name, h in hours.items():
-        due[is_review & (queue == name)] = start + timedelta(hours=h) // timedelta(microseconds=1)
+        # As the one-row path: the deadline as a timedelta (hours may be fractional).
+        due[is_review & (queue == name)] = units.micros(units.moment(start) + timedelta(hours=h))
     return pd.DataFrame(
         {
             "decision": names[severity],
@@ -817,7 +808,7 @@ def _money_frame(
     charged = np.maximum(safe_seen, terms.min_charged_days)
     remaining = np.maximum(safe_days - charged, 0)
     nearest = (2 * price_cents * remaining + safe_days) // (2 * safe_days)
-    entitled = np.maximum(nearest - int(terms.fee * 100), 0)
+    entitled = np.maximum(nearest - units.cents(terms.fee), 0)
     cap = np.where(prorated, entitled, price_cents)
     over = ~unknown & (asked > cap)
     payable = np.where(unknown, 0, np.maximum(np.minimum(asked, cap), 0))

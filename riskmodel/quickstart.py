@@ -32,12 +32,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import pandas as pd
 
+from riskmodel import units
 from riskmodel.dataset import find_table_file, read_table
 from riskmodel.errors import RiskModelError
 from riskmodel.policy import STARTER_POLICY
@@ -277,9 +277,8 @@ def pending_request(sim: Path) -> dict[str, Any]:
     orders = _table(sim, "orders")
     asked = _table(sim, "refund_requests")
     usage = _table(sim, "usage")
-    day = 86_400_000_000  # the store's timestamps are microseconds since the epoch
     latest = max(orders["paid_at"].max(), asked["requested_at"].max(), usage["used_at"].max())
-    at = (int(latest) // 1_000_000 + 300) * 1_000_000  # five minutes on, whole seconds
+    at = (int(latest) // units.SECOND + 300) * units.SECOND  # five minutes on, whole seconds
     fresh = orders[~orders["order_id"].isin(asked["order_id"])].sort_values(
         "paid_at", ascending=False
     )
@@ -289,7 +288,7 @@ def pending_request(sim: Path) -> dict[str, Any]:
     memberships = fresh[
         (fresh["product_type"] == "membership")
         & fresh["order_id"].isin(used.index)
-        & (fresh["paid_at"] + fresh["service_days"].fillna(0) * day > at)
+        & (fresh["paid_at"] + fresh["service_days"].fillna(0) * units.DAY > at)
     ]
     order = (memberships if not memberships.empty else fresh).iloc[0]
     is_membership = not memberships.empty
@@ -298,8 +297,8 @@ def pending_request(sim: Path) -> dict[str, Any]:
         "request_id": f"qs-{os.urandom(4).hex()}",
         "order_id": str(order["order_id"]),
         "user_id": str(order["user_id"]),
-        "requested_at": datetime.fromtimestamp(at / 1e6, UTC).isoformat().replace("+00:00", "Z"),
-        "amount": int(order["amount"]) / 100,  # the store's amounts are in cents
+        "requested_at": units.moment(at).isoformat().replace("+00:00", "Z"),
+        "amount": int(order["amount"]) / units.CENTS,
         "reason": "partial_use" if is_membership else "other",
         "days_used_claimed": days_used,
         "device_id": _text(order["device_id"]),

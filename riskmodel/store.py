@@ -65,6 +65,7 @@ from sqlalchemy.types import TypeEngine
 from riskmodel import dataset
 from riskmodel.dataset import EXTRA, Kind
 from riskmodel.errors import SchemaVersionError, StoreError
+from riskmodel.units import DAY, RATE_UNIT
 
 __all__ = [
     "ABUSE_KEYS",
@@ -290,7 +291,7 @@ abuse_changes = Table(
     Index("ix_abuse_changes_request", "request_id"),
 )
 
-TILE_US = 86_400_000_000
+TILE_US = DAY
 """The width of a day tile (``entity_days``, ``sighting_days``): one UTC day, in
 microseconds."""
 
@@ -1025,9 +1026,7 @@ class TileCounts:
 def base_amount(amount: int, rate: int | None) -> int:
     """``amount`` (cents of a currency worth ``rate`` millionths) in cents of the reporting
     currency, as the store and both feature engines compute it."""
-    return (
-        amount if rate is None or rate == dataset.RATE_UNIT else amount * rate // dataset.RATE_UNIT
-    )
+    return amount if rate is None or rate == RATE_UNIT else amount * rate // RATE_UNIT
 
 
 def insert_request(
@@ -1144,7 +1143,7 @@ def _rate_of(currency: Any) -> Any:
 
 def _converted(amount: Any, rate: Any) -> Any:
     """``base_amount`` in SQL: integer arithmetic, so it equals the Python and numpy one."""
-    unit = literal_column(str(dataset.RATE_UNIT), BigInteger)
+    unit = literal_column(str(RATE_UNIT), BigInteger)
     return case((rate.is_(None), amount), (rate == unit, amount), else_=amount * rate // unit)
 
 

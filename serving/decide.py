@@ -43,6 +43,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 import features
+from riskmodel import units
 from riskmodel.domain import Decision, Order, ProductType, RefundRequest
 from riskmodel.engine import Outcome, decide_with_scorer, request_fields
 from riskmodel.policy import Policy
@@ -62,24 +63,15 @@ from serving.writer import Write, counted_keys
 __all__ = [
     "Answer",
     "decide_one",
-    "micros",
     "render",
     "store_row",
 ]
 
 log = logging.getLogger("serving")
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
-
-
-def micros(moment: datetime) -> int:
-    """Microseconds since the epoch, the store's time unit."""
-    return (moment - _EPOCH) // _US
-
 
 def _iso(us: int) -> str:
-    return (_EPOCH + timedelta(microseconds=us)).isoformat()
+    return units.moment(us).isoformat()
 
 
 def store_row(request: RefundRequest) -> dict[str, Any]:
@@ -88,8 +80,8 @@ def store_row(request: RefundRequest) -> dict[str, Any]:
         "request_id": request.request_id,
         "order_id": request.order_id,
         "user_id": request.user_id,
-        "requested_at": micros(request.requested_at),
-        "amount": int(request.amount * 100),
+        "requested_at": units.micros(request.requested_at),
+        "amount": units.cents(request.amount),
         "reason": request.reason.value,
         "days_used_claimed": request.days_used_claimed,
         "device_id": request.device_id,
@@ -118,7 +110,7 @@ def render(row: Mapping[str, Any], *, stored: bool, replayed: bool) -> dict[str,
         "request_id": row["request_id"],
         "decision": row["decision"],
         "score": row["score"],
-        "approved_amount": f"{Decimal(int(row['approved_amount'])) / 100:.2f}",
+        "approved_amount": units.money(row["approved_amount"]),
         "reasons": json.loads(row["reasons"]),
         "review": None if queue is None else {"queue": queue, "due_at": _iso(int(due))},
         "model_version": row["model_version"],
@@ -144,7 +136,7 @@ def _outcome_row(outcome: Outcome, digest: str, shadow: str | None) -> dict[str,
         "policy_version": outcome.policy_version,
         "policy_hash": outcome.policy_hash,
         "feature_version": str(features.FEATURE_VERSION),
-        "decided_at": micros(outcome.decided_at),
+        "decided_at": units.micros(outcome.decided_at),
         "request_hash": digest,
         "shadow": shadow,
     }
@@ -163,7 +155,7 @@ def _provisional(
     if policy is not None:
         spec = policy.spec.review
         hours = next(q.deadline_hours for q in spec.queues if q.name == spec.default_queue)
-        review = (spec.default_queue, micros(now + timedelta(hours=hours)))
+        review = (spec.default_queue, units.micros(now + timedelta(hours=hours)))
     reason = {"code": code, "kind": "policy", "message": message}
     decision = {
         "request_id": row["request_id"],
@@ -177,7 +169,7 @@ def _provisional(
         "policy_version": None if policy is None else policy.version,
         "policy_hash": None if policy is None else policy.sha256,
         "feature_version": str(features.FEATURE_VERSION),
-        "decided_at": micros(now),
+        "decided_at": units.micros(now),
     }
     return Answer(render(decision, stored=False, replayed=False), degraded=code == "DEGRADED")
 
@@ -243,8 +235,8 @@ def _parents(conn: Connection, row: Mapping[str, Any]) -> _Parents | tuple[str, 
         order_id=order_id,
         user_id=owner,
         product_type=ProductType(product),
-        amount=Decimal(int(amount)) / 100,
-        paid_at=_EPOCH + timedelta(microseconds=int(paid_at)),
+        amount=Decimal(int(amount)) / units.CENTS,
+        paid_at=units.moment(paid_at),
         service_days=days,
         payment_account=account,
     )
@@ -310,7 +302,7 @@ def _decide(
         # Those it did not count had no outcome known at its time: they count as unanswered.
         uncounted = len(siblings) - values["order_earlier_refunds"]
         values["order_earlier_refunds"] = float(len(siblings))
-        values["order_earlier_refund_amount"] = sum(amount for _, amount in siblings) / 100
+        values["order_earlier_refund_amount"] = sum(a for _, a in siblings) / units.CENTS
         values["order_refunds_unanswered"] = values["order_refunds_unanswered"] + uncounted
     if siblings:
         _count_money_out(values, order_money_out(conn, row["order_id"], row["request_id"]), row)
@@ -331,7 +323,7 @@ def _count_money_out(values: dict[str, Any], out: tuple[int, int], row: Mapping[
     """Money already paid or approved on the order, whatever the time of the requests it
     went out on: a request dated before one approved earlier must not be paid as if
     nothing had gone out (the features see only what is dated before it)."""
-    paid, approved = (cents / 100 for cents in out)
+    paid, approved = (cents / units.CENTS for cents in out)
     if max(paid, approved) <= values["order_refund_out_all"]:
         return
     values["order_refund_paid_all"] = max(values["order_refund_paid_all"], paid)
@@ -340,7 +332,7 @@ def _count_money_out(values: dict[str, Any], out: tuple[int, int], row: Mapping[
     values["order_refund_out_all"] = gone
     left = round(values["order_amount"] - gone, 2)
     values["order_refund_left"] = left
-    values["request_amount_over_left"] = float(int(row["amount"]) > round(left * 100))
+    values["request_amount_over_left"] = float(int(row["amount"]) > units.cents(left))
 
 
 async def _decide_in_store(

@@ -5,26 +5,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
 from pydantic import BaseModel
 from sqlalchemy import Connection, Engine, and_, exists, select
 
-from riskmodel import dataset
+from riskmodel import dataset, units
 from riskmodel.dataset import EXTRA, Kind
 from riskmodel.ingest import validate_references
 from riskmodel.store import EVENT_TABLES, columns_of, decisions, upsert
 from serving.auth import Caller
-from serving.decide import micros, render
+from serving.decide import render
 from serving.errors import Conflict, NotFound, Unavailable
 from serving.runtime import Runtime
 
 __all__ = ["record_verdict", "review_queue", "user_history", "write_rows"]
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _engine(runtime: Runtime) -> Engine:
@@ -48,7 +45,7 @@ def write_rows(runtime: Runtime, table: str, rows: Sequence[BaseModel]) -> int:
 
 
 def _iso(us: Any) -> str | None:
-    return None if us is None else (_EPOCH + timedelta(microseconds=int(us))).isoformat()
+    return None if us is None else units.moment(us).isoformat()
 
 
 def _event(table: str, row: Any) -> dict[str, Any]:
@@ -63,7 +60,7 @@ def _event(table: str, row: Any) -> dict[str, Any]:
         if kind is Kind.TIMESTAMP:
             out[name] = _iso(value)
         elif kind is Kind.MONEY:
-            out[name] = None if value is None else f"{Decimal(int(value)) / 100:.2f}"
+            out[name] = None if value is None else units.money(value)
         else:
             out[name] = value
     return out
@@ -149,7 +146,7 @@ def review_queue(runtime: Runtime, queue: str | None, limit: int) -> dict[str, A
     )
     if queue is not None:
         statement = statement.where(decisions.c.review_queue == queue)
-    now = micros(datetime.now(UTC))
+    now = units.micros(datetime.now(UTC))
     with _engine(runtime).begin() as conn:
         rows = conn.execute(statement).all()
     items = [
@@ -162,7 +159,7 @@ def review_queue(runtime: Runtime, queue: str | None, limit: int) -> dict[str, A
             "score": r.score,
             "user_id": r.user_id,
             "order_id": r.order_id,
-            "amount": None if r.amount is None else f"{Decimal(int(r.amount)) / 100:.2f}",
+            "amount": None if r.amount is None else units.money(r.amount),
             "reason": r.reason,
             "reasons": json.loads(r.reasons),
         }
@@ -211,7 +208,7 @@ def record_verdict(
     return {
         "request_id": request_id,
         "is_abuse": is_abuse,
-        "labeled_at": _iso(micros(now)),
+        "labeled_at": _iso(units.micros(now)),
         "source": "review",
         "reviewer": caller.name,
         "note": note,

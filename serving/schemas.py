@@ -24,6 +24,7 @@ from riskmodel.domain import (
     UsageDay,
     User,
 )
+from riskmodel.units import EPOCH
 
 __all__ = [
     "BatchIn",
@@ -47,7 +48,7 @@ __all__ = [
     "storable",
 ]
 
-_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_EARLIEST = EPOCH
 _LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 _MAX_AMOUNT = Decimal("1000000000")
 

@@ -16,7 +16,8 @@ import pandas as pd
 
 from features.catalog import CATALOG
 from features.history import History, base_amounts, rates_of, request_frame
-from features.spec import DAY, HOUR, Agg, Aggregate, Computed, Entity, Source
+from features.spec import Agg, Aggregate, Computed, Entity, Source
+from riskmodel.units import DAY, HOUR
 
 
 def _entity_of_request(row: dict[str, Any], entity: Entity) -> Any:

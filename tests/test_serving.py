@@ -15,9 +15,9 @@ from sqlalchemy import func, select
 import features
 from riskmodel import store
 from riskmodel.store import EVENT_TABLES, decisions
+from riskmodel.units import micros
 from serving.app import create_app
 from serving.auth import KeyRing, Role, create_key, hash_key
-from serving.decide import micros
 from tests.test_serving_fixtures import (
     Service,
     TestClient,

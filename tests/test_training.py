@@ -16,6 +16,7 @@ import features
 from riskmodel.cli import main
 from riskmodel.errors import DataError
 from riskmodel.registry import Registry
+from riskmodel.units import iso, to_micros
 from training import (
     LabelPolicy,
     TrainConfig,
@@ -32,7 +33,6 @@ from training import (
     write_report,
 )
 from training.calibration import fit_calibrator
-from training.dataset import iso, to_micros
 from training.metrics import (
     amount_caught_at_top,
     daily_precision_at_k,

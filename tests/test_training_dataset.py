@@ -13,6 +13,7 @@ import pytest
 import features
 from features import History
 from riskmodel.errors import DataError
+from riskmodel.units import DAY, to_micros
 from training import (
     LabelPolicy,
     TrainConfig,
@@ -26,7 +27,7 @@ from training import (
     train,
     training_examples,
 )
-from training.dataset import DAY_US, FRESH, latest_time, to_micros
+from training.dataset import FRESH, latest_time
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 UNTIL = to_micros("2026-04-01")
@@ -52,7 +53,7 @@ def _rewrite_the_future(history: History, until: int) -> History:
         {
             "request_id": history.refund_requests["request_id"],
             "is_abuse": True,
-            "labeled_at": until + 5 * DAY_US,
+            "labeled_at": until + 5 * DAY,
             "source": "chargeback",
             "extra": None,
         }
@@ -109,7 +110,7 @@ def test_labels_and_events_after_the_cutoff_change_nothing(
 
 def test_the_future_does_change_a_later_cutoff(history: History) -> None:
     # The same rewrite seen from a later date must matter, or the test above proves nothing.
-    later = UNTIL + 25 * DAY_US
+    later = UNTIL + 25 * DAY
     policy = LabelPolicy(maturity_days=20)
     real = training_examples(history, later, policy)
     rewritten = training_examples(_rewrite_the_future(history, UNTIL), later, policy)
@@ -129,7 +130,7 @@ def test_a_verdict_known_before_the_cutoff_makes_an_example_at_any_age(
     asked = set(_requests_before(history, UNTIL)["request_id"])
     verdicts = latest_labels(history.labels, UNTIL)
     verdicts = verdicts[verdicts.index.isin(asked)]
-    young = examples.requested_at >= UNTIL - 30 * DAY_US
+    young = examples.requested_at >= UNTIL - 30 * DAY
 
     assert set(verdicts.index) <= set(examples.request_ids)
     assert young.any()
@@ -149,7 +150,7 @@ def test_a_request_without_a_verdict_counts_only_once_mature(
     history: History, maturity: int
 ) -> None:
     examples = training_examples(history, UNTIL, LabelPolicy(maturity_days=maturity))
-    cutoff = UNTIL - maturity * DAY_US
+    cutoff = UNTIL - maturity * DAY
     old = _requests_before(history, cutoff)
     judged = set(latest_labels(history.labels, UNTIL).index)
     silent_and_old = set(old["request_id"]) - judged
@@ -242,13 +243,13 @@ def test_time_split_gives_consecutive_disjoint_periods() -> None:
 
 
 def test_prequential_windows_advance_without_overlap() -> None:
-    windows = prequential_windows(0, 100 * DAY_US, test_days=10, gap_days=2, count=3)
+    windows = prequential_windows(0, 100 * DAY, test_days=10, gap_days=2, count=3)
 
-    assert [w.test_end for w in windows] == [80 * DAY_US, 90 * DAY_US, 100 * DAY_US]
-    assert all(w.test_start - w.until == 2 * DAY_US for w in windows)
+    assert [w.test_end for w in windows] == [80 * DAY, 90 * DAY, 100 * DAY]
+    assert all(w.test_start - w.until == 2 * DAY for w in windows)
     assert all(a.test_end <= b.test_start for a, b in itertools.pairwise(windows))
     with pytest.raises(DataError, match="do not fit"):
-        prequential_windows(0, 10 * DAY_US, test_days=5, gap_days=1, count=3)
+        prequential_windows(0, 10 * DAY, test_days=5, gap_days=1, count=3)
 
 
 def test_evaluation_against_labels_stops_where_outcomes_are_not_mature(history: History) -> None:
@@ -257,8 +258,8 @@ def test_evaluation_against_labels_stops_where_outcomes_are_not_mature(history: 
 
     assert period.truth is None
     assert period.requested_at.min() >= to_micros("2026-02-01")  # type: ignore[operator]
-    assert period.requested_at.max() < end + 1 - 30 * DAY_US
-    assert period.requested_at.max() > end - 32 * DAY_US  # and goes right up to there
+    assert period.requested_at.max() < end + 1 - 30 * DAY
+    assert period.requested_at.max() > end - 32 * DAY  # and goes right up to there
 
 
 # -- the label maturity, estimated ----------------------------------------------------------
@@ -275,7 +276,7 @@ def _delays(
     requests = pd.DataFrame(
         {
             "request_id": [f"r{i}" for i in range(ages)],
-            "requested_at": [DAY0 + i * DAY_US for i in range(ages)],
+            "requested_at": [DAY0 + i * DAY for i in range(ages)],
         }
     )
     labels = pd.DataFrame(
@@ -283,15 +284,12 @@ def _delays(
             "request_id": [f"r{i}" for i in range(len(verdicts))],
             "is_abuse": [abuse for _, abuse, _ in verdicts],
             "labeled_at": [
-                DAY0 + i * DAY_US + round(delay * DAY_US)
-                for i, (_, _, delay) in enumerate(verdicts)
+                DAY0 + i * DAY + round(delay * DAY) for i, (_, _, delay) in enumerate(verdicts)
             ],
             "source": [source for source, _, _ in verdicts],
         }
     )
-    return History.empty().replace(refund_requests=requests, labels=labels), DAY0 + round(
-        now * DAY_US
-    )
+    return History.empty().replace(refund_requests=requests, labels=labels), DAY0 + round(now * DAY)
 
 
 def test_the_maturity_is_a_quantile_of_the_abuse_verdicts_delays() -> None:
@@ -329,7 +327,7 @@ def test_a_later_verdict_counts_from_the_first_abuse_verdict() -> None:
         {
             "request_id": [f"r{i}" for i in range(10)],
             "is_abuse": True,
-            "labeled_at": [DAY0 + i * DAY_US + 40 * DAY_US for i in range(10)],
+            "labeled_at": [DAY0 + i * DAY + 40 * DAY for i in range(10)],
             "source": "chargeback",
         }
     )

@@ -19,8 +19,9 @@ from riskmodel.cli import main
 from riskmodel.engine import decide_frame
 from riskmodel.errors import DataError
 from riskmodel.policy import STARTER_POLICY, Policy
+from riskmodel.units import DAY
 from training.backtest import block_causes, blocks_by_cause, summarise
-from training.dataset import DAY_US, latest_time, load_ground_truth
+from training.dataset import latest_time, load_ground_truth
 from training.tune import (
     Constraints,
     Period,
@@ -263,7 +264,7 @@ def test_outcomes_from_labels_leave_out_immature_requests(history: features.Hist
     period = tuning_period(history, StandIn(), maturity_days=30)
 
     assert period.judged_against == "labels (unlabelled as honest)"
-    assert period.requested_at.max() < latest_time(history) + 1 - 30 * DAY_US
+    assert period.requested_at.max() < latest_time(history) + 1 - 30 * DAY
     assert 0 < period.is_abuse.sum() < len(period)
     with pytest.raises(DataError, match="no refund request in the tuning period"):
         tuning_period(history, StandIn(), since="2026-04-20", maturity_days=30)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -35,6 +34,7 @@ from features import History
 from riskmodel.domain import Decision
 from riskmodel.engine import Scorer, decide_frame
 from riskmodel.policy import LIST_KINDS, Policy
+from riskmodel.units import DAY, EPOCH
 from training.dataset import latest_labels
 
 __all__ = [
@@ -53,8 +53,6 @@ MODEL_BLOCK = "MODEL_SCORE_BLOCK"
 
 BLOCK_COLUMNS = ("honest_blocked", "honest_blocked_amount", "abuse_blocked", "abuse_blocked_amount")
 """The columns of ``blocks_by_cause``: counts of requests and amounts asked back."""
-
-_DAY_US = 86_400_000_000
 
 
 @dataclass(frozen=True)
@@ -224,11 +222,10 @@ def backtest(
     frame = engine_frame(history, requests)
     scores = None if scorer is None else np.asarray(scorer.score(frame), dtype=float)
     # Due times are not reported; one decision time keeps the replay deterministic.
-    moment = datetime(1970, 1, 1, tzinfo=UTC)
-    new = decide_frame(frame, scores, policy, decided_at=moment)
+    new = decide_frame(frame, scores, policy, decided_at=EPOCH)
     is_abuse, judged = _outcomes(history, frame.index, ground_truth)
     amount = frame["amount"].to_numpy(dtype=float)
-    day = times[keep] // _DAY_US
+    day = times[keep] // DAY
     summary = {"new": summarise(new, amount, is_abuse, day)}
     causes = block_causes(new, policy)
     blocks = {"new": blocks_by_cause(causes, amount, is_abuse)}
@@ -247,7 +244,7 @@ def backtest(
     )
     changes = decisions.iloc[:0]
     if against is not None:
-        current = decide_frame(frame, scores, against, decided_at=moment)
+        current = decide_frame(frame, scores, against, decided_at=EPOCH)
         summary["current"] = summarise(current, amount, is_abuse, day)
         current_causes = block_causes(current, against)
         blocks["current"] = blocks_by_cause(current_causes, amount, is_abuse)

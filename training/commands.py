@@ -13,13 +13,12 @@ from features.policy_fields import load_with_catalogue
 from riskmodel.cli import add_database_option
 from riskmodel.errors import DataError
 from riskmodel.registry import ALIASES, Registry
+from riskmodel.units import iso, to_micros
 from training.dataset import (
     Examples,
     LabelPolicy,
-    iso,
     latest_time,
     load_ground_truth,
-    to_micros,
     training_examples,
 )
 from training.evaluation import compare, evaluation_period, score_requests

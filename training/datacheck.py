@@ -52,7 +52,8 @@ from features import History
 from features.spec import Aggregate, Source
 from riskmodel.dataset import TABLES, normalise
 from riskmodel.domain import ProductType
-from training.dataset import DAY_US, as_of, iso, latest_labels, to_micros
+from riskmodel.units import DAY, WEEK, iso, to_micros
+from training.dataset import as_of, latest_labels
 
 __all__ = [
     "BUSY_SHARE",
@@ -445,7 +446,7 @@ def _labels(tables: Mapping[str, pd.DataFrame], verdicts: pd.Series) -> LabelFig
 
     def figures(name: str, rows: pd.DataFrame) -> SourceFigures:
         firsts = rows.dropna(subset=["requested_at"]).groupby("request_id", sort=False).head(1)
-        days = ((firsts["labeled_at"] - firsts["requested_at"]) / DAY_US).to_numpy(dtype=float)
+        days = ((firsts["labeled_at"] - firsts["requested_at"]) / DAY).to_numpy(dtype=float)
         median, p90, most = _delays(days)
         changes = int(rows["change"].sum())
         return SourceFigures(
@@ -467,7 +468,7 @@ def _labels(tables: Mapping[str, pd.DataFrame], verdicts: pd.Series) -> LabelFig
     last = _max(labels["labeled_at"])
     gap = None
     if activity_end is not None and last is not None:
-        gap = max(0.0, (activity_end - last) / DAY_US)
+        gap = max(0.0, (activity_end - last) / DAY)
     return LabelFigures(
         requests=len(requests),
         labelled=len(known),
@@ -483,15 +484,14 @@ def _labels(tables: Mapping[str, pd.DataFrame], verdicts: pd.Series) -> LabelFig
     )
 
 
-_WEEK = 7 * DAY_US
-_FIRST_MONDAY = 4 * DAY_US  # 1970-01-05, the first Monday after the epoch
+_FIRST_MONDAY = 4 * DAY  # 1970-01-05, the first Monday after the epoch
 
 
 def _weeks(requests: pd.DataFrame, verdicts: pd.Series) -> tuple[WeekFigures, ...]:
     if len(requests) == 0:
         return ()
     times = _numbers(requests["requested_at"]).astype(np.int64)
-    week = (times - _FIRST_MONDAY) // _WEEK  # weeks since the first Monday
+    week = (times - _FIRST_MONDAY) // WEEK  # weeks since the first Monday
     first = int(week.min())
     slot = week - first
     ids = requests["request_id"]
@@ -503,7 +503,7 @@ def _weeks(requests: pd.DataFrame, verdicts: pd.Series) -> tuple[WeekFigures, ..
     abuse = np.bincount(slot, weights=abusive, minlength=size).astype(np.int64).tolist()
     return tuple(
         WeekFigures(
-            iso(_FIRST_MONDAY + (first + i) * _WEEK)[:10],
+            iso(_FIRST_MONDAY + (first + i) * WEEK)[:10],
             asked[i],
             judged[i],
             abuse[i],
@@ -619,7 +619,7 @@ def _odd(tables: Mapping[str, pd.DataFrame]) -> tuple[RowShare, ...]:
     used = _numbers(usage["used_at"])
     their = by_order.reindex(usage["order_id"].astype(object).to_numpy())
     start = _numbers(their["paid_at"])
-    end = start + _numbers(their["service_days"]) * DAY_US
+    end = start + _numbers(their["service_days"]) * DAY
     outside = (used < start) | (used >= end)
     out.append(_count("usage days outside the service period", "usage", outside))
     days = usage.groupby("order_id").size()

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +63,10 @@ import pandas as pd
 import features
 from features import History
 from riskmodel.errors import DataError
+from riskmodel.units import DAY, iso
 from training.splits import TimeSplit, time_split
 
 __all__ = [
-    "DAY_US",
     "FRESH",
     "MATURITY_BOUNDS",
     "Examples",
@@ -77,40 +76,18 @@ __all__ = [
     "as_of",
     "estimate_maturity",
     "evaluation_examples",
-    "iso",
     "latest_labels",
     "latest_time",
     "load_ground_truth",
     "periods",
-    "to_micros",
     "training_examples",
 ]
 
-DAY_US = 86_400_000_000
 FRESH = "fresh"
 """The period of requests younger than the maturity that are examples for their verdict."""
 MATURITY_BOUNDS = (1.0, 120.0)
 """The range (days) an estimated label maturity is kept within."""
 _UNLABELLED = ("honest", "drop")
-
-
-def to_micros(when: datetime | str | int | None) -> int | None:
-    """A time as store microseconds (UTC); naive datetimes and ISO strings are UTC."""
-    if when is None or isinstance(when, int):
-        return when
-    if isinstance(when, str):
-        try:
-            when = datetime.fromisoformat(when)
-        except ValueError as exc:
-            raise DataError(f"{when!r} is not an ISO 8601 date") from exc
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return round(when.timestamp() * 1_000_000)
-
-
-def iso(micros: int | float) -> str:
-    """Store microseconds as an ISO 8601 UTC timestamp."""
-    return datetime.fromtimestamp(int(micros) / 1_000_000, UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -376,7 +353,7 @@ def estimate_maturity(
     requests = history.refund_requests
     requested = pd.to_numeric(requests["requested_at"]).to_numpy(dtype=np.int64)
     requested = requested[requested < until]
-    ages = np.sort((until - requested) / DAY_US)
+    ages = np.sort((until - requested) / DAY)
     labels = history.labels
     labels = labels[(pd.to_numeric(labels["labeled_at"]) < until).to_numpy(dtype=bool)]
     at = pd.Series(pd.to_numeric(requests["requested_at"]).to_numpy(dtype=np.int64))
@@ -388,7 +365,7 @@ def estimate_maturity(
             "request_id": labels["request_id"].astype(object).to_numpy(),
             "source": source.astype(object).where(source.notna(), "unknown").to_numpy(),
             "is_abuse": labels["is_abuse"].astype(bool).to_numpy(),
-            "days": (pd.to_numeric(labels["labeled_at"]).to_numpy(dtype=float) - asked) / DAY_US,
+            "days": (pd.to_numeric(labels["labeled_at"]).to_numpy(dtype=float) - asked) / DAY,
         }
     ).dropna(subset=["days"])
     delays["days"] = delays["days"].clip(lower=0.0)
@@ -482,7 +459,7 @@ def training_examples(
     if maturity is None:
         estimate = estimate_maturity(known, until, policy.maturity_quantile)
         maturity = estimate.days
-    cutoff = until - int(maturity * DAY_US)
+    cutoff = until - int(maturity * DAY)
     requests = known.refund_requests
     times = pd.to_numeric(requests["requested_at"]).to_numpy(dtype=np.int64)
     if not (times < cutoff).any():

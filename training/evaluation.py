@@ -17,15 +17,9 @@ from riskmodel.bundle import ModelBundle
 from riskmodel.engine import decide_frame
 from riskmodel.errors import DataError
 from riskmodel.policy import Policy
+from riskmodel.units import DAY, iso, to_micros
 from training.backtest import engine_frame
-from training.dataset import (
-    DAY_US,
-    Examples,
-    evaluation_examples,
-    iso,
-    latest_time,
-    to_micros,
-)
+from training.dataset import Examples, evaluation_examples, latest_time
 from training.report import Evaluation, evaluate
 
 __all__ = ["compare", "evaluation_period", "score_requests"]
@@ -85,7 +79,7 @@ def evaluation_period(
     """
     start, end = to_micros(since), to_micros(until)
     if ground_truth is None:
-        mature_end = latest_time(history) + 1 - int(maturity_days * DAY_US)
+        mature_end = latest_time(history) + 1 - int(maturity_days * DAY)
         end = mature_end if end is None else min(end, mature_end)
         if start is not None and end <= start:
             raise DataError(

@@ -17,9 +17,10 @@ from features.policy_fields import load_with_catalogue
 from riskmodel.cli import add_database_option
 from riskmodel.errors import DataError
 from riskmodel.registry import Registry
+from riskmodel.units import iso, to_micros
 from training.backtest import Backtest, backtest
 from training.commands import date_argument
-from training.dataset import iso, load_ground_truth, to_micros
+from training.dataset import load_ground_truth
 from training.policy_report import (
     BACKTEST_ROWS,
     TUNE_ROWS,

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from riskmodel.units import iso
 from training.backtest import BLOCK_COLUMNS, Backtest
-from training.dataset import iso
 from training.tune import Tuning
 
 __all__ = [

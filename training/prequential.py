@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from features import History
-from training.dataset import DAY_US, estimate_maturity, iso, latest_time
+from riskmodel.units import DAY, iso
+from training.dataset import estimate_maturity, latest_time
 from training.evaluation import evaluation_period
 from training.model import TrainConfig
 from training.report import SUMMARY_KEYS, evaluate
@@ -56,7 +57,7 @@ def prequential(
         maturity = labels.maturity_days
         if maturity is None:
             maturity = estimate_maturity(history, end, labels.maturity_quantile).days
-        end -= int(maturity * DAY_US)
+        end -= int(maturity * DAY)
     first = int(pd.to_numeric(history.refund_requests["requested_at"]).min())
     if windows is None:
         windows = prequential_windows(first, end, test_days, gap_days, count)

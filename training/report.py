@@ -20,8 +20,9 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve
 
 from riskmodel.bundle import ModelBundle
+from riskmodel.units import DAY, iso
 from training.calibration import ranking_kept
-from training.dataset import DAY_US, Examples, iso
+from training.dataset import Examples
 from training.metrics import (
     amount_caught_at_top,
     daily_precision_at_k,
@@ -72,7 +73,7 @@ def evaluate(
     margin = bundle.margin(examples.features)
     score = bundle.calibrator.apply(margin)  # what bundle.score gives, margin kept
     y = examples.target().astype(np.int8)
-    day = examples.requested_at // DAY_US
+    day = examples.requested_at // DAY
     days = max(len(np.unique(day)), 1)
     if capacity_per_day is None:
         capacity_per_day = max(1, round(review_share * len(y) / days))

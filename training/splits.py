@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from riskmodel.errors import DataError
+from riskmodel.units import DAY
 
 __all__ = ["PrequentialWindow", "TimeSplit", "prequential_windows", "time_split"]
 
@@ -71,9 +72,8 @@ def prequential_windows(
     Each model is trained as of ``until``, then tested ``gap_days`` later for
     ``test_days``; windows advance by ``test_days`` so the test periods do not overlap.
     """
-    day = 86_400_000_000
-    step = int(test_days * day)
-    gap = int(gap_days * day)
+    step = int(test_days * DAY)
+    gap = int(gap_days * DAY)
     if count < 1 or step <= 0:
         raise DataError("prequential evaluation needs at least one window of positive length")
     windows = []

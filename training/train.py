@@ -21,16 +21,9 @@ import features
 from features import History
 from riskmodel.bundle import ModelBundle, TrainingWindow, encode_frame
 from riskmodel.errors import DataError
+from riskmodel.units import iso, to_micros
 from training.calibration import fit_calibrator, ranking_kept
-from training.dataset import (
-    FRESH,
-    Examples,
-    iso,
-    latest_time,
-    periods,
-    to_micros,
-    training_examples,
-)
+from training.dataset import FRESH, Examples, latest_time, periods, training_examples
 from training.model import TrainConfig, fit_trees
 from training.report import Evaluation, evaluate
 from training.signature import catalog_signature

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ from features.policy_fields import load_with_catalogue
 from riskmodel.engine import Scorer, decide_frame
 from riskmodel.errors import DataError
 from riskmodel.policy import Policy
+from riskmodel.units import DAY, EPOCH, iso, to_micros
 from training.backtest import (
     BLOCK_COLUMNS,
     MODEL_BLOCK,
@@ -63,7 +64,7 @@ from training.backtest import (
     blocks_by_cause,
     engine_frame,
 )
-from training.dataset import DAY_US, iso, latest_labels, latest_time, to_micros
+from training.dataset import latest_labels, latest_time
 
 __all__ = [
     "Constraints",
@@ -84,7 +85,6 @@ __all__ = [
     "write_policy",
 ]
 
-_MOMENT = datetime(1970, 1, 1, tzinfo=UTC)  # due times are not reported
 # Probe pairs: scores 0.25 / 0.6 / 0.9 earn approve / review / block under (0.5, 0.75);
 # (0.8, 0.9) keeps 0.6 an approve, which tells the tuned requests from the others.
 _PROBE = (0.5, 0.75)
@@ -261,7 +261,7 @@ class Period:
 
     @property
     def day(self) -> np.ndarray:
-        return self.requested_at // DAY_US
+        return self.requested_at // DAY
 
 
 def tuning_period(
@@ -282,7 +282,7 @@ def tuning_period(
     """
     start, end = to_micros(since), to_micros(until)
     if ground_truth is None:
-        mature_end = latest_time(history) + 1 - int(maturity_days * DAY_US)
+        mature_end = latest_time(history) + 1 - int(maturity_days * DAY)
         end = mature_end if end is None else min(end, mature_end)
     requests = history.refund_requests
     times = pd.to_numeric(requests["requested_at"]).to_numpy(dtype=np.int64)
@@ -424,7 +424,7 @@ def _decompose(period: Period, policy: Policy, segment: str | None) -> _Rows:
     n = len(frame)
 
     def decided(probe: Policy, values: np.ndarray) -> pd.DataFrame:
-        return decide_frame(frame, values, probe, decided_at=_MOMENT)
+        return decide_frame(frame, values, probe, decided_at=EPOCH)  # due times: not reported
 
     as_is = decided(policy, scores)
     # One probe policy: the tuned pair at _PROBE, every other pair at _ELSEWHERE and no
