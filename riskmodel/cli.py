@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from riskmodel import quickstart
 from riskmodel.errors import RiskModelError
 
 __all__ = ["add_database_option", "build_parser", "main", "positive_int"]
@@ -179,8 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
     info = db_commands.add_parser("info", help="schema version and rows per table")
     add_database_option(info)
     info.set_defaults(handler=_db_info)
-
-    quickstart.register(commands)
 
     for plugin in sorted(entry_points(group="riskmodel.commands"), key=lambda e: e.name):
         plugin.load()(commands)

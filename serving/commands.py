@@ -27,7 +27,7 @@ from riskmodel.policy import STARTER_POLICY
 from riskmodel.registry import Registry, RegistryError
 from riskmodel.store import DATABASE_URL_ENV, resolve_database_url
 from serving.auth import Role, create_key, list_keys, revoke_keys
-from serving.settings import Settings
+from serving.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
 
 __all__ = ["ServeError", "default_workers", "register", "settings_from"]
 
@@ -70,8 +70,12 @@ def register(commands: Any) -> None:
         description="Run the decision API. Refuses to start without a valid policy file or a "
         "champion model, and says which command provides it. Docs at /docs once running.",
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
+    serve.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"address to listen on ({DEFAULT_HOST})"
+    )
+    serve.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port to listen on ({DEFAULT_PORT})"
+    )
     serve.add_argument(
         "--workers",
         type=int,

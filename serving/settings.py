@@ -19,7 +19,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Settings"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Settings"]
+
+DEFAULT_HOST = "127.0.0.1"
+"""Where ``riskmodel serve`` (and quickstart) listen unless told: this machine only."""
+DEFAULT_PORT = 8000
 
 _ENV = {
     "database_url": "RISKMODEL_DATABASE_URL",

@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 from starlette.exceptions import StarletteDeprecationWarning
 
-from riskmodel import quickstart
-from riskmodel.cli import main
+from riskmodel.cli import build_parser, main
 from riskmodel.policy import STARTER_POLICY
 from riskmodel.registry import Registry
 from riskmodel.store import open_store, table_counts
+from serving import quickstart
 from serving.app import create_app
 from serving.auth import KeyRing, Role
 from serving.commands import default_workers
@@ -214,13 +214,19 @@ def test_quickstart_again_reuses_what_exists_and_adds_a_key(
     assert len(json.loads(started.api_keys.read_text())["keys"]) == keys_before + 1
 
 
-def test_quickstart_defaults_are_the_services() -> None:
-    defaults = Settings()
-    assert defaults.policy == quickstart.DEFAULT_POLICY
-    assert defaults.api_keys == quickstart.DEFAULT_API_KEYS
-    env = {quickstart.POLICY_ENV: "p.yaml", quickstart.API_KEYS_ENV: "k.json"}
-    assert Settings.from_env(env).policy == Path("p.yaml")
-    assert Settings.from_env(env).api_keys == Path("k.json")
+def test_quickstart_puts_policy_and_keys_where_the_service_reads_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    args = build_parser().parse_args(["quickstart", "--no-serve"])
+    monkeypatch.delenv("RISKMODEL_POLICY", raising=False)
+    monkeypatch.delenv("RISKMODEL_API_KEYS", raising=False)
+    plan = quickstart._plan(args)
+    assert (plan.policy, plan.api_keys) == (Settings().policy, Settings().api_keys)
+
+    monkeypatch.setenv("RISKMODEL_POLICY", str(tmp_path / "p.yaml"))
+    monkeypatch.setenv("RISKMODEL_API_KEYS", str(tmp_path / "k.json"))
+    plan = quickstart._plan(args)
+    assert (plan.policy, plan.api_keys) == (tmp_path / "p.yaml", tmp_path / "k.json")
 
 
 def test_quickstart_refuses_a_port_in_use(

@@ -5,9 +5,10 @@ starter policy, create an API key, start the API and print a ready ``curl`` call
 
 Every step runs the public sub-command (``riskmodel simulate``, ``ingest``, ``train``,
 ``policy check``, ``keys create``, ``serve``) through :func:`riskmodel.cli.main`, the way a
-person would type it. That keeps the layers honest: this module sits in the core and never
-imports ``training`` or ``serving``, which reach the command line through the
-``riskmodel.commands`` entry points; it only needs to know their commands.
+person would type it. It joins every layer up to the service, so it lives beside the
+service and reaches the command line like the other commands (the ``riskmodel.commands``
+entry points); where it puts the policy and the API keys is the service's own default
+(``serving.settings``).
 
 What a step finds already done (the simulation, a loaded store, a champion, a policy file)
 is reused, and the step says so; only the API key is new on every run, because a key is
@@ -38,27 +39,20 @@ from typing import Any, TextIO
 import pandas as pd
 
 from riskmodel import units
+from riskmodel.cli import main
 from riskmodel.dataset import find_table_file, read_table
 from riskmodel.errors import RiskModelError
 from riskmodel.policy import STARTER_POLICY
 from riskmodel.registry import Registry, resolve_registry_path
 from riskmodel.store import open_store, resolve_database_url, table_counts
+from serving.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
 
 __all__ = [
-    "DEFAULT_API_KEYS",
-    "DEFAULT_POLICY",
     "QuickstartError",
     "pending_request",
     "register",
     "run",
 ]
-
-# The serving settings' defaults and variables, repeated here because the core may not
-# import ``serving``; tests/test_serving_commands.py fails if the two drift apart.
-DEFAULT_POLICY = Path("data/policy.yaml")
-POLICY_ENV = "RISKMODEL_POLICY"
-DEFAULT_API_KEYS = Path("data/api_keys.json")
-API_KEYS_ENV = "RISKMODEL_API_KEYS"
 
 DEFAULT_SIMULATION = Path("data/sim")
 CALLER = "quickstart"
@@ -109,8 +103,10 @@ def register(commands: Any) -> None:
         type=Path,
         help="API key file (default: $RISKMODEL_API_KEYS, else data/api_keys.json)",
     )
-    qs.add_argument("--host", default="127.0.0.1", help="address to serve on (127.0.0.1)")
-    qs.add_argument("--port", type=int, default=8000, help="port to serve on (8000)")
+    qs.add_argument("--host", default=DEFAULT_HOST, help=f"address to serve on ({DEFAULT_HOST})")
+    qs.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port to serve on ({DEFAULT_PORT})"
+    )
     qs.add_argument(
         "--no-serve",
         action="store_true",
@@ -130,12 +126,13 @@ class _Plan:
 
 
 def _plan(args: argparse.Namespace) -> _Plan:
+    service = Settings.from_env()
     return _Plan(
         sim=args.sim,
         database_url=resolve_database_url(args.database_url),
         registry=resolve_registry_path(args.registry),
-        policy=Path(args.policy or os.environ.get(POLICY_ENV) or DEFAULT_POLICY),
-        api_keys=Path(args.api_keys or os.environ.get(API_KEYS_ENV) or DEFAULT_API_KEYS),
+        policy=Path(args.policy) if args.policy else service.policy,
+        api_keys=Path(args.api_keys) if args.api_keys else service.api_keys,
     )
 
 
@@ -462,7 +459,6 @@ class _Indented(io.StringIO):
 
 def _cli(*argv: str, echo: bool = True) -> str:
     """Run ``riskmodel ARGV`` in this process; its output, indented when echoed."""
-    from riskmodel.cli import main  # here, not above: cli imports this module
 
     print(f"  $ {_command(argv)}", flush=True)
     out = _Indented(sys.stdout if echo else None)
