@@ -1,0 +1,109 @@
+"""The event store: the five dataset tables plus decisions, on SQLite or PostgreSQL.
+
+One schema, generated from the dataset contract (``riskmodel.dataset.TABLES``), and
+one code path for both databases; the URL chooses. The embedded default is a SQLite
+file, ``data/riskmodel.db`` below the working directory, created on first use::
+
+    >>> from riskmodel.store import open_store, table_counts
+    >>> engine = open_store("sqlite://")          # in memory; or postgresql+psycopg://...
+    >>> table_counts(engine)["orders"]
+    0
+
+Storage units (``riskmodel.units``): timestamps are integer microseconds since the Unix
+epoch (UTC) and money is integer cents. Both are exact, identical on either database,
+and cheap to compare on the online feature path.
+
+Schema versions: ``SCHEMA_VERSION`` is written in the ``schema_info`` table when the
+schema is created. Opening an older database runs the steps of ``_MIGRATIONS`` in order,
+in one transaction; opening a newer one is refused (``SchemaVersionError``).
+
+One job per module, each importing only those before it: ``schema`` (the tables and the
+constants that describe them), ``derived`` (the derived columns, sightings, abuse changes
+and day tiles, and their refresh), ``bulk`` (``upsert`` and reading tables back), ``live``
+(the serving path's write of one request), ``migrations`` (the version steps) and
+``connection`` (URLs, ``open_store``, dialects, ``analyze`` / ``vacuum``).
+"""
+
+from riskmodel.store.bulk import fetch_by_key, read_table, table_counts, upsert
+from riskmodel.store.connection import DATABASE_URL_ENV as DATABASE_URL_ENV
+from riskmodel.store.connection import (
+    DEFAULT_DATABASE_URL,
+    analyze,
+    create_database,
+    drop_everything,
+    open_store,
+    resolve_database_url,
+    vacuum,
+)
+from riskmodel.store.derived import (
+    Stale,
+    Tiles,
+    base_amount,
+    refresh_abuse_changes,
+    refresh_derived,
+    refresh_entity_days,
+    refresh_sighting_days,
+    refresh_sightings,
+)
+from riskmodel.store.live import TileCounts, count_in_tiles, insert_request
+from riskmodel.store.schema import (
+    ABUSE_KEYS,
+    BASE_AMOUNT,
+    DERIVED,
+    EVENT_TABLES,
+    SCHEMA_VERSION,
+    SIGHTED,
+    TILE_SOURCES,
+    TILE_US,
+    TILED,
+    abuse_changes,
+    columns_of,
+    decisions,
+    entity_days,
+    metadata,
+    schema_info,
+    sighting_days,
+    sightings,
+)
+
+__all__ = [
+    "ABUSE_KEYS",
+    "BASE_AMOUNT",
+    "DEFAULT_DATABASE_URL",
+    "DERIVED",
+    "EVENT_TABLES",
+    "SCHEMA_VERSION",
+    "SIGHTED",
+    "TILED",
+    "TILE_SOURCES",
+    "TILE_US",
+    "Stale",
+    "TileCounts",
+    "Tiles",
+    "abuse_changes",
+    "analyze",
+    "base_amount",
+    "columns_of",
+    "count_in_tiles",
+    "create_database",
+    "decisions",
+    "drop_everything",
+    "entity_days",
+    "fetch_by_key",
+    "insert_request",
+    "metadata",
+    "open_store",
+    "read_table",
+    "refresh_abuse_changes",
+    "refresh_derived",
+    "refresh_entity_days",
+    "refresh_sighting_days",
+    "refresh_sightings",
+    "resolve_database_url",
+    "schema_info",
+    "sighting_days",
+    "sightings",
+    "table_counts",
+    "upsert",
+    "vacuum",
+]
