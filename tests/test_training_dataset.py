@@ -27,7 +27,7 @@ from training import (
     train,
     training_examples,
 )
-from training.dataset import FRESH, latest_time
+from training.dataset import FRESH, Examples, fresh_weights, latest_time
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 UNTIL = to_micros("2026-04-01")
@@ -406,3 +406,49 @@ def test_labels_after_the_cutoff_do_not_move_the_estimate(history: History) -> N
     examples = training_examples(history, UNTIL, LabelPolicy())
     assert examples.maturity == estimate
     assert examples.maturity_days == estimate.days
+
+
+def _young_and_settled(settled: list[int], young: list[int]) -> Examples:
+    """Examples in time order: the settled ones first (labels as given), then the young
+    ones, each with a verdict."""
+    labels = np.array([*settled, *young])
+    n = len(labels)
+    return Examples(
+        features=pd.DataFrame({"x": np.zeros(n)}, index=[f"r{i}" for i in range(n)]),
+        label=labels,
+        labelled=np.ones(n, dtype=bool),
+        requested_at=np.arange(n) * DAY,
+        amount=np.ones(n),
+        mature=np.array([True] * len(settled) + [False] * len(young)),
+    )
+
+
+def test_fresh_abuse_verdicts_weigh_as_much_as_the_settled_share_of_abuse() -> None:
+    # About 10% abuse among the settled requests; young verdicts 4 abusive, 6 honest.
+    examples = _young_and_settled(
+        [1, 0, 0, 0, 0, 0, 0, 0, 0, 0] * 10, [1, 1, 0, 1, 0, 0, 1, 0, 0, 0]
+    )
+    split = periods(examples, TrainConfig().shares)
+    weights = fresh_weights(examples, split)
+
+    fresh = ~examples.settled
+    abusive = weights[fresh & (examples.label == 1)]
+    share = abusive.sum() / weights[fresh].sum()
+    assert share == pytest.approx(examples.label[split.masks["train"]].mean())
+    assert 0.05 < share < 0.15
+    assert (weights[examples.settled] == 1).all()
+    assert (weights[fresh & (examples.label == 0)] == 1).all()
+
+
+def test_fresh_verdicts_that_are_all_abuse_weigh_nothing() -> None:
+    # Chargebacks the only source: among young requests only the abusive have a verdict.
+    examples = _young_and_settled([1, 0, 0, 0, 0, 0, 0, 0, 0, 0] * 10, [1, 1, 1])
+    weights = fresh_weights(examples, periods(examples, TrainConfig().shares))
+
+    assert (weights[~examples.settled] == 0).all()
+    assert (weights[examples.settled] == 1).all()
+
+
+def test_without_fresh_verdicts_every_example_weighs_one() -> None:
+    examples = _young_and_settled([1, 0, 0, 0, 0, 0, 0, 0, 0, 0] * 10, [])
+    assert (fresh_weights(examples, periods(examples, TrainConfig().shares)) == 1).all()

@@ -130,17 +130,24 @@ def fit_trees(
     train: tuple[np.ndarray, np.ndarray],
     valid: tuple[np.ndarray, np.ndarray],
     config: TrainConfig,
+    weights: np.ndarray | None = None,
 ) -> lightgbm.Booster:
-    """Boost on ``train`` (matrix, labels), stopping when AP on ``valid`` stops improving.
+    """Boost on ``train`` (matrix, labels; each row weighted by ``weights``, 1 if None),
+    stopping when AP on ``valid`` stops improving.
 
     When ``valid`` holds fewer than ``config.min_stopping_positives`` abusive requests,
     it cannot guide the stopping: it joins the trees' data, which are boosted
     ``config.fallback_rounds`` rounds."""
+    if weights is None:
+        weights = np.ones(len(train[1]))
     if int(np.sum(valid[1])) < config.min_stopping_positives:
+        weights = np.concatenate([weights, np.ones(len(valid[1]))])
         train = (np.vstack([train[0], valid[0]]), np.concatenate([train[1], valid[1]]))
         config = replace(config, max_rounds=config.fallback_rounds, early_stopping_rounds=0)
         valid = train
-    for name, (_, y) in (("training", train), ("validation", valid)):
+    # The trees need abuse that weighs something: fresh verdicts may weigh nothing.
+    weighed = train[1] * (weights > 0)
+    for name, y in (("training", weighed), ("validation", valid[1])):
         if not 0 < int(np.sum(y)) < len(y):
             raise DataError(
                 f"the {name} period has {int(np.sum(y))} abusive requests out of {len(y)}: "
@@ -151,6 +158,7 @@ def fit_trees(
     data = lightgbm.Dataset(
         train[0],
         label=train[1],
+        weight=weights,
         feature_name=names,
         categorical_feature=categorical,
         free_raw_data=True,

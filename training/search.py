@@ -17,7 +17,7 @@ from typing import Any
 
 from riskmodel.bundle import encode_frame
 from riskmodel.errors import DataError
-from training.dataset import FRESH, Examples, periods
+from training.dataset import FRESH, Examples, fresh_weights, periods
 from training.model import TrainConfig, fit_trees
 from training.signature import catalog_signature
 
@@ -61,10 +61,11 @@ def search(
         name: (encode_frame(examples.features.loc[mask], specs), examples.label[mask].astype(float))
         for name, mask in rows.items()
     }
+    weights = fresh_weights(examples, split)[rows["train"]]
     results = []
     for settings in combos:
         candidate = replace(config, **settings)
-        booster = fit_trees(specs, data["train"], data["valid"], candidate)
+        booster = fit_trees(specs, data["train"], data["valid"], candidate, weights)
         score = float(booster.best_score["valid"]["average_precision"])
         trees = booster.best_iteration
         results.append({**settings, "valid_average_precision": score, "trees": trees})

@@ -23,7 +23,14 @@ from riskmodel.bundle import ModelBundle, TrainingWindow, encode_frame
 from riskmodel.errors import DataError
 from riskmodel.units import iso, to_micros
 from training.calibration import fit_calibrator, ranking_kept
-from training.dataset import FRESH, Examples, latest_time, periods, training_examples
+from training.dataset import (
+    FRESH,
+    Examples,
+    fresh_weights,
+    latest_time,
+    periods,
+    training_examples,
+)
 from training.model import TrainConfig, fit_trees
 from training.report import Evaluation, evaluate
 from training.signature import catalog_signature
@@ -72,13 +79,15 @@ def train_on(examples: Examples, until: int, config: TrainConfig) -> TrainResult
     config = config or TrainConfig()
     split = periods(examples, config.shares)
     parts = {name: examples.subset(mask) for name, mask in split.masks.items()}
-    trees = examples.subset(split.masks["train"] | split.masks[FRESH])
+    in_trees = split.masks["train"] | split.masks[FRESH]
+    trees = examples.subset(in_trees)
     specs = catalog_signature(list(examples.features.columns))
     matrices = {
         name: (encode_frame(part.features, specs), part.label.astype(float))
         for name, part in (("train", trees), ("valid", parts["valid"]))
     }
-    booster = fit_trees(specs, matrices["train"], matrices["valid"], config)
+    weights = fresh_weights(examples, split)[in_trees]
+    booster = fit_trees(specs, matrices["train"], matrices["valid"], config, weights)
     calibration = parts["calibration"]
     margin = np.asarray(booster.predict(encode_frame(calibration.features, specs), raw_score=True))
     calibrator = fit_calibrator(margin, calibration.label.astype(float), config.calibration)
