@@ -74,6 +74,7 @@ from riskmodel.store import (
     EVENT_TABLES,
     SIGHTED,
     TILED,
+    RequestContext,
     abuse_changes,
     decisions,
     entity_days,
@@ -127,16 +128,20 @@ def _tiles_from(window: int) -> Any:
 
 
 def online_features(
-    conn: Connection, request: Mapping[str, Any], names: Sequence[str] | None = None
+    conn: Connection,
+    request: Mapping[str, Any],
+    names: Sequence[str] | None = None,
+    context: RequestContext | None = None,
 ) -> dict[str, Any]:
     """Features of one refund request, in store units (``requested_at`` in microseconds,
     ``amount`` in cents), from what the store holds strictly before ``requested_at``.
 
-    The request itself need not be stored. Numbers come back as floats (NaN is null),
-    categories as strings or None.
+    The request itself need not be stored. ``context``: its order, user and rate as the
+    decision path already read them (``riskmodel.store.decision_context``), else read
+    here. Numbers come back as floats (NaN is null), categories as strings or None.
     """
     plan = _plan(tuple(CATALOG) if names is None else tuple(names))
-    columns = _request_columns(conn, request)
+    columns = _request_columns(conn, request, context)
     t = int(request["requested_at"])
     parameters = _bounds(t, plan.windows)
     keys = {}
@@ -418,11 +423,19 @@ def _category(levels: tuple[str, ...], value: Any) -> str | None:
 # --- the request and its parents ----------------------------------------------------------------
 
 
-def _request_columns(conn: Connection, request: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def _request_columns(
+    conn: Connection, request: Mapping[str, Any], context: RequestContext | None
+) -> dict[str, np.ndarray]:
     """The one-row equivalent of ``features.history.request_frame``."""
-    found = _run(conn, _parents(), {"order_id": request["order_id"], "user_id": request["user_id"]})
-    n = len(ORDER_COLUMNS)
-    order, (rate, registered, verified) = found[:n], found[n:]
+    if context is None:
+        keys = {"order_id": request["order_id"], "user_id": request["user_id"]}
+        found = _run(conn, _parents(), keys)
+        n = len(ORDER_COLUMNS)
+        order, (rate, registered, verified) = found[:n], found[n:]
+    else:
+        order = tuple(context.order[name] for name in ORDER_COLUMNS)
+        rate = context.rate
+        registered, verified = context.user["registered_at"], context.user["phone_verified"]
     columns: dict[str, np.ndarray] = {}
     for name in ("request_id", "order_id", "user_id", "reason", "device_id", "ip", "channel"):
         columns[name] = np.array([request.get(name)], dtype=object)

@@ -3,14 +3,17 @@
 The path, in order (each step reads what the one before produced, nothing flows back):
 
 1. the request in store units (microseconds, cents) and its SHA-256 (``request_hash``);
-2. a decision already stored under the ``request_id``: the same body gets it back
-   (``replayed``), another body is a ``Conflict`` (409);
-3. the order and the user from the store: if either is unknown, or the order is another
+2. one read of the store (``riskmodel.store.decision_context``) finds a decision already
+   stored under the ``request_id``: the same body gets it back (``replayed``), another
+   body is a ``Conflict`` (409);
+3. or else the order, its rate, the user and the order's other requests: if the user or
+   the order is unknown, or the order is another
    user's, or it was paid after the request, the answer is a provisional ``review`` that
    is **not stored** (the history would break its own contract: every stored request's
    order exists and is its user's); the caller streams the missing history and asks
    again with the same ``request_id``;
-4. the online features, with every other stored request of the order counted as one of
+4. the online features (from the order and user already read), with every other stored
+   request of the order counted as one of
    its earlier refunds whatever its time, the champion's score (contributions only for
    review and block), the policy (``riskmodel.engine.decide_with_scorer``), the
    challenger's score in the shadow;
@@ -47,17 +50,16 @@ from riskmodel import units
 from riskmodel.domain import Decision, Order, ProductType, RefundRequest
 from riskmodel.engine import Outcome, decide_with_scorer, request_fields
 from riskmodel.policy import Policy
-from serving.errors import Conflict
-from serving.runtime import Models, Runtime
-from serving.stored import (
-    fetch_one,
-    marker,
-    order_money_out,
-    order_requests,
+from riskmodel.store import (
+    Misfit,
+    Replay,
+    RequestContext,
+    decision_context,
     reading,
     request_hash,
-    stored_decision,
 )
+from serving.errors import Conflict
+from serving.runtime import Models, Runtime
 from serving.writer import Write, counted_keys
 
 __all__ = [
@@ -186,69 +188,6 @@ def _replay(stored: Mapping[str, Any], digest: str) -> Answer:
     return Answer(render(stored, stored=True, replayed=True), degraded=False)
 
 
-_PARENTS = (
-    "SELECT o.user_id, o.product_type, o.amount, o.service_days, o.payment_account, "
-    "o.seller_id, o.product_id, r.rate, o.paid_at, u.registered_at "
-    "FROM (SELECT 1 AS one) AS x "
-    "LEFT JOIN orders AS o ON o.order_id = {m} "
-    "LEFT JOIN rates AS r ON r.currency = o.currency "
-    "LEFT JOIN users AS u ON u.user_id = {m}"
-)
-
-
-@dataclass(frozen=True)
-class _Parents:
-    order: Order
-    copies: dict[str, Any]  # what the store keeps of the order on the request
-    registered_at: int
-
-
-def _parents(conn: Connection, row: Mapping[str, Any]) -> _Parents | tuple[str, str]:
-    """The request's order and user, or (code, message) saying what does not fit."""
-    found = fetch_one(conn, _PARENTS.format(m=marker(conn)), (row["order_id"], row["user_id"]))
-    assert found is not None  # the outer join always yields its one row
-    owner, product, amount, days, account, seller, product_id, rate, paid_at, registered = found
-    order_id, user_id = row["order_id"], row["user_id"]
-    if registered is None:
-        return (
-            "UNKNOWN_USER",
-            f"the user {user_id!r} is not in the service's history; {_NOT_STORED} once it is",
-        )
-    if owner is None:
-        return (
-            "UNKNOWN_ORDER",
-            f"the order {order_id!r} is not in the service's history; {_NOT_STORED} once it is",
-        )
-    if owner != user_id:
-        return (
-            "ORDER_OF_ANOTHER_USER",
-            f"the order {order_id!r} belongs to another user, not {user_id!r}; a reviewer "
-            f"decides; {_NOT_STORED} once corrected",
-        )
-    if int(row["requested_at"]) < int(paid_at):
-        return (
-            "REQUESTED_BEFORE_PAYMENT",
-            f"the request is dated before the order {order_id!r} was paid; {_NOT_STORED} "
-            "once corrected",
-        )
-    order = Order.model_construct(
-        order_id=order_id,
-        user_id=owner,
-        product_type=ProductType(product),
-        amount=Decimal(int(amount)) / units.CENTS,
-        paid_at=units.moment(paid_at),
-        service_days=days,
-        payment_account=account,
-    )
-    copies = {
-        "seller_id": seller,
-        "payment_account": account,
-        "product_id": product_id,
-        "rate": None if rate is None else int(rate),
-    }
-    return _Parents(order, copies, int(registered))
-
-
 def _shadow(models: Models, values: Mapping[str, Any], runtime: Runtime) -> str | None:
     challenger = models.challenger
     if challenger is None:
@@ -263,20 +202,33 @@ def _shadow(models: Models, values: Mapping[str, Any], runtime: Runtime) -> str 
 
 def _look_up(
     conn: Connection, runtime: Runtime, row: dict[str, Any], now: datetime
-) -> Answer | _Parents:
-    """Steps 2 and 3: an answer already (a replay, a provisional review), or the request's
-    order and user."""
-    stored = stored_decision(conn, row["request_id"])
-    if stored is not None:
-        return _replay(stored, request_hash(row))
+) -> Answer | RequestContext:
+    """Steps 2 and 3, one read of the store: an answer already (a replay, a provisional
+    review), or what the decision reads of the store."""
+    found = decision_context(conn, row)
+    if isinstance(found, Replay):
+        return _replay(found.decision, request_hash(row))
     if runtime.policy is None:
         why = runtime.policy_problem or "no policy loaded"
         message = f"degraded: {why}; {_NOT_STORED}"
         return _provisional(row, None, runtime.models, "DEGRADED", message, now)
-    parents = _parents(conn, row)
-    if isinstance(parents, tuple):
-        return _provisional(row, runtime.policy, runtime.models, *parents, now)
-    return parents
+    if isinstance(found, Misfit):
+        return _provisional(row, runtime.policy, runtime.models, found.code, found.message, now)
+    return found
+
+
+def _order(context: RequestContext) -> Order:
+    """The request's order as the engine reads it."""
+    order = context.order
+    return Order.model_construct(
+        order_id=order["order_id"],
+        user_id=order["user_id"],
+        product_type=ProductType(order["product_type"]),
+        amount=Decimal(int(order["amount"])) / units.CENTS,
+        paid_at=units.moment(order["paid_at"]),
+        service_days=order["service_days"],
+        payment_account=order["payment_account"],
+    )
 
 
 def _decide(
@@ -284,7 +236,7 @@ def _decide(
     runtime: Runtime,
     request: RefundRequest,
     row: dict[str, Any],
-    parents: _Parents,
+    context: RequestContext,
     policy: Policy,
     now: datetime,
 ) -> tuple[Write, Outcome]:
@@ -296,24 +248,32 @@ def _decide(
     order rules must see it (``serving.writer`` checks again as it writes).
     """
     models = runtime.models
-    values = features.online_features(conn, row)
-    siblings = order_requests(conn, row["order_id"], row["request_id"])
-    if len(siblings) > values["order_earlier_refunds"]:
+    values = features.online_features(conn, row, context=context)
+    others = context.others
+    if len(others) > values["order_earlier_refunds"]:
         # Those it did not count had no outcome known at its time: they count as unanswered.
-        uncounted = len(siblings) - values["order_earlier_refunds"]
-        values["order_earlier_refunds"] = float(len(siblings))
-        values["order_earlier_refund_amount"] = sum(a for _, a in siblings) / units.CENTS
+        uncounted = len(others) - values["order_earlier_refunds"]
+        values["order_earlier_refunds"] = float(len(others))
+        values["order_earlier_refund_amount"] = sum(o.amount for o in others) / units.CENTS
         values["order_refunds_unanswered"] = values["order_refunds_unanswered"] + uncounted
-    if siblings:
-        _count_money_out(values, order_money_out(conn, row["order_id"], row["request_id"]), row)
+    if others:
+        out = (sum(o.paid for o in others), sum(o.approved for o in others))
+        _count_money_out(values, out, row)
     outcome = decide_with_scorer(
-        models.champion, request_fields(request, parents.order), values, policy, decided_at=now
+        models.champion, request_fields(request, _order(context)), values, policy, decided_at=now
     )
+    order = context.order
     write = Write(
         request=row,
         decision=_outcome_row(outcome, request_hash(row), _shadow(models, values, runtime)),
-        order=parents.copies,
-        registered_at=parents.registered_at,
+        # What the store keeps of the order on the request.
+        order={
+            "seller_id": order["seller_id"],
+            "payment_account": order["payment_account"],
+            "product_id": order["product_id"],
+            "rate": context.rate,
+        },
+        registered_at=int(context.user["registered_at"]),
         order_counted=int(values["order_earlier_refunds"]),
     )
     return write, outcome
@@ -384,7 +344,7 @@ async def _decide_when_counted(
                 return found
             assert policy is not None  # _look_up answers when there is none
             # The account is the order's, known only now.
-            related = writer.pending(counted_keys(row, found.order.payment_account))
+            related = writer.pending(counted_keys(row, found.order["payment_account"]))
             if related is None:
                 # No await from here to ``submit``: nothing else is decided in between.
                 return _decide(conn, runtime, request, row, found, policy, now)

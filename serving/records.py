@@ -106,7 +106,7 @@ def user_history(runtime: Runtime, user_id: str, limit: int) -> dict[str, Any]:
             .limit(limit)
         ).all()
     # Raised once the reads are committed: a rollback would drop the connection's prepared
-    # statements on PostgreSQL (``serving.stored.reading``).
+    # statements on PostgreSQL (``riskmodel.store.reading``).
     if user is None and not found_orders:
         raise NotFound(f"no user {user_id!r} in the history")
     return {

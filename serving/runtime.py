@@ -112,7 +112,7 @@ class StoreLink:
         if engine is None:
             return self.problem
         try:
-            # Ended by a commit, not the rollback of ``connect``: see ``serving.stored.reading``.
+            # Ended by a commit, not the rollback of ``connect``: see ``riskmodel.store.reading``.
             with engine.begin() as conn:
                 conn.execute(text("SELECT 1"))
         except DBAPIError as exc:

@@ -25,8 +25,8 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 
 import features
+from riskmodel.store import REQUEST_COLUMNS, fetch_one, reading, stored_decision
 from serving.runtime import Runtime
-from serving.stored import REQUEST_COLUMNS, fetch_one, reading, stored_decision
 
 __all__ = ["rehearse", "settle_heap"]
 

@@ -46,8 +46,16 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from features import CATALOG
 from features.spec import Aggregate, Entity, Source
-from riskmodel.store import TileCounts, count_in_tiles, insert_request
-from serving.stored import insert_decision, order_requests, same_request_stored, stored_decision
+from riskmodel.store import (
+    OrderRequest,
+    TileCounts,
+    count_in_tiles,
+    insert_decision,
+    insert_request,
+    order_requests,
+    same_request_stored,
+    stored_decision,
+)
 
 __all__ = ["DecisionWriter", "Write", "Written", "counted_entities", "counted_keys"]
 
@@ -113,14 +121,14 @@ class Written:
     ``decision``: the decisions row stored under the id: this write's, or, when ``twin``,
     that of a twin decided in another process that committed first. ``conflict``: the id
     was in the history already with other details; nothing was written. ``siblings``:
-    the order holds refund requests the decision did not count, as (request id, amount in
-    cents); nothing was written, and the request is to be decided again counting them.
+    the order holds refund requests the decision did not count; nothing was written, and
+    the request is to be decided again counting them.
     """
 
     decision: Mapping[str, Any] | None
     conflict: bool = False
     twin: bool = False
-    siblings: tuple[tuple[str, int], ...] = ()
+    siblings: tuple[OrderRequest, ...] = ()
 
 
 def _lock(conn: Connection, group: Iterable[Write]) -> None:
@@ -149,7 +157,7 @@ def _write_all(conn: Connection, group: list[Write]) -> list[Written]:
 
 def _write_one(conn: Connection, write: Write, tiles: TileCounts) -> Written:
     request = write.request
-    siblings = order_requests(conn, str(request["order_id"]), str(request["request_id"]))
+    siblings = order_requests(conn, request)
     if len(siblings) > write.order_counted:
         return Written(None, siblings=siblings)
     inserted = insert_request(

@@ -11,8 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from riskmodel import store
-from riskmodel.store import EVENT_TABLES
-from serving.stored import fetch_one, reading
+from riskmodel.store import EVENT_TABLES, fetch_one, reading
 from tests.test_serving_fixtures import Service, body, load_tiny, make_settings, running, service
 
 __all__ = ["service"]

@@ -12,11 +12,10 @@ from typing import Any
 from sqlalchemy import func, select
 
 from riskmodel import store
-from riskmodel.store import EVENT_TABLES, decisions
+from riskmodel.store import EVENT_TABLES, decisions, request_hash
 from serving.decide import Answer, decide_one, store_row
 from serving.runtime import Runtime, StoreLink
 from serving.schemas import DecisionIn
-from serving.stored import request_hash
 from serving.writer import DecisionWriter, Write, Written
 from tests.test_serving_fixtures import Service, body, load_tiny, make_settings, service
 

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from riskmodel import dataset, store
 from riskmodel.errors import SchemaVersionError, StoreError
 from riskmodel.ingest import ingest
+from riskmodel.units import DAY
 
 from .conftest import tiny_tables
 
@@ -446,3 +447,57 @@ def test_entity_days_follow_corrections_and_match_a_rebuild(engine: Engine) -> N
     assert not [row for row in after if row[2] == "abuse"]
     judged = tables["labels"]["request_id"].nunique()
     assert sum(int(row[5]) for row in after if row[2] == "verdicts" and row[0] == "ip") == judged
+
+
+def test_one_read_before_a_decision_tells_replay_misfit_or_context(
+    database_url: str, tiny_dir: Path
+) -> None:
+    ingest(tiny_dir, database_url)
+    engine = store.open_store(database_url)
+    at = int(pd.Timestamp("2026-01-09T00:00:00Z").value // 1000)
+
+    def read(request_id: str, order_id: str, user_id: str, requested_at: int = at) -> Any:
+        row = {
+            "request_id": request_id,
+            "order_id": order_id,
+            "user_id": user_id,
+            "requested_at": requested_at,
+        }
+        with store.reading(engine) as conn:
+            return store.decision_context(conn, row)
+
+    # A new request on o1, which already has r1 (dated after it): the context.
+    found = read("r9", "o1", "u1")
+    assert isinstance(found, store.RequestContext)
+    assert (found.order["order_id"], found.order["amount"], found.user["user_id"]) == (
+        "o1",
+        3000,
+        "u1",
+    )
+    assert found.rate is None  # the history has no rates table
+    assert [(o.request_id, o.amount) for o in found.others] == [("r1", 2200)]
+
+    # What does not fit the history, and why.
+    assert read("r9", "o1", "nobody").code == "UNKNOWN_USER"
+    assert read("r9", "o404", "u1").code == "UNKNOWN_ORDER"
+    assert read("r9", "o3", "u1").code == "ORDER_OF_ANOTHER_USER"
+    assert read("r9", "o4", "u2", at - 2 * DAY).code == "REQUESTED_BEFORE_PAYMENT"
+
+    # A decision stored under the id: the replay, whatever else the request says.
+    decision = {c: None for c in store.DECISION_COLUMNS}
+    decision.update(
+        request_id="r9",
+        decision="review",
+        approved_amount=0,
+        reasons="[]",
+        decided_at=at,
+        policy_version="p1",
+        feature_version="3",
+        request_hash="h",
+    )
+    with engine.begin() as conn:
+        assert store.insert_decision(conn, decision)
+    replay = read("r9", "o404", "nobody")
+    assert isinstance(replay, store.Replay)
+    assert replay.decision["decision"] == "review"
+    engine.dispose()

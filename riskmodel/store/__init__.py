@@ -20,7 +20,8 @@ in one transaction; opening a newer one is refused (``SchemaVersionError``).
 One job per module, each importing only those before it: ``schema`` (the tables and the
 constants that describe them), ``derived`` (the derived columns, sightings, abuse changes
 and day tiles, and their refresh), ``bulk`` (``upsert`` and reading tables back), ``live``
-(the serving path's write of one request), ``migrations`` (the version steps) and
+(the serving path's write of one request), ``decisions`` (the decision path's one
+read and the decision row), ``migrations`` (the version steps) and
 ``connection`` (URLs, ``open_store``, dialects, ``analyze`` / ``vacuum``).
 """
 
@@ -34,6 +35,23 @@ from riskmodel.store.connection import (
     open_store,
     resolve_database_url,
     vacuum,
+)
+from riskmodel.store.decisions import (
+    DECISION_COLUMNS,
+    REQUEST_COLUMNS,
+    Misfit,
+    OrderRequest,
+    Replay,
+    RequestContext,
+    decision_context,
+    fetch_one,
+    insert_decision,
+    marker,
+    order_requests,
+    reading,
+    request_hash,
+    same_request_stored,
+    stored_decision,
 )
 from riskmodel.store.derived import (
     Stale,
@@ -69,14 +87,20 @@ from riskmodel.store.schema import (
 __all__ = [
     "ABUSE_KEYS",
     "BASE_AMOUNT",
+    "DECISION_COLUMNS",
     "DEFAULT_DATABASE_URL",
     "DERIVED",
     "EVENT_TABLES",
+    "REQUEST_COLUMNS",
     "SCHEMA_VERSION",
     "SIGHTED",
     "TILED",
     "TILE_SOURCES",
     "TILE_US",
+    "Misfit",
+    "OrderRequest",
+    "Replay",
+    "RequestContext",
     "Stale",
     "TileCounts",
     "Tiles",
@@ -86,23 +110,32 @@ __all__ = [
     "columns_of",
     "count_in_tiles",
     "create_database",
+    "decision_context",
     "decisions",
     "drop_everything",
     "entity_days",
     "fetch_by_key",
+    "fetch_one",
+    "insert_decision",
     "insert_request",
+    "marker",
     "metadata",
     "open_store",
+    "order_requests",
     "read_table",
+    "reading",
     "refresh_abuse_changes",
     "refresh_derived",
     "refresh_entity_days",
     "refresh_sighting_days",
     "refresh_sightings",
+    "request_hash",
     "resolve_database_url",
+    "same_request_stored",
     "schema_info",
     "sighting_days",
     "sightings",
+    "stored_decision",
     "table_counts",
     "upsert",
     "vacuum",

@@ -8,12 +8,12 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from riskmodel.store import reading, stored_decision
 from serving.decide import decide_one, render
 from serving.deps import CurrentRuntime, Decider, Reader
 from serving.errors import Conflict, NotFound, PayloadTooLarge, Unavailable, error_body
 from serving.routes.params import PathId
 from serving.schemas import BatchIn, BatchOut, DecisionIn, DecisionOut, ErrorOut
-from serving.stored import reading, stored_decision
 
 __all__ = ["decide", "decide_batch", "lookup", "router"]
 
