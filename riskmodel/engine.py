@@ -185,23 +185,6 @@ class Outcome:
     def codes(self) -> tuple[str, ...]:
         return tuple(r.code for r in self.reasons)
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready, in the API's shape (money as a two-decimal string, times ISO 8601)."""
-        return {
-            "request_id": self.request_id,
-            "decision": self.decision.value,
-            "score": self.score,
-            "approved_amount": f"{self.approved_amount:.2f}",
-            "reasons": [r.as_dict() for r in self.reasons],
-            "review": None
-            if self.review is None
-            else {"queue": self.review.queue, "due_at": self.review.due_at.isoformat()},
-            "model_version": self.model_version,
-            "policy_version": self.policy_version,
-            "policy_hash": self.policy_hash,
-            "decided_at": self.decided_at.isoformat(),
-        }
-
 
 class Scorer(Protocol):
     """What the engine needs of a model bundle (``riskmodel.bundle.ModelBundle`` is one)."""

@@ -38,7 +38,7 @@ import logging
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -47,7 +47,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 import features
 from riskmodel import units
-from riskmodel.domain import Decision, Order, ProductType, RefundRequest
+from riskmodel.domain import Order, ProductType, RefundRequest
 from riskmodel.engine import Outcome, decide_with_scorer, request_fields
 from riskmodel.policy import Policy
 from riskmodel.store import (
@@ -59,21 +59,17 @@ from riskmodel.store import (
     request_hash,
 )
 from serving.errors import Conflict
+from serving.record import DecisionRecord
 from serving.runtime import Models, Runtime
 from serving.writer import Write, counted_keys
 
 __all__ = [
     "Answer",
     "decide_one",
-    "render",
     "store_row",
 ]
 
 log = logging.getLogger("serving")
-
-
-def _iso(us: int) -> str:
-    return units.moment(us).isoformat()
 
 
 def store_row(request: RefundRequest) -> dict[str, Any]:
@@ -104,46 +100,6 @@ class Answer:
         return str(self.body["decision"])
 
 
-def render(row: Mapping[str, Any], *, stored: bool, replayed: bool) -> dict[str, Any]:
-    """A decisions row -> the API's decision body. Fresh and replayed answers both come
-    from the row, so a replay is the same decision, byte for byte."""
-    queue, due = row["review_queue"], row["review_due_at"]
-    return {
-        "request_id": row["request_id"],
-        "decision": row["decision"],
-        "score": row["score"],
-        "approved_amount": units.money(row["approved_amount"]),
-        "reasons": json.loads(row["reasons"]),
-        "review": None if queue is None else {"queue": queue, "due_at": _iso(int(due))},
-        "model_version": row["model_version"],
-        "policy_version": row["policy_version"],
-        "policy_hash": row["policy_hash"],
-        "feature_version": row["feature_version"],
-        "decided_at": _iso(int(row["decided_at"])),
-        "stored": stored,
-        "replayed": replayed,
-    }
-
-
-def _outcome_row(outcome: Outcome, digest: str, shadow: str | None) -> dict[str, Any]:
-    return {
-        "request_id": outcome.request_id,
-        "decision": outcome.decision.value,
-        "score": outcome.score,
-        "approved_amount": outcome.approved_cents,
-        "reasons": json.dumps([r.as_dict() for r in outcome.reasons], allow_nan=False),
-        "review_queue": None if outcome.review is None else outcome.review.queue,
-        "review_due_at": None if outcome.review is None else outcome.review.due_at_us,
-        "model_version": outcome.model_version,
-        "policy_version": outcome.policy_version,
-        "policy_hash": outcome.policy_hash,
-        "feature_version": str(features.FEATURE_VERSION),
-        "decided_at": units.micros(outcome.decided_at),
-        "request_hash": digest,
-        "shadow": shadow,
-    }
-
-
 def _provisional(
     row: Mapping[str, Any],
     policy: Policy | None,
@@ -153,39 +109,21 @@ def _provisional(
     now: datetime,
 ) -> Answer:
     """A review made without what a decision needs, and not stored."""
-    review = None
-    if policy is not None:
-        spec = policy.spec.review
-        hours = next(q.deadline_hours for q in spec.queues if q.name == spec.default_queue)
-        review = (spec.default_queue, units.micros(now + timedelta(hours=hours)))
-    reason = {"code": code, "kind": "policy", "message": message}
-    decision = {
-        "request_id": row["request_id"],
-        "decision": Decision.REVIEW.value,
-        "score": None,
-        "approved_amount": 0,
-        "reasons": json.dumps([reason]),
-        "review_queue": None if review is None else review[0],
-        "review_due_at": None if review is None else review[1],
-        "model_version": None if models.champion is None else models.champion.version,
-        "policy_version": None if policy is None else policy.version,
-        "policy_hash": None if policy is None else policy.sha256,
-        "feature_version": str(features.FEATURE_VERSION),
-        "decided_at": units.micros(now),
-    }
-    return Answer(render(decision, stored=False, replayed=False), degraded=code == "DEGRADED")
+    version = None if models.champion is None else models.champion.version
+    record = DecisionRecord.provisional(row["request_id"], policy, version, code, message, now)
+    return Answer(record.render(stored=False, replayed=False), degraded=code == "DEGRADED")
 
 
 _NOT_STORED = "not stored; ask again with the same request_id"
 
 
-def _replay(stored: Mapping[str, Any], digest: str) -> Answer:
-    if stored["request_hash"] != digest:
+def _replay(stored: DecisionRecord, digest: str) -> Answer:
+    if stored.request_hash != digest:
         raise Conflict(
-            f"request_id {stored['request_id']!r} was already decided for a different "
+            f"request_id {stored.request_id!r} was already decided for a different "
             "request; use a new request_id for a new request"
         )
-    return Answer(render(stored, stored=True, replayed=True), degraded=False)
+    return Answer(stored.render(stored=True, replayed=True), degraded=False)
 
 
 def _shadow(models: Models, values: Mapping[str, Any], runtime: Runtime) -> str | None:
@@ -207,7 +145,7 @@ def _look_up(
     review), or what the decision reads of the store."""
     found = decision_context(conn, row)
     if isinstance(found, Replay):
-        return _replay(found.decision, request_hash(row))
+        return _replay(DecisionRecord.from_row(found.decision), request_hash(row))
     if runtime.policy is None:
         why = runtime.policy_problem or "no policy loaded"
         message = f"degraded: {why}; {_NOT_STORED}"
@@ -265,7 +203,7 @@ def _decide(
     order = context.order
     write = Write(
         request=row,
-        decision=_outcome_row(outcome, request_hash(row), _shadow(models, values, runtime)),
+        decision=DecisionRecord.of(outcome, request_hash(row), _shadow(models, values, runtime)),
         # What the store keeps of the order on the request.
         order={
             "seller_id": order["seller_id"],
@@ -319,7 +257,7 @@ async def _decide_in_store(
     if outcome.score is not None:
         runtime.metrics.scores.observe(outcome.score)
     degraded = "DEGRADED" in outcome.codes
-    return Answer(render(step.decision, stored=True, replayed=False), degraded=degraded)
+    return Answer(step.decision.render(stored=True, replayed=False), degraded=degraded)
 
 
 async def _decide_when_counted(

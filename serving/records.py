@@ -17,8 +17,8 @@ from riskmodel.dataset import EXTRA, Kind
 from riskmodel.ingest import validate_references
 from riskmodel.store import EVENT_TABLES, columns_of, decisions, upsert
 from serving.auth import Caller
-from serving.decide import render
 from serving.errors import Conflict, NotFound, Unavailable
+from serving.record import DecisionRecord
 from serving.runtime import Runtime
 
 __all__ = ["record_verdict", "review_queue", "user_history", "write_rows"]
@@ -67,7 +67,7 @@ def _event(table: str, row: Any) -> dict[str, Any]:
 
 
 def _decision_row(row: Any) -> dict[str, Any]:
-    return render(dict(row._mapping), stored=True, replayed=False)
+    return DecisionRecord.from_row(row._mapping).render(stored=True, replayed=False)
 
 
 def user_history(runtime: Runtime, user_id: str, limit: int) -> dict[str, Any]:

@@ -56,6 +56,7 @@ from riskmodel.store import (
     same_request_stored,
     stored_decision,
 )
+from serving.record import DecisionRecord
 
 __all__ = ["DecisionWriter", "Write", "Written", "counted_entities", "counted_keys"]
 
@@ -89,7 +90,7 @@ class Write:
     """
 
     request: Mapping[str, Any]
-    decision: Mapping[str, Any]
+    decision: DecisionRecord
     order: Mapping[str, Any]
     registered_at: int
     order_counted: int  # refund requests of the order the decision counted
@@ -125,7 +126,7 @@ class Written:
     the request is to be decided again counting them.
     """
 
-    decision: Mapping[str, Any] | None
+    decision: DecisionRecord | None
     conflict: bool = False
     twin: bool = False
     siblings: tuple[OrderRequest, ...] = ()
@@ -169,10 +170,11 @@ def _write_one(conn: Connection, write: Write, tiles: TileCounts) -> Written:
     )
     if not inserted and not same_request_stored(conn, write.request):
         return Written(None, conflict=True)
-    if insert_decision(conn, write.decision):
+    if insert_decision(conn, write.decision.row()):
         return Written(write.decision)
     # A twin decided in another process committed first: its decision is the answer.
-    return Written(stored_decision(conn, str(write.request["request_id"])), twin=True)
+    twin = stored_decision(conn, str(write.request["request_id"]))
+    return Written(None if twin is None else DecisionRecord.from_row(twin), twin=True)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from riskmodel import store
 from riskmodel.store import EVENT_TABLES, decisions, request_hash
 from serving.decide import Answer, decide_one, store_row
+from serving.record import DecisionRecord
 from serving.runtime import Runtime, StoreLink
 from serving.schemas import DecisionIn
 from serving.writer import DecisionWriter, Write, Written
@@ -119,7 +120,11 @@ def test_a_write_that_fails_alone_leaves_the_rest_of_its_group_written(
         # All of one order: each counts the others, so that the order check lets them by
         # and what is tested is a failure alone.
         return Write(
-            row, decided, order={"payment_account": "pa3"}, registered_at=0, order_counted=9
+            row,
+            DecisionRecord.from_row(decided),
+            order={"payment_account": "pa3"},
+            registered_at=0,
+            order_counted=9,
         )
 
     async def submit_all() -> list[Written | BaseException]:

@@ -9,9 +9,10 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from riskmodel.store import reading, stored_decision
-from serving.decide import decide_one, render
+from serving.decide import decide_one
 from serving.deps import CurrentRuntime, Decider, Reader
 from serving.errors import Conflict, NotFound, PayloadTooLarge, Unavailable, error_body
+from serving.record import DecisionRecord
 from serving.routes.params import PathId
 from serving.schemas import BatchIn, BatchOut, DecisionIn, DecisionOut, ErrorOut
 
@@ -86,4 +87,4 @@ async def lookup(request_id: PathId, runtime: CurrentRuntime, _: Reader) -> JSON
         row = stored_decision(conn, request_id)
     if row is None:
         raise NotFound(f"no decision for request_id {request_id!r}")
-    return JSONResponse(render(row, stored=True, replayed=True))
+    return JSONResponse(DecisionRecord.from_row(row).render(stored=True, replayed=True))
