@@ -763,10 +763,13 @@ class Result:
         worst = float(np.max(self.latencies_ms, initial=0))
         lag = float(np.percentile(self.lag_ms, 99))
         per_request_us = self.cpu_seconds / self.sent * 1e6
+        # Per answered request: a server that falls behind leaves requests unsent, and
+        # dividing by those too would halve its cost.
         server = (
             ""
             if self.server_cpu_seconds is None
-            else f"; server cpu {self.server_cpu_seconds / self.sent * 1e6:,.0f} µs/request"
+            else f"; server cpu {self.server_cpu_seconds / max(self.ok, 1) * 1e6:,.0f} "
+            "µs/answered request"
         )
         return (
             f"{self.label:<{LABEL}} {self.rate:>7,.0f}/s  sent {self.sent:>7,}  "
@@ -1202,7 +1205,7 @@ async def floor(server: Server, traffic: list[dict[str, Any]], args: argparse.Na
         results.append(result)
     pool.close()
     last = results[-1]
-    per_request = (last.server_cpu_seconds or 0.0) / last.sent * 1e6
+    per_request = (last.server_cpu_seconds or 0.0) / max(last.ok, 1) * 1e6
     return Outcome(last, f"no store, no model: {per_request:,.0f} µs of CPU a request")
 
 
