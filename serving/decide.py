@@ -12,10 +12,10 @@ The path, in order (each step reads what the one before produced, nothing flows 
    is **not stored** (the history would break its own contract: every stored request's
    order exists and is its user's); the caller streams the missing history and asks
    again with the same ``request_id``;
-4. the online features (from the order and user already read), with every other stored
-   request of the order counted as one of
-   its earlier refunds whatever its time, the champion's score (contributions only for
-   review and block), the policy (``riskmodel.engine.decide_with_scorer``), the
+4. the online features (from the order and user already read); the champion's score on
+   them (contributions only for review and block); the policy
+   (``riskmodel.engine.decide_with_scorer``), which also reads every other stored request
+   of the order as one of its earlier refunds whatever its time (``order_view``); the
    challenger's score in the shadow;
 5. the write, by the ``DecisionWriter`` (group commit): the refund request (keyed by
    ``request_id``, so it is counted once in every velocity feature however often it is
@@ -36,7 +36,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -52,6 +52,7 @@ from riskmodel.engine import Outcome, decide_with_scorer, request_fields
 from riskmodel.policy import Policy
 from riskmodel.store import (
     Misfit,
+    OrderRequest,
     Replay,
     RequestContext,
     decision_context,
@@ -66,6 +67,7 @@ from serving.writer import Write, counted_keys
 __all__ = [
     "Answer",
     "decide_one",
+    "order_view",
     "store_row",
 ]
 
@@ -180,26 +182,16 @@ def _decide(
 ) -> tuple[Write, Outcome]:
     """Step 4: features, score and policy; the decision to write, and the outcome.
 
-    The features count the order's refund requests dated before this one. When the store
-    holds more (one dated after it that arrived first), they all count as the order's
-    earlier refunds: whatever their time, the order has been asked back already, and the
-    order rules must see it (``serving.writer`` checks again as it writes).
+    The models score the features as of the request's time, exactly as offline. The
+    policy also reads what the store holds of the order whatever its time
+    (``order_view``): a request dated before one that arrived first must not be decided
+    as the order's first refund (``serving.writer`` checks again as it writes).
     """
     models = runtime.models
     values = features.online_features(conn, row, context=context)
-    others = context.others
-    if len(others) > values["order_earlier_refunds"]:
-        # Those it did not count had no outcome known at its time: they count as unanswered.
-        uncounted = len(others) - values["order_earlier_refunds"]
-        values["order_earlier_refunds"] = float(len(others))
-        values["order_earlier_refund_amount"] = sum(o.amount for o in others) / units.CENTS
-        values["order_refunds_unanswered"] = values["order_refunds_unanswered"] + uncounted
-    if others:
-        out = (sum(o.paid for o in others), sum(o.approved for o in others))
-        _count_money_out(values, out, row)
-    outcome = decide_with_scorer(
-        models.champion, request_fields(request, _order(context)), values, policy, decided_at=now
-    )
+    view = order_view(values, context.others, int(row["amount"]))
+    fields = {**request_fields(request, _order(context)), **view}
+    outcome = decide_with_scorer(models.champion, fields, values, policy, decided_at=now)
     order = context.order
     write = Write(
         request=row,
@@ -212,25 +204,45 @@ def _decide(
             "rate": context.rate,
         },
         registered_at=int(context.user["registered_at"]),
-        order_counted=int(values["order_earlier_refunds"]),
+        order_counted=int(view.get("order_earlier_refunds", values["order_earlier_refunds"])),
     )
     return write, outcome
 
 
-def _count_money_out(values: dict[str, Any], out: tuple[int, int], row: Mapping[str, Any]) -> None:
-    """Money already paid or approved on the order, whatever the time of the requests it
-    went out on: a request dated before one approved earlier must not be paid as if
-    nothing had gone out (the features see only what is dated before it)."""
-    paid, approved = (cents / units.CENTS for cents in out)
-    if max(paid, approved) <= values["order_refund_out_all"]:
-        return
-    values["order_refund_paid_all"] = max(values["order_refund_paid_all"], paid)
-    values["order_refund_approved_all"] = max(values["order_refund_approved_all"], approved)
-    gone = max(values["order_refund_paid_all"], values["order_refund_approved_all"])
-    values["order_refund_out_all"] = gone
-    left = round(values["order_amount"] - gone, 2)
-    values["order_refund_left"] = left
-    values["request_amount_over_left"] = float(int(row["amount"]) > units.cents(left))
+def order_view(
+    values: Mapping[str, Any], others: Sequence[OrderRequest], amount: int
+) -> dict[str, float]:
+    """The order features as the policy reads them when the store holds more of the order
+    than the features counted (a request dated after this one that arrived first): every
+    stored request of the order counts as an earlier refund, those the features did not
+    count as unanswered, and the money paid or approved on any of them as gone out. Empty
+    when the features counted everything: offline, where requests replay in time order,
+    it always is. ``amount``: the request's, in cents.
+
+    Handed to the engine with the request's fields, which the policy reads over the
+    features; the models score the features themselves.
+    """
+    view: dict[str, float] = {}
+    counted = values["order_earlier_refunds"]
+    if len(others) > counted:
+        view["order_earlier_refunds"] = float(len(others))
+        view["order_earlier_refund_amount"] = sum(o.amount for o in others) / units.CENTS
+        view["order_refunds_unanswered"] = values["order_refunds_unanswered"] + (
+            len(others) - counted
+        )
+    paid = sum(o.paid for o in others) / units.CENTS
+    approved = sum(o.approved for o in others) / units.CENTS
+    if max(paid, approved) > values["order_refund_out_all"]:
+        paid = max(values["order_refund_paid_all"], paid)
+        approved = max(values["order_refund_approved_all"], approved)
+        gone = max(paid, approved)
+        left = round(values["order_amount"] - gone, 2)
+        view["order_refund_paid_all"] = paid
+        view["order_refund_approved_all"] = approved
+        view["order_refund_out_all"] = gone
+        view["order_refund_left"] = left
+        view["request_amount_over_left"] = float(amount > units.cents(left))
+    return view
 
 
 async def _decide_in_store(

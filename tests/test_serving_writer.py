@@ -4,6 +4,7 @@ decision before it, and a write that fails on its own takes no other write down.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -266,3 +267,49 @@ def test_two_workers_seeing_one_user_on_a_new_ip_at_the_same_moment_count_it_onc
     finally:
         engine.dispose()
     assert [row.users for row in written] == [1]
+
+
+def test_out_of_time_order_the_model_scores_the_features_of_the_requests_own_time(
+    database_url: str, tmp_path: Path
+) -> None:
+    # The policy must see the order's later-dated request that arrived first; the model
+    # must score what it was trained on: the features as of the request's own time,
+    # which count no earlier refund of the order.
+    load_tiny(database_url)
+    settings, _ = make_settings(tmp_path, database_url)
+    scored: list[dict[str, Any]] = []
+
+    async def decide_both() -> list[Answer]:
+        runtime = Runtime.start(settings)
+        champion = runtime.models.champion
+        assert champion is not None
+
+        class Recording:
+            """The champion, noting the features it is asked to score."""
+
+            version = champion.version
+
+            def score_one(self, values: dict[str, Any]) -> float:
+                scored.append(dict(values))
+                return champion.score_one(values)
+
+            def contributions_one(self, values: dict[str, Any]) -> dict[str, float]:
+                return champion.contributions_one(values)
+
+        runtime.models = dataclasses.replace(runtime.models, champion=Recording())  # type: ignore[arg-type]
+        try:
+            later = body(
+                request_id="late-first", amount="100.00", requested_at="2026-01-20T12:00:00Z"
+            )
+            earlier = body(request_id="early-second", amount="100.00")
+            return [
+                await decide_one(runtime, DecisionIn.model_validate(b)) for b in (later, earlier)
+            ]
+        finally:
+            runtime.close()
+
+    answers = asyncio.run(decide_both())
+
+    assert _codes(answers[1].body) & _REPEAT, answers[1].body["reasons"]
+    assert [values["order_earlier_refunds"] for values in scored] == [0.0, 0.0]
+    assert scored[1]["order_refunds_unanswered"] == 0.0
