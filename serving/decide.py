@@ -102,147 +102,37 @@ class Answer:
         return str(self.body["decision"])
 
 
-def _provisional(
-    row: Mapping[str, Any],
-    policy: Policy | None,
-    models: Models,
-    code: str,
-    message: str,
-    now: datetime,
-) -> Answer:
-    """A review made without what a decision needs, and not stored."""
-    version = None if models.champion is None else models.champion.version
-    record = DecisionRecord.provisional(row["request_id"], policy, version, code, message, now)
-    return Answer(record.render(stored=False, replayed=False), degraded=code == "DEGRADED")
-
-
-_NOT_STORED = "not stored; ask again with the same request_id"
-
-
-def _replay(stored: DecisionRecord, digest: str) -> Answer:
-    if stored.request_hash != digest:
-        raise Conflict(
-            f"request_id {stored.request_id!r} was already decided for a different "
-            "request; use a new request_id for a new request"
-        )
-    return Answer(stored.render(stored=True, replayed=True), degraded=False)
-
-
-def _shadow(models: Models, values: Mapping[str, Any], runtime: Runtime) -> str | None:
-    challenger = models.challenger
-    if challenger is None:
-        return None
-    try:
-        score = float(challenger.score_one(values))
-    except Exception as exc:  # the shadow must never touch the answer
-        return json.dumps({"model_version": challenger.version, "error": str(exc)[:200]})
-    runtime.metrics.shadow_scores.observe(score)
-    return json.dumps({"model_version": challenger.version, "score": score})
-
-
-def _look_up(
-    conn: Connection, runtime: Runtime, row: dict[str, Any], now: datetime
-) -> Answer | RequestContext:
-    """Steps 2 and 3, one read of the store: an answer already (a replay, a provisional
-    review), or what the decision reads of the store."""
-    found = decision_context(conn, row)
-    if isinstance(found, Replay):
-        return _replay(DecisionRecord.from_row(found.decision), request_hash(row))
-    if runtime.policy is None:
-        why = runtime.policy_problem or "no policy loaded"
-        message = f"degraded: {why}; {_NOT_STORED}"
-        return _provisional(row, None, runtime.models, "DEGRADED", message, now)
-    if isinstance(found, Misfit):
-        return _provisional(row, runtime.policy, runtime.models, found.code, found.message, now)
-    return found
-
-
-def _order(context: RequestContext) -> Order:
-    """The request's order as the engine reads it."""
-    order = context.order
-    return Order.model_construct(
-        order_id=order["order_id"],
-        user_id=order["user_id"],
-        product_type=ProductType(order["product_type"]),
-        amount=Decimal(int(order["amount"])) / units.CENTS,
-        paid_at=units.moment(order["paid_at"]),
-        service_days=order["service_days"],
-        payment_account=order["payment_account"],
-    )
-
-
-def _decide(
-    conn: Connection,
-    runtime: Runtime,
-    request: RefundRequest,
-    row: dict[str, Any],
-    context: RequestContext,
-    policy: Policy,
-    now: datetime,
-) -> tuple[Write, Outcome]:
-    """Step 4: features, score and policy; the decision to write, and the outcome.
-
-    The models score the features as of the request's time, exactly as offline. The
-    policy also reads what the store holds of the order whatever its time
-    (``order_view``): a request dated before one that arrived first must not be decided
-    as the order's first refund (``serving.writer`` checks again as it writes).
-    """
-    models = runtime.models
-    values = features.online_features(conn, row, context=context)
-    view = order_view(values, context.others, int(row["amount"]))
-    fields = {**request_fields(request, _order(context)), **view}
-    outcome = decide_with_scorer(models.champion, fields, values, policy, decided_at=now)
-    order = context.order
-    write = Write(
-        request=row,
-        decision=DecisionRecord.of(outcome, request_hash(row), _shadow(models, values, runtime)),
-        # What the store keeps of the order on the request.
-        order={
-            "seller_id": order["seller_id"],
-            "payment_account": order["payment_account"],
-            "product_id": order["product_id"],
-            "rate": context.rate,
-        },
-        registered_at=int(context.user["registered_at"]),
-        order_counted=int(view.get("order_earlier_refunds", values["order_earlier_refunds"])),
-    )
-    return write, outcome
-
-
-def order_view(
-    values: Mapping[str, Any], others: Sequence[OrderRequest], amount: int
-) -> dict[str, float]:
-    """The order features as the policy reads them when the store holds more of the order
-    than the features counted (a request dated after this one that arrived first): every
-    stored request of the order counts as an earlier refund, those the features did not
-    count as unanswered, and the money paid or approved on any of them as gone out. Empty
-    when the features counted everything: offline, where requests replay in time order,
-    it always is. ``amount``: the request's, in cents.
-
-    Handed to the engine with the request's fields, which the policy reads over the
-    features; the models score the features themselves.
-    """
-    view: dict[str, float] = {}
-    counted = values["order_earlier_refunds"]
-    if len(others) > counted:
-        view["order_earlier_refunds"] = float(len(others))
-        view["order_earlier_refund_amount"] = sum(o.amount for o in others) / units.CENTS
-        view["order_refunds_unanswered"] = values["order_refunds_unanswered"] + (
-            len(others) - counted
-        )
-    paid = sum(o.paid for o in others) / units.CENTS
-    approved = sum(o.approved for o in others) / units.CENTS
-    if max(paid, approved) > values["order_refund_out_all"]:
-        paid = max(values["order_refund_paid_all"], paid)
-        approved = max(values["order_refund_approved_all"], approved)
-        gone = max(paid, approved)
-        left = round(values["order_amount"] - gone, 2)
-        view["order_refund_paid_all"] = paid
-        view["order_refund_approved_all"] = approved
-        view["order_refund_out_all"] = gone
-        view["order_refund_left"] = left
-        view["request_amount_over_left"] = float(amount > units.cents(left))
-    return view
+async def decide_one(runtime: Runtime, request: RefundRequest) -> Answer:
+    """Decide ``request`` (see the module docstring). Raises ``Conflict`` only: any other
+    failure is answered as a degraded review that is not stored."""
+    started = time.perf_counter()
+    row = store_row(request)
+    engine = runtime.store.available()
+    if engine is None:
+        answer = _unreachable(runtime, row, runtime.store.problem)
+    else:
+        try:
+            answer = await _decide_in_store(engine, runtime, request, row)
+            runtime.store.found()
+        except Conflict:
+            runtime.metrics.conflicts.inc()
+            raise
+        except (OperationalError, InterfaceError) as exc:
+            runtime.store.lost(exc)
+            answer = _unreachable(runtime, row, runtime.store.problem)
+        except DBAPIError as exc:
+            log.exception("store error while deciding %s", row["request_id"])
+            answer = _unreachable(runtime, row, f"store error: {type(exc.orig).__name__}")
+        except Exception:
+            # A bug must not take the gate down, nor approve: review, loudly logged.
+            log.exception("unexpected error while deciding %s", row["request_id"])
+            answer = _unreachable(runtime, row, "internal error")
+    runtime.note_state()
+    runtime.metrics.decisions.labels(
+        answer.decision, str(answer.degraded).lower(), str(answer.body["replayed"]).lower()
+    ).inc()
+    runtime.metrics.decision_seconds.observe(time.perf_counter() - started)
+    return answer
 
 
 async def _decide_in_store(
@@ -307,39 +197,149 @@ async def _settled(related: Awaitable[Any]) -> None:
         await related
 
 
-async def decide_one(runtime: Runtime, request: RefundRequest) -> Answer:
-    """Decide ``request`` (see the module docstring). Raises ``Conflict`` only: any other
-    failure is answered as a degraded review that is not stored."""
-    started = time.perf_counter()
-    row = store_row(request)
-    engine = runtime.store.available()
-    if engine is None:
-        answer = _unreachable(runtime, row, runtime.store.problem)
-    else:
-        try:
-            answer = await _decide_in_store(engine, runtime, request, row)
-            runtime.store.found()
-        except Conflict:
-            runtime.metrics.conflicts.inc()
-            raise
-        except (OperationalError, InterfaceError) as exc:
-            runtime.store.lost(exc)
-            answer = _unreachable(runtime, row, runtime.store.problem)
-        except DBAPIError as exc:
-            log.exception("store error while deciding %s", row["request_id"])
-            answer = _unreachable(runtime, row, f"store error: {type(exc.orig).__name__}")
-        except Exception:
-            # A bug must not take the gate down, nor approve: review, loudly logged.
-            log.exception("unexpected error while deciding %s", row["request_id"])
-            answer = _unreachable(runtime, row, "internal error")
-    runtime.note_state()
-    runtime.metrics.decisions.labels(
-        answer.decision, str(answer.degraded).lower(), str(answer.body["replayed"]).lower()
-    ).inc()
-    runtime.metrics.decision_seconds.observe(time.perf_counter() - started)
-    return answer
+def _look_up(
+    conn: Connection, runtime: Runtime, row: dict[str, Any], now: datetime
+) -> Answer | RequestContext:
+    """Steps 2 and 3, one read of the store: an answer already (a replay, a provisional
+    review), or what the decision reads of the store."""
+    found = decision_context(conn, row)
+    if isinstance(found, Replay):
+        return _replay(DecisionRecord.from_row(found.decision), request_hash(row))
+    if runtime.policy is None:
+        why = runtime.policy_problem or "no policy loaded"
+        message = f"degraded: {why}; {_NOT_STORED}"
+        return _provisional(row, None, runtime.models, "DEGRADED", message, now)
+    if isinstance(found, Misfit):
+        return _provisional(row, runtime.policy, runtime.models, found.code, found.message, now)
+    return found
+
+
+_NOT_STORED = "not stored; ask again with the same request_id"
+
+
+def _replay(stored: DecisionRecord, digest: str) -> Answer:
+    if stored.request_hash != digest:
+        raise Conflict(
+            f"request_id {stored.request_id!r} was already decided for a different "
+            "request; use a new request_id for a new request"
+        )
+    return Answer(stored.render(stored=True, replayed=True), degraded=False)
+
+
+def _provisional(
+    row: Mapping[str, Any],
+    policy: Policy | None,
+    models: Models,
+    code: str,
+    message: str,
+    now: datetime,
+) -> Answer:
+    """A review made without what a decision needs, and not stored."""
+    version = None if models.champion is None else models.champion.version
+    record = DecisionRecord.provisional(row["request_id"], policy, version, code, message, now)
+    return Answer(record.render(stored=False, replayed=False), degraded=code == "DEGRADED")
 
 
 def _unreachable(runtime: Runtime, row: Mapping[str, Any], why: str | None) -> Answer:
     message = f"degraded: {why or 'the store is unavailable'}; no decision made; {_NOT_STORED}"
     return _provisional(row, runtime.policy, runtime.models, "DEGRADED", message, datetime.now(UTC))
+
+
+def _decide(
+    conn: Connection,
+    runtime: Runtime,
+    request: RefundRequest,
+    row: dict[str, Any],
+    context: RequestContext,
+    policy: Policy,
+    now: datetime,
+) -> tuple[Write, Outcome]:
+    """Step 4: features, score and policy; the decision to write, and the outcome.
+
+    The models score the features as of the request's time, exactly as offline. The
+    policy also reads what the store holds of the order whatever its time
+    (``order_view``): a request dated before one that arrived first must not be decided
+    as the order's first refund (``serving.writer`` checks again as it writes).
+    """
+    models = runtime.models
+    values = features.online_features(conn, row, context=context)
+    view = order_view(values, context.others, int(row["amount"]))
+    fields = {**request_fields(request, _order(context)), **view}
+    outcome = decide_with_scorer(models.champion, fields, values, policy, decided_at=now)
+    order = context.order
+    write = Write(
+        request=row,
+        decision=DecisionRecord.of(outcome, request_hash(row), _shadow(models, values, runtime)),
+        # What the store keeps of the order on the request.
+        order={
+            "seller_id": order["seller_id"],
+            "payment_account": order["payment_account"],
+            "product_id": order["product_id"],
+            "rate": context.rate,
+        },
+        registered_at=int(context.user["registered_at"]),
+        order_counted=int(view.get("order_earlier_refunds", values["order_earlier_refunds"])),
+    )
+    return write, outcome
+
+
+def _order(context: RequestContext) -> Order:
+    """The request's order as the engine reads it."""
+    order = context.order
+    return Order.model_construct(
+        order_id=order["order_id"],
+        user_id=order["user_id"],
+        product_type=ProductType(order["product_type"]),
+        amount=Decimal(int(order["amount"])) / units.CENTS,
+        paid_at=units.moment(order["paid_at"]),
+        service_days=order["service_days"],
+        payment_account=order["payment_account"],
+    )
+
+
+def order_view(
+    values: Mapping[str, Any], others: Sequence[OrderRequest], amount: int
+) -> dict[str, float]:
+    """The order features as the policy reads them when the store holds more of the order
+    than the features counted (a request dated after this one that arrived first): every
+    stored request of the order counts as an earlier refund, those the features did not
+    count as unanswered, and the money paid or approved on any of them as gone out. Empty
+    when the features counted everything: offline, where requests replay in time order,
+    it always is. ``amount``: the request's, in cents.
+
+    Handed to the engine with the request's fields, which the policy reads over the
+    features; the models score the features themselves.
+    """
+    view: dict[str, float] = {}
+    counted = values["order_earlier_refunds"]
+    if len(others) > counted:
+        view["order_earlier_refunds"] = float(len(others))
+        view["order_earlier_refund_amount"] = sum(o.amount for o in others) / units.CENTS
+        view["order_refunds_unanswered"] = values["order_refunds_unanswered"] + (
+            len(others) - counted
+        )
+    paid = sum(o.paid for o in others) / units.CENTS
+    approved = sum(o.approved for o in others) / units.CENTS
+    if max(paid, approved) > values["order_refund_out_all"]:
+        paid = max(values["order_refund_paid_all"], paid)
+        approved = max(values["order_refund_approved_all"], approved)
+        gone = max(paid, approved)
+        left = round(values["order_amount"] - gone, 2)
+        view["order_refund_paid_all"] = paid
+        view["order_refund_approved_all"] = approved
+        view["order_refund_out_all"] = gone
+        view["order_refund_left"] = left
+        view["request_amount_over_left"] = float(amount > units.cents(left))
+    return view
+
+
+def _shadow(models: Models, values: Mapping[str, Any], runtime: Runtime) -> str | None:
+    challenger = models.challenger
+    if challenger is None:
+        return None
+    try:
+        score = float(challenger.score_one(values))
+    except Exception as exc:  # the shadow must never touch the answer
+        return json.dumps({"model_version": challenger.version, "error": str(exc)[:200]})
+    runtime.metrics.shadow_scores.observe(score)
+    return json.dumps({"model_version": challenger.version, "score": score})
