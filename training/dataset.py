@@ -523,8 +523,7 @@ def fresh_weights(examples: Examples, split: TimeSplit) -> np.ndarray:
     verdicts teach the trees that whatever young requests share (larger all-history
     counts, to begin with) means abuse; where every fresh verdict is abuse (chargebacks
     the only source) their weight is 0. Chosen on the development worlds
-    (``benchmarks/quality.py --set dev``): mean AP 0.727 -> 0.752 over three seeds, ahead
-    of the logistic regression in 12 of 12 (docs/training.md).
+    (``benchmarks/quality.py --set dev``; docs/training.md).
     """
     weights = np.ones(len(examples))
     fresh = split.masks[FRESH]

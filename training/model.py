@@ -56,8 +56,7 @@ class TrainConfig:
     lambda_l2: float = 1.0
     # Extremely randomised trees: each feature's split threshold is drawn at random, not
     # searched. With a few hundred abusive examples and ~290 features the searched splits
-    # fit noise; on the 12 development worlds (3 seeds) this raised mean AP 0.70 -> 0.73,
-    # in 10 worlds of 12 and lower in none by more than 0.01 (docs: benchmarks/quality.py).
+    # fit noise (chosen on the development worlds: docs/training.md, "Splits and the model").
     extra_trees: bool = True
     max_rounds: int = 2000
     early_stopping_rounds: int = 100  # 0: no early stopping, every round is kept

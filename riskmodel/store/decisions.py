@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -147,8 +148,10 @@ class OrderRequest:
 _NOT_STORED = "not stored; ask again with the same request_id"
 
 
-def _context_sql(conn: Connection) -> str:
-    m = marker(conn)
+@cache
+def _context_sql(dialect: str) -> str:
+    """The coarse read's statement, written once per database."""
+    m = "%s" if dialect == "postgresql" else "?"
     return (
         f"SELECT {', '.join(f'd.{c}' for c in DECISION_COLUMNS)}, "
         f"{', '.join(f'o.{c}' for c in _ORDER)}, r.rate, "
@@ -168,7 +171,7 @@ def decision_context(conn: Connection, row: Mapping[str, Any]) -> Replay | Misfi
     One statement for the decision, the order, its rate and the user; one more for the
     order's other requests."""
     found = fetch_one(
-        conn, _context_sql(conn), (row["request_id"], row["order_id"], row["user_id"])
+        conn, _context_sql(conn.dialect.name), (row["request_id"], row["order_id"], row["user_id"])
     )
     assert found is not None  # the outer joins always yield their one row
     n, m = len(DECISION_COLUMNS), len(_ORDER)
