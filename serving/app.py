@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from serving.errors import install_error_handlers
+from serving.gate import KeyGate
 from serving.limits import BodyLimit
 from serving.routes import admin, decisions, events, health, reviews, users
 from serving.runtime import Runtime
@@ -51,9 +52,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         description=_DESCRIPTION,
         lifespan=lifespan,
+        # A redirect to the same path with a slash would be built from the Host header.
+        redirect_slashes=False,
     )
     install_error_handlers(app)
     for module in (decisions, events, reviews, users, admin, health):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=chosen.max_body_bytes)
+    app.add_middleware(KeyGate)  # added last, so outermost: before the body is read
     return app

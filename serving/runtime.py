@@ -202,6 +202,10 @@ class Runtime:
             policy=policy,
             policy_problem=problem,
         )
+        # The reasons in full: /readyz shows an anonymous caller only what is missing.
+        for reason in (runtime.models.problem, runtime.models.challenger_problem, problem):
+            if reason is not None:
+                log.error("%s", reason)
         runtime.note_state()
         return runtime
 
@@ -211,7 +215,11 @@ class Runtime:
         self.metrics.store_up.set(1 if self.store.problem is None else 0)
 
     def problems(self) -> list[str]:
-        """Why the service is not ready; empty when it is."""
+        """Why the service is not ready, each as ``what: why``; empty when it is.
+
+        ``what`` names the missing part and may be shown to anyone (``/readyz``); ``why``
+        may hold a driver's message or a path, for the log and for admins.
+        """
         found = []
         if (store := self.store.probe()) is not None:
             found.append(store)

@@ -212,6 +212,29 @@ def test_list_files_beside_the_policy_are_read_and_hashed(tmp_path: Path) -> Non
     assert load_policy(path, FIELDS).sha256 != first  # a list change is a policy change
 
 
+@pytest.mark.parametrize(
+    "name", ["/etc/passwd", "../outside.txt", "sub/../../outside.txt", "link.txt"]
+)
+def test_list_files_outside_the_policys_folder_are_refused(tmp_path: Path, name: str) -> None:
+    folder = tmp_path / "policy"
+    folder.mkdir()
+    (tmp_path / "outside.txt").write_text("u1\n")
+    (folder / "link.txt").symlink_to(tmp_path / "outside.txt")
+    text = MINIMAL + f"lists:\n  block:\n    users: {{file: '{name}'}}\n"
+
+    found = problems(write(folder, text))
+
+    assert any(f"list file {name!r} must lie in the policy's folder" in p for p in found), found
+
+
+def test_list_files_may_lie_in_a_subfolder(tmp_path: Path) -> None:
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "users.txt").write_text("u9\n")
+    text = MINIMAL + "lists:\n  block:\n    users: {file: lists/users.txt}\n"
+
+    assert load_policy(write(tmp_path, text), FIELDS).blocked["users"] == {"u9"}
+
+
 def test_list_files_need_a_directory(tmp_path: Path) -> None:
     text = MINIMAL + "lists:\n  block:\n    users: {file: blocked_users.txt}\n"
     with pytest.raises(PolicyError, match="list files need a policy read from a file"):

@@ -485,8 +485,15 @@ def _list_file(
     if base_dir is None:
         problems.append(locate.problem(loc, "list files need a policy read from a file"))
         return frozenset()
+    # Only files in the policy's own folder (or below it): a policy names its lists, not
+    # any file the service can read (``/etc/passwd`` would load as a block list).
+    folder = base_dir.resolve()
+    path = (folder / name).resolve()
+    if not path.is_relative_to(folder):
+        problems.append(locate.problem(loc, f"list file {name!r} must lie in the policy's folder"))
+        return frozenset()
     try:
-        content = (base_dir / name).read_bytes()
+        content = path.read_bytes()
         text = content.decode("utf-8")
     except OSError as exc:
         problems.append(locate.problem(loc, f"cannot read list file {name!r}: {exc.strerror}"))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from serving.auth import Role, presented_key
 from serving.deps import CurrentRuntime
+from serving.runtime import Runtime
 
 __all__ = ["healthz", "metrics", "readyz", "router"]
 
@@ -22,10 +24,17 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "not ready, with every reason"}})
-async def readyz(runtime: CurrentRuntime) -> JSONResponse:
+async def readyz(request: Request, runtime: CurrentRuntime) -> JSONResponse:
     """200 when the store answers and a champion model and a policy are loaded; else 503
-    with the problems. Decisions are still answered while not ready: review, degraded."""
+    with the problems. Decisions are still answered while not ready: review, degraded.
+
+    The call is open, so each problem names only what is missing (``database
+    unreachable``); the reason (a driver's message, a file's path) goes to the log, and to
+    a caller presenting an admin key.
+    """
     problems = runtime.problems()
+    if not _is_admin(request, runtime):
+        problems = [problem.partition(":")[0] for problem in problems]
     models, policy = runtime.models, runtime.policy
     body: dict[str, Any] = {
         "ready": not problems,
@@ -36,8 +45,14 @@ async def readyz(runtime: CurrentRuntime) -> JSONResponse:
         "policy_hash": None if policy is None else policy.sha256,
     }
     if models.challenger_problem:
-        body["warnings"] = [models.challenger_problem]
+        body["warnings"] = [models.challenger_problem.partition(":")[0]]
     return JSONResponse(body, status_code=503 if problems else 200)
+
+
+def _is_admin(request: Request, runtime: Runtime) -> bool:
+    key = presented_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
+    caller = None if key is None else runtime.keys.authenticate(key)
+    return caller is not None and caller.may(Role.ADMIN)
 
 
 @router.get("/metrics", response_class=Response)
