@@ -83,15 +83,17 @@ def upsert(conn: Connection, table: str, frame: pd.DataFrame, stale: Stale | Non
     days = None if bulk else _days_touched(conn, target, frame)
     if bulk:
         # Building an index once after a bulk load into an empty table is several times
-        # faster than maintaining it row by row. DDL is transactional on both backends.
+        # faster than maintaining it row by row. The drop is part of the caller's
+        # transaction: if anything fails before it commits, the rollback brings the
+        # indexes back (creating them again here would only hide the failure behind
+        # PostgreSQL's "transaction is aborted").
+        _open_transaction(conn)
         for index in target.indexes:
             index.drop(conn)
-        try:
-            written = _write(conn, target, frame)
-            _fill_derived(conn, target, frame)
-        finally:
-            for index in target.indexes:
-                index.create(conn)
+        written = _write(conn, target, frame)
+        _fill_derived(conn, target, frame)
+        for index in target.indexes:
+            index.create(conn)
     else:
         written = _write(conn, target, frame)
         _fill_derived(conn, target, frame)
@@ -110,6 +112,20 @@ def upsert(conn: Connection, table: str, frame: pd.DataFrame, stale: Stale | Non
         if stale is None:
             refresh_derived(conn, pending)
     return written
+
+
+def _open_transaction(conn: Connection) -> None:
+    """Make sure the database has the caller's transaction open before DDL.
+
+    SQLite's Python driver opens its transaction only at the first INSERT, UPDATE or
+    DELETE: DDL before that is committed on its own, and a load that then failed would
+    leave a table without its indexes. PostgreSQL's transaction is open from the start.
+    """
+    if conn.dialect.name != "sqlite":
+        return
+    driver = conn.connection.driver_connection
+    if driver is not None and not driver.in_transaction:
+        conn.exec_driver_sql("BEGIN")
 
 
 def _requests_touched(conn: Connection, target: Table, frame: pd.DataFrame) -> set[str] | None:
