@@ -4,24 +4,48 @@ Each sub-command is a thin layer over a public function; errors of the project's
 hierarchy become one line on stderr and exit status 1 (2 for bad arguments).
 
 The packages above this one (``features``, ``training``, ``serving``) add their own
-sub-commands through the ``riskmodel.commands`` entry-point group, so this module never
-imports them and the layers keep pointing one way.
+sub-commands through the ``riskmodel.commands`` entry-point group, one entry per command,
+so this module never imports them and the layers keep pointing one way. Only the module of
+the command being run is imported: importing them all costs seconds (pandas, LightGBM,
+scikit-learn, FastAPI), which ``riskmodel --help`` or ``riskmodel keys list`` should not
+pay. The others are listed by name and one-line help (``LISTED``) alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import entry_points
 from pathlib import Path
 
 from riskmodel.errors import RiskModelError
 
-__all__ = ["add_database_option", "build_parser", "main", "positive_int"]
+__all__ = ["LISTED", "add_database_option", "build_parser", "main", "positive_int"]
 
 Handler = Callable[[argparse.Namespace], int]
+
+_PLUGINS = "riskmodel.commands"
+
+LISTED = {
+    "backtest": "replay past requests through a policy and a model; what would change",
+    "tune": "trade-off table of review / block thresholds and a proposed pair",
+    "data": "check a dataset directory before training",
+    "features": "build feature tables; list the catalogue",
+    "policy": "check a decision policy file",
+    "quickstart": "simulate, load, train, install the starter policy, create a key, serve",
+    "serve": "run the HTTP API (uvicorn)",
+    "keys": "API keys of the service's callers",
+    "train": "train, calibrate and register a model; write its report",
+    "score": "score refund requests with a registered model (batch)",
+    "evaluate": "evaluate a model on a later period; compare it with another",
+    "prequential": "retrain as of successive dates, test each on the period after it",
+    "models": "the model registry: list, show, promote",
+}
+"""The commands of the ``riskmodel.commands`` entry points, in the order ``riskmodel --help``
+lists them after the built-in ones, each with the help its module gives it. Written here
+because reading it from the modules would import them; a test keeps the two the same."""
 
 
 def _utc_date(text: str) -> datetime:
@@ -127,7 +151,9 @@ def _safe(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The ``riskmodel`` parser; with ``only``, the commands of the entry points that are not
+    named in it are listed but not built, and their modules not imported."""
     parser = argparse.ArgumentParser(
         prog="riskmodel",
         description="Refund risk service: fraud and abuse detection for refund requests.",
@@ -179,14 +205,31 @@ def build_parser() -> argparse.ArgumentParser:
     add_database_option(info)
     info.set_defaults(handler=_db_info)
 
-    for plugin in sorted(entry_points(group="riskmodel.commands"), key=lambda e: e.name):
-        plugin.load()(commands)
+    plugins = {plugin.name: plugin for plugin in entry_points(group=_PLUGINS)}
+    order = list(LISTED)
+    # An entry may add its sibling commands too (``serve`` and ``keys``): loaded once, in
+    # its first command's place, so that the listing keeps its order.
+    wanted = {plugins[name].value for name in plugins if only is None or name in only}
+    for name in sorted(plugins, key=lambda n: (order.index(n) if n in order else len(order), n)):
+        if name in commands.choices:
+            continue
+        if plugins[name].value in wanted:
+            plugins[name].load()(commands)
+        else:
+            commands.add_parser(name, help=LISTED.get(name))
     return parser
+
+
+def _command_named(argv: Sequence[str]) -> list[str]:
+    # The top-level parser takes no option with a value: the first word that is not an
+    # option is the command.
+    return [word for word in argv if not word.startswith("-")][:1]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(only=_command_named(words)).parse_args(words)
     handler: Handler = args.handler
     try:
         return handler(args)

@@ -18,16 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import make_url
-
-from features.policy_fields import load_with_catalogue
 from riskmodel.cli import add_database_option
 from riskmodel.errors import RiskModelError
-from riskmodel.policy import STARTER_POLICY
-from riskmodel.registry import Registry, RegistryError
-from riskmodel.store import DATABASE_URL_ENV, resolve_database_url
 from serving.auth import Role, create_key, list_keys, revoke_keys
 from serving.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
+
+# What ``serve`` needs (SQLAlchemy, the policy loader, the registry) is imported where it is
+# used: importing it here would cost every ``riskmodel`` start, ``keys`` included, seconds.
 
 __all__ = ["ServeError", "default_workers", "register", "settings_from"]
 
@@ -54,6 +51,8 @@ def default_workers(database_url: str) -> int:
     one worker held 500 decisions/s with p99 under 50 ms, two held 600/s for twice the
     memory; ``--workers 2`` is there when that trade is the right one.
     """
+    from sqlalchemy.engine import make_url
+
     configured = os.environ.get("WEB_CONCURRENCY")
     if configured:
         return max(1, int(configured))
@@ -176,6 +175,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from riskmodel.store import resolve_database_url
+
     settings = settings_from(args)
     database_url = resolve_database_url(settings.database_url)
     workers = args.workers if args.workers is not None else default_workers(database_url)
@@ -213,6 +214,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_policy(settings: Settings) -> str:
+    from features.policy_fields import load_with_catalogue
+    from riskmodel.policy import STARTER_POLICY
+
     path = settings.policy
     if not path.is_file():
         raise ServeError(
@@ -225,6 +229,8 @@ def _check_policy(settings: Settings) -> str:
 
 
 def _check_champion(settings: Settings) -> str:
+    from riskmodel.registry import Registry, RegistryError
+
     registry = Registry(settings.registry)
     try:
         version = registry.resolve("champion")
@@ -244,6 +250,8 @@ def _check_champion(settings: Settings) -> str:
 
 
 def _export(settings: Settings, database_url: str) -> None:
+    from riskmodel.store import DATABASE_URL_ENV
+
     # Workers are separate processes that build their settings from the environment
     # (the factory takes no arguments), so the command line's choices travel that way.
     os.environ[DATABASE_URL_ENV] = database_url
@@ -259,6 +267,8 @@ def _url_host(host: str) -> str:
 
 
 def _safe(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
     return make_url(url).render_as_string(hide_password=True)
 
 
