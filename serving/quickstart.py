@@ -12,7 +12,12 @@ entry points); where it puts the policy and the API keys is the service's own de
 
 What a step finds already done (the simulation, a loaded store, a champion, a policy file)
 is reused, and the step says so; only the API key is new on every run, because a key is
-shown once and never kept.
+shown once and never kept, and so is the request to try: one the store has never seen.
+
+Steps 1 to 5 run in a child process, their output relayed as it comes. They hold the
+simulation and the training data: a process that had run them would keep about 900 MB
+while it then waits on the API; this one never imports the libraries they need and stays
+near 35 MB (measured at the default size, ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import argparse
 import contextlib
 import io
 import json
+import multiprocessing
 import os
 import shlex
 import shutil
@@ -33,19 +39,19 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import pandas as pd
-
-from riskmodel import units
 from riskmodel.cli import main
-from riskmodel.dataset import find_table_file, read_table
 from riskmodel.errors import RiskModelError
-from riskmodel.policy import STARTER_POLICY
-from riskmodel.registry import Registry, resolve_registry_path
-from riskmodel.store import open_store, resolve_database_url, table_counts
 from serving.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# The steps' libraries (pandas, the store, the registry) are imported inside the steps, which
+# run in the child process: the parent, which then waits on the API, never loads them.
 
 __all__ = [
     "QuickstartError",
@@ -125,7 +131,20 @@ class _Plan:
     timings: list[tuple[str, float]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """What the set-up hands back to the process that serves."""
+
+    serve_options: list[str]
+    key: str
+    request: dict[str, Any]
+    timings: list[tuple[str, float]]
+
+
 def _plan(args: argparse.Namespace) -> _Plan:
+    from riskmodel.registry import resolve_registry_path
+    from riskmodel.store import resolve_database_url
+
     service = Settings.from_env()
     return _Plan(
         sim=args.sim,
@@ -137,10 +156,96 @@ def _plan(args: argparse.Namespace) -> _Plan:
 
 
 def run(args: argparse.Namespace) -> int:
-    plan = _plan(args)
     if not args.no_serve:
         _check_port_free(args.host, args.port)  # before the minute of work, not after
     started = time.perf_counter()
+    # Stopped by SIGTERM (a supervisor, `timeout`), still stop the set-up or the server, not
+    # orphan it.
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        prepared = _set_up_in_child(args)
+        base = f"http://{args.host}:{args.port}"
+        if args.no_serve:
+            _summary(prepared.timings, started)
+            print("\nthe API is not started (--no-serve); start it with:")
+            serve = ["serve", *prepared.serve_options, "--port", str(args.port)]
+            print(f"  {_command(serve)}")
+            print("then decide a refund request:")
+            print(_curl(base, prepared.key, prepared.request))
+            return 0
+        return _serve(prepared, args, base, started)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _set_up_in_child(args: argparse.Namespace) -> _Prepared:
+    """Steps 1 to 5 and the request to try, in a child process; its output is relayed here
+    as it comes, its errors raised here."""
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter, nothing inherited
+    receiving, sending = context.Pipe(duplex=False)
+    child = context.Process(target=_set_up, args=(args, sending), name="quickstart set-up")
+    child.start()
+    sending.close()  # the child holds the only sending end: once it is gone, recv() ends
+    done = False
+    try:
+        while True:
+            try:
+                kind, value = receiving.recv()
+            except EOFError:
+                child.join()
+                raise QuickstartError(
+                    f"the set-up stopped (exit status {child.exitcode}); its error is above"
+                ) from None
+            if kind == "done":
+                done = True
+                prepared: _Prepared = value
+                return prepared
+            if kind == "failed":
+                raise QuickstartError(value)
+            stream = sys.stdout if kind == "stdout" else sys.stderr
+            stream.write(value)
+            stream.flush()
+    except KeyboardInterrupt:
+        raise QuickstartError(
+            "interrupted; run riskmodel quickstart again (finished steps are reused)"
+        ) from None
+    finally:
+        receiving.close()
+        if not done and child.is_alive():
+            child.terminate()
+        child.join()
+
+
+def _set_up(args: argparse.Namespace, sending: Connection) -> None:
+    """The child's side: run the set-up, print through the parent, send back the outcome."""
+    sys.stdout = _Relay(sending, "stdout")
+    sys.stderr = _Relay(sending, "stderr")
+    try:
+        sending.send(("done", _prepare(args)))
+    except RiskModelError as exc:
+        sending.send(("failed", str(exc)))
+    except KeyboardInterrupt:
+        pass  # the parent had the same Ctrl-C and says so
+
+
+class _Relay(io.TextIOBase):
+    """A child's stdout or stderr: what is written goes to the parent, which prints it."""
+
+    def __init__(self, sending: Connection, stream: str) -> None:
+        super().__init__()
+        self._sending = sending
+        self._stream = stream
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str, /) -> int:
+        self._sending.send((self._stream, text))
+        return len(text)
+
+
+def _prepare(args: argparse.Namespace) -> _Prepared:
+    plan = _plan(args)
     steps: list[tuple[str, Callable[[], None]]] = [
         ("simulate a marketplace", lambda: _simulate(plan, args)),
         ("load it into the store", lambda: _ingest(plan)),
@@ -152,22 +257,16 @@ def run(args: argparse.Namespace) -> int:
             step()
     with _timed(plan, f"{len(steps) + 1}. create an API key"):
         key = _key(plan)
-    request = pending_request(plan.sim)
-    base = f"http://{args.host}:{args.port}"
-    if args.no_serve:
-        _summary(plan, started)
-        print("\nthe API is not started (--no-serve); start it with:")
-        print(f"  {_command(['serve', *_serve_options(plan), '--port', str(args.port)])}")
-        print("then decide a refund request:")
-        print(_curl(base, key, request))
-        return 0
-    return _serve(plan, args, key, request, base, started)
+    request = pending_request(plan.sim, plan.database_url)
+    return _Prepared(_serve_options(plan), key, request, plan.timings)
 
 
 # -- steps ---------------------------------------------------------------------------------
 
 
 def _simulate(plan: _Plan, args: argparse.Namespace) -> None:
+    from riskmodel.dataset import find_table_file
+
     if find_table_file(plan.sim, "refund_requests") is not None:
         print(f"  {plan.sim} already holds a simulation: reused (delete it to simulate anew)")
         return
@@ -185,6 +284,8 @@ def _simulate(plan: _Plan, args: argparse.Namespace) -> None:
 
 
 def _ingest(plan: _Plan) -> None:
+    from riskmodel.store import open_store, table_counts
+
     engine = open_store(plan.database_url)
     try:
         requests = table_counts(engine).get("refund_requests", 0)
@@ -200,6 +301,8 @@ def _ingest(plan: _Plan) -> None:
 
 
 def _train(plan: _Plan) -> None:
+    from riskmodel.registry import Registry
+
     registry = Registry(plan.registry)
     champion = registry.aliases().get("champion")
     if champion is not None:
@@ -223,6 +326,8 @@ def _train_options(plan: _Plan) -> list[str]:
 
 
 def _policy(plan: _Plan) -> None:
+    from riskmodel.policy import STARTER_POLICY
+
     if plan.policy.exists():
         print(f"  {plan.policy} exists: kept as it is (the starter policy was not copied over it)")
     else:
@@ -263,16 +368,24 @@ def _key(plan: _Plan) -> str:
 # -- the request to try ---------------------------------------------------------------------
 
 
-def pending_request(sim: Path) -> dict[str, Any]:
+def pending_request(sim: Path, database_url: str) -> dict[str, Any]:
     """A refund request the store has not seen, built from the simulation's own records.
 
-    The latest membership the platform saw used and that was never asked back, asked back
-    in full a few minutes after the simulation ends, its days of use stated honestly: the
-    kind of request that gets a graduated answer (approved up to the unused days).
-    Failing that, the latest order never asked back, reason ``other``.
+    The latest membership the platform saw used and that was never asked back (neither in
+    the simulation nor since, through the API, in the store at ``database_url``), asked back
+    in full a few minutes after the latest record of either, its days of use stated
+    honestly: the kind of request that gets a graduated answer (approved up to the unused
+    days). Failing that, the latest order never asked back, reason ``other``. Its
+    ``request_id`` is new to the store too, so the call tried after a second run is a
+    first request again, not the first run's answered once more.
     """
+    import pandas as pd
+
+    from riskmodel import units
+
     orders = _table(sim, "orders")
-    asked = _table(sim, "refund_requests")
+    stored = _stored_requests(database_url)
+    asked = pd.concat([_table(sim, "refund_requests")[list(stored.columns)], stored])
     usage = _table(sim, "usage")
     latest = max(orders["paid_at"].max(), asked["requested_at"].max(), usage["used_at"].max())
     at = (int(latest) // units.SECOND + 300) * units.SECOND  # five minutes on, whole seconds
@@ -290,12 +403,16 @@ def pending_request(sim: Path) -> dict[str, Any]:
     order = (memberships if not memberships.empty else fresh).iloc[0]
     is_membership = not memberships.empty
     days_used = int(used.get(order["order_id"], 0)) if is_membership else None
+    taken = set(asked["request_id"])
+    request_id = f"qs-{os.urandom(4).hex()}"
+    while request_id in taken:
+        request_id = f"qs-{os.urandom(4).hex()}"
     return {
-        "request_id": f"qs-{os.urandom(4).hex()}",
+        "request_id": request_id,
         "order_id": str(order["order_id"]),
         "user_id": str(order["user_id"]),
         "requested_at": units.moment(at).isoformat().replace("+00:00", "Z"),
-        "amount": int(order["amount"]) / units.CENTS,
+        "amount": units.money(int(order["amount"])),
         "reason": "partial_use" if is_membership else "other",
         "days_used_claimed": days_used,
         "device_id": _text(order["device_id"]),
@@ -304,7 +421,26 @@ def pending_request(sim: Path) -> dict[str, Any]:
     }
 
 
+def _stored_requests(database_url: str) -> pd.DataFrame:
+    import pandas as pd
+    from sqlalchemy import select
+
+    from riskmodel.store import metadata, open_store
+
+    table = metadata.tables["refund_requests"]
+    columns = ["request_id", "order_id", "requested_at"]
+    engine = open_store(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(*[table.c[c] for c in columns])).all()
+    finally:
+        engine.dispose()
+    return pd.DataFrame(rows, columns=columns)
+
+
 def _table(sim: Path, name: str) -> pd.DataFrame:
+    from riskmodel.dataset import find_table_file, read_table
+
     path = find_table_file(sim, name)
     if path is None:
         raise QuickstartError(f"{sim}: no {name}.parquet or {name}.csv; delete {sim} and rerun")
@@ -312,6 +448,8 @@ def _table(sim: Path, name: str) -> pd.DataFrame:
 
 
 def _text(value: Any) -> str | None:
+    import pandas as pd
+
     return None if pd.isna(value) else str(value)
 
 
@@ -341,35 +479,25 @@ def _serve_options(plan: _Plan) -> list[str]:
     ]
 
 
-def _serve(
-    plan: _Plan,
-    args: argparse.Namespace,
-    key: str,
-    request: dict[str, Any],
-    base: str,
-    started: float,
-) -> int:
-    argv = ["serve", *_serve_options(plan), "--host", args.host, "--port", str(args.port)]
+def _serve(prepared: _Prepared, args: argparse.Namespace, base: str, started: float) -> int:
+    argv = ["serve", *prepared.serve_options, "--host", args.host, "--port", str(args.port)]
     argv += ["--workers", "1"]
     print(f"\n==> 6. start the API: {_command(argv)}")
     step_started = time.perf_counter()
     # A child process, so that this one can wait for readiness and then print the call.
     server = subprocess.Popen([sys.executable, "-m", "riskmodel.cli", *argv])
-    # Stopped by SIGTERM (a supervisor, `timeout`), still stop the server, not orphan it.
-    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         _wait_ready(server, base)
-        plan.timings.append(("6. start the API", time.perf_counter() - step_started))
-        _summary(plan, started)
+        started_api = ("6. start the API", time.perf_counter() - step_started)
+        _summary([*prepared.timings, started_api], started)
         print(f"\nthe API is ready at {base}; docs at {base}/docs; Ctrl-C stops it")
         print("decide a refund request (send it again: the same stored decision comes back):")
-        print(_curl(base, key, request))
+        print(_curl(base, prepared.key, prepared.request))
         print(flush=True)
         return server.wait()
     except KeyboardInterrupt:
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
         if server.poll() is None:
             server.terminate()
             try:
@@ -383,13 +511,22 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
 
 
 def _check_port_free(host: str, port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    """Refuse the port if the server could not bind it, before any step runs.
+
+    Bound as uvicorn binds it: IPv6 for an address with a colon, and SO_REUSEADDR on POSIX.
+    Without it, the connections of a server stopped less than a minute ago (in TIME_WAIT)
+    would make a free port look taken; with it, only a socket listening there refuses it.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        if os.name == "posix":
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
             raise QuickstartError(
-                f"cannot serve on {host}:{port}: {exc.strerror or exc} (an API still "
-                "running?); stop it, or pick another port with --port"
+                f"cannot serve on {host}:{port}: {exc.strerror or exc} (another API still "
+                "listening there?); stop it, or pick another port with --port"
             ) from exc
 
 
@@ -427,9 +564,9 @@ def _timed(plan: _Plan, title: str) -> Iterator[None]:
     print(f"  ({seconds:.1f} s)", flush=True)
 
 
-def _summary(plan: _Plan, started: float) -> None:
+def _summary(timings: list[tuple[str, float]], started: float) -> None:
     print("\ntimings:")
-    for title, seconds in plan.timings:
+    for title, seconds in timings:
         print(f"  {title:<32} {seconds:>6.1f} s")
     print(f"  {'total':<32} {time.perf_counter() - started:>6.1f} s")
 

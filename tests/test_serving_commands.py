@@ -5,9 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import socket
+import subprocess
+import sys
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +23,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 from riskmodel.cli import build_parser, main
 from riskmodel.policy import STARTER_POLICY
 from riskmodel.registry import Registry
-from riskmodel.store import open_store, table_counts
+from riskmodel.store import open_store, read_table, table_counts
 from serving import quickstart
 from serving.app import create_app
 from serving.auth import KeyRing, Role
@@ -173,17 +178,17 @@ def test_quickstart_request_is_new_and_consistent_with_the_simulation(
     assert request["user_id"] == order["user_id"]
     assert pd.Timestamp(request["requested_at"]) > asked["requested_at"].max()
     assert pd.Timestamp(request["requested_at"]) > order["paid_at"]
-    assert 0 < request["amount"] <= float(order["amount"])
+    assert 0 < Decimal(request["amount"]) <= Decimal(str(order["amount"]))
 
 
 def test_quickstart_request_from_a_csv_simulation(tmp_path: Path) -> None:
     sim = tmp_path / "sim"
     argv = ["simulate", "--out", str(sim), "--users", "400", "--days", "60", "--format", "csv"]
     assert main(argv) == 0
-    request = quickstart.pending_request(sim)
+    request = quickstart.pending_request(sim, f"sqlite:///{tmp_path / 'empty.db'}")
     orders = pd.read_csv(sim / "orders.csv", dtype=str).set_index("order_id")
     assert request["user_id"] == orders.loc[request["order_id"], "user_id"]
-    assert request["amount"] == float(orders.loc[request["order_id"], "amount"])
+    assert Decimal(request["amount"]) == Decimal(orders.loc[request["order_id"], "amount"])
 
 
 def test_the_printed_call_gets_a_decision_and_the_same_one_again(started: Quickstarted) -> None:
@@ -232,8 +237,6 @@ def test_quickstart_puts_policy_and_keys_where_the_service_reads_them(
 def test_quickstart_refuses_a_port_in_use(
     started: Quickstarted, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import socket
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -243,6 +246,99 @@ def test_quickstart_refuses_a_port_in_use(
     captured = capsys.readouterr()
     assert f"cannot serve on 127.0.0.1:{port}" in captured.err
     assert "==>" not in captured.out  # refused before any step ran
+
+
+def test_quickstart_again_offers_a_request_the_store_has_not_seen(
+    started: Quickstarted, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with TestClient(create_app(started.settings())) as client:
+        headers = {"Authorization": f"Bearer {started.key}"}
+        tried = client.post("/v1/decisions", json=started.request, headers=headers)
+        assert tried.status_code == 200, tried.text
+        assert main(_quickstart_argv(started.root)) == 0
+        key, request = _printed_call(capsys.readouterr().out)
+        answer = client.post(
+            "/v1/decisions", json=request, headers={"Authorization": f"Bearer {key}"}
+        )
+    engine = open_store(started.url)
+    try:
+        stored = read_table(engine, "refund_requests")
+    finally:
+        engine.dispose()
+    assert started.request["request_id"] in set(stored["request_id"])  # the first call, kept
+    assert request["order_id"] != started.request["order_id"]
+    assert request["requested_at"] > started.request["requested_at"]
+    assert answer.status_code == 200, answer.text
+    decided = answer.json()
+    assert decided["request_id"] == request["request_id"]
+    earlier = {"RULE_DUPLICATE_REFUND", "RULE_REPEAT_REFUND", "RULE_EARLIER_REQUEST_OPEN"}
+    assert not earlier & {reason["code"] for reason in decided["reasons"]}
+
+
+def test_quickstart_leaves_the_set_up_s_libraries_and_data_to_its_child(
+    started: Quickstarted,
+) -> None:
+    # The process that then waits on the API for as long as it runs must not have loaded
+    # what the set-up needed, nor hold its data.
+    probe = (
+        "import sys\n"
+        "from riskmodel.cli import main\n"
+        f"assert main({_quickstart_argv(started.root)!r}) == 0\n"
+        "heavy = ('pandas', 'numpy', 'lightgbm', 'sklearn', 'sqlalchemy')\n"
+        "print('loaded:', ' '.join(m for m in heavy if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert "5. create an API key" in done.stdout  # the child's output, relayed
+    assert "curl -s" in done.stdout
+    assert done.stdout.rstrip().endswith("loaded:")
+
+
+def test_quickstart_stops_with_the_error_of_a_failed_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sim = tmp_path / "sim"
+    sim.mkdir()
+    (sim / "refund_requests.csv").write_text("not,a,table\n")
+    argv = ["quickstart", "--no-serve", "--sim", str(sim),
+            "--database-url", f"sqlite:///{tmp_path / 'store.db'}"]  # fmt: skip
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "reused" in captured.out  # the child's output came through, in order
+    assert "error: quickstart stopped: riskmodel ingest" in captured.err
+    assert "riskmodel quickstart again" in captured.err
+
+
+def test_quickstart_accepts_a_port_left_in_time_wait() -> None:
+    with socket.socket() as listener:
+        # As uvicorn's: Linux lets a bind share a port with TIME_WAIT connections only when
+        # both the new socket and the one that accepted them asked for address reuse.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        served, _ = listener.accept()
+        served.close()  # the server side closes first: its end waits in TIME_WAIT
+        client.close()
+    time.sleep(0.1)
+    with socket.socket() as plain, pytest.raises(OSError, match="in use"):
+        plain.bind(("127.0.0.1", port))  # a bind without address reuse still refuses it
+
+    quickstart._check_port_free("127.0.0.1", port)  # uvicorn would bind it: so does quickstart
+
+
+def test_quickstart_refuses_a_port_with_a_listener_and_says_so() -> None:
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with pytest.raises(quickstart.QuickstartError) as refused:
+            quickstart._check_port_free("127.0.0.1", port)
+    assert str(refused.value) == (
+        f"cannot serve on 127.0.0.1:{port}: Address already in use (another API still "
+        "listening there?); stop it, or pick another port with --port"
+    )
 
 
 # -- keys --------------------------------------------------------------------------------------
