@@ -10,7 +10,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from riskmodel import store
 from riskmodel.store import EVENT_TABLES, decisions, request_hash
@@ -313,3 +315,84 @@ def test_out_of_time_order_the_model_scores_the_features_of_the_requests_own_tim
     assert _codes(answers[1].body) & _REPEAT, answers[1].body["reasons"]
     assert [values["order_earlier_refunds"] for values in scored] == [0.0, 0.0]
     assert scored[1]["order_refunds_unanswered"] == 0.0
+
+
+def _decided(request_id: str, **changes: Any) -> Write:
+    """A decided request of u2's order o4, ready to write; ``changes`` alter its decisions
+    row (None where the store requires a value makes the write fail for its own reason)."""
+    row = store_row(DecisionIn.model_validate(body(request_id=request_id)))
+    decided = {
+        "request_id": request_id,
+        "decision": "approve",
+        "score": 0.1,
+        "approved_amount": 2000,
+        "reasons": json.dumps([]),
+        "review_queue": None,
+        "review_due_at": None,
+        "model_version": None,
+        "policy_version": None,
+        "policy_hash": None,
+        "feature_version": "1",
+        "decided_at": row["requested_at"],
+        "request_hash": request_hash(row),
+        "shadow": None,
+    } | changes
+    # One order, each write counting the others: the order check lets them all by.
+    return Write(
+        row,
+        DecisionRecord.from_row(decided),
+        order={"payment_account": "pa3"},
+        registered_at=0,
+        order_counted=99,
+    )
+
+
+def test_a_group_retried_one_by_one_answers_every_write(database_url: str) -> None:
+    # Failing writes first and last in their group, where a retry that loses one shows.
+    # A write left out of the answers leaves its caller waiting for ever, so every wait
+    # here is bounded.
+    load_tiny(database_url)
+    engine = store.open_store(database_url)
+    good = [_decided(f"ok-{i}") for i in range(3)]
+    first_bad = _decided("bad-decision", decision=None)
+    last_bad = _decided("bad-reasons", reasons=None)
+    group = [first_bad, *good, last_bad]
+    later = _decided("later")
+
+    async def write_all() -> tuple[list[Written | BaseException], Written]:
+        writer = DecisionWriter(lambda: engine)
+        try:
+            pending = [writer.submit(write) for write in group]  # one turn: one group
+            try:
+                answers = await asyncio.wait_for(
+                    asyncio.gather(*pending, return_exceptions=True), 30
+                )
+                # The writer goes on after such a group.
+                after = await asyncio.wait_for(writer.submit(later), 30)
+            except TimeoutError:
+                pytest.fail("a write was never answered")
+            return answers, after
+        finally:
+            writer.close()
+
+    try:
+        answers, after = asyncio.run(write_all())
+        with engine.connect() as conn:
+            stored = {
+                row.request_id: DecisionRecord.from_row(dict(row._mapping))
+                for row in conn.execute(select(decisions))
+            }
+            requests = EVENT_TABLES["refund_requests"]
+            stored_requests = set(conn.execute(select(requests.c.request_id)).scalars())
+    finally:
+        engine.dispose()
+
+    assert isinstance(answers[0], IntegrityError)
+    assert isinstance(answers[-1], IntegrityError)
+    for write, answer in zip(good, answers[1:-1], strict=True):
+        assert isinstance(answer, Written)
+        assert answer.decision == write.decision
+    assert after.decision == later.decision
+    assert stored == {w.decision.request_id: w.decision for w in [*good, later]}
+    assert not {"bad-decision", "bad-reasons"} & stored_requests  # nothing half-written
+    assert {"ok-0", "ok-1", "ok-2", "later"} <= stored_requests
