@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from serving.errors import install_error_handlers
 from serving.gate import KeyGate
@@ -47,7 +48,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             runtime.close()
 
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from files installed with the package,
+    # not from a CDN: they work without internet and send nothing out, and Swagger UI's
+    # online validator (which would send it the document's address) is off.
+    app = FastAPIOffline(
+        swagger_ui_parameters={"validatorUrl": None},
         title="Refund risk service",
         version="1",
         description=_DESCRIPTION,

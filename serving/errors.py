@@ -12,8 +12,11 @@
     └── Unavailable              unavailable       503  what the call needs is not loaded
 
 Besides these, ``riskmodel.errors.DataError`` (a row breaking the dataset contract, a
-policy that cannot go live) answers 422 ``invalid``, and a body that fails validation
-answers 422 ``invalid_request`` with one entry per field. Every error body has one shape::
+policy that cannot go live) answers 422 ``invalid``, a body or parameter that fails
+validation answers 422 ``invalid_request`` with one entry per field (the first
+``LISTED_PROBLEMS``; the message counts them all), and a body that cannot be read as text
+answers 400 ``bad_request``. Every error body has one shape (``serving.schemas.ErrorBody``,
+which the OpenAPI document gives for every status ``documented_errors`` lists)::
 
     {"error": {"code": "conflict", "message": "...",
                "fields": [{"field": "...", "message": "..."}]}}
@@ -26,6 +29,7 @@ Anything else is a bug: 500 ``internal``, without its details (they go to the lo
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -36,8 +40,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from riskmodel.errors import DataError, DatasetError
 from riskmodel.policy import PolicyError
+from serving.schemas import ErrorBody
 
 __all__ = [
+    "LISTED_PROBLEMS",
     "Conflict",
     "Forbidden",
     "NotFound",
@@ -46,11 +52,16 @@ __all__ = [
     "ServingError",
     "Unauthorized",
     "Unavailable",
+    "documented_errors",
     "error_body",
     "install_error_handlers",
 ]
 
 log = logging.getLogger("serving")
+
+LISTED_PROBLEMS = 50
+"""The most field problems an error lists: a body with thousands of bad items is answered
+in a few kilobytes, and the message says how many there were."""
 
 
 class ServingError(Exception):
@@ -96,15 +107,44 @@ def error_body(code: str, message: str, fields: list[dict[str, str]] | None = No
     return {"error": {"code": code, "message": message, "fields": fields or []}}
 
 
+_MEANINGS = {
+    400: "the body cannot be read as text (bad_request)",
+    401: "no key, or an unknown key (unauthorized)",
+    403: "the key's roles do not allow the call (forbidden)",
+    404: "no such resource (not_found)",
+    409: "in conflict with what is stored (conflict)",
+    413: "a body above RISKMODEL_MAX_BODY_BYTES, or a batch above its limit (payload_too_large)",
+    422: "the body or a parameter fails validation, one entry per field (invalid_request)",
+    503: "the store is unavailable; send again later (unavailable)",
+}
+
+
+def documented_errors(
+    *statuses: int, meanings: Mapping[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """The ``responses`` of a route that can answer ``statuses``, each in the error shape.
+
+    >>> sorted(documented_errors(401, 404, meanings={404: "no such user"}))
+    [401, 404]
+    """
+    chosen = {**_MEANINGS, **(meanings or {})}
+    return {status: {"model": ErrorBody, "description": chosen[status]} for status in statuses}
+
+
 def _field_name(location: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(part) for part in location)
 
 
-def _validation_fields(exc: RequestValidationError) -> list[dict[str, str]]:
-    return [
+def _validation_answer(exc: RequestValidationError) -> Any:
+    problems = exc.errors()
+    fields = [
         {"field": _field_name(problem.get("loc", ())), "message": str(problem.get("msg", ""))}
-        for problem in exc.errors()
+        for problem in problems[:LISTED_PROBLEMS]
     ]
+    message = f"{len(problems)} problem(s) with the request"
+    if len(problems) > LISTED_PROBLEMS:
+        message += f"; the first {LISTED_PROBLEMS} are listed"
+    return error_body("invalid_request", message, fields)
 
 
 def _data_fields(exc: DataError) -> list[dict[str, str]]:
@@ -130,9 +170,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def invalid(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        fields = _validation_fields(exc)
-        message = f"{len(fields)} problem(s) with the request"
-        return JSONResponse(error_body("invalid_request", message, fields), 422)
+        return JSONResponse(_validation_answer(exc), 422)
 
     async def data(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, DataError)
@@ -140,7 +178,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def http(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error"
+        )
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
 
     async def store_lost(request: Request, exc: Exception) -> JSONResponse:

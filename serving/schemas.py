@@ -1,17 +1,36 @@
 """The API's input and output bodies (the OpenAPI document is generated from them).
 
-Inputs are the domain types of ``riskmodel.domain`` with the bounds the store needs: texts
-fit their columns and hold no NUL, times lie between 1970 and 2200, amounts below a
-billion. A value outside them is a 422 naming the field, never a database error.
+Inputs are the domain types of ``riskmodel.domain`` with the bounds the store needs and
+JSON's own types, taken strictly: a number is not a text nor a boolean, a time is ISO 8601
+text, an amount is a decimal text or a whole number, a boolean is ``true`` or ``false``.
+Texts are taken as sent, never trimmed: they fit their columns, hold no NUL, and neither
+begin nor end with white space. Every documented pattern is the check itself, so what the
+document admits is exactly what validation admits. A value outside them is a 422 naming
+the field, never a database error.
+
+    >>> DecisionIn.model_validate({"request_id": "r1", "order_id": "o1", "user_id": "u1",
+    ...     "requested_at": "2026-05-02T18:00:00+08:00", "amount": "30.00",
+    ...     "reason": "unused"}).requested_at.isoformat()
+    '2026-05-02T10:00:00+00:00'
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    WithJsonSchema,
+    field_validator,
+)
 
 from riskmodel.domain import (
     Decision,
@@ -24,16 +43,21 @@ from riskmodel.domain import (
     UsageDay,
     User,
 )
-from riskmodel.units import EPOCH
 
 __all__ = [
+    "ID_PATTERN",
+    "MAX_BATCH_REQUESTS",
+    "MAX_BATCH_ROWS",
+    "NO_NUL",
     "BatchIn",
     "BatchItem",
     "BatchOut",
     "DecisionIn",
     "DecisionOut",
+    "ErrorBody",
     "ErrorOut",
     "EventsOut",
+    "FieldProblem",
     "LabelRow",
     "LabelsIn",
     "OrderRow",
@@ -46,11 +70,23 @@ __all__ = [
     "UsersIn",
     "VerdictIn",
     "storable",
+    "trimmed",
 ]
 
-_EARLIEST = EPOCH
-_LATEST = datetime(2200, 1, 1, tzinfo=UTC)
-_MAX_AMOUNT = Decimal("1000000000")
+MAX_BATCH_REQUESTS = 1_000
+"""The most requests a ``decisions:batch`` body may hold, whatever the settings say.
+
+Checked before any item is validated, so that a huge list costs its length and not one
+error per item; the deployment's own limit (``Settings.max_batch``) is at most this.
+"""
+MAX_BATCH_ROWS = 10 * MAX_BATCH_REQUESTS
+"""The most rows a history batch may hold (the deployment's limit is ten times its
+``max_batch``, at most this)."""
+
+NO_NUL = r"^[^\x00]*$"
+"""The documented form of a text the store can keep: anything but a NUL character."""
+
+_MAX_AMOUNT = 1_000_000_000
 
 
 def storable(value: str) -> str:
@@ -64,75 +100,177 @@ def storable(value: str) -> str:
     return value
 
 
-def _in_range(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    try:
-        utc = value.astimezone(UTC)
-    except (OverflowError, ValueError):
-        raise ValueError("is out of range") from None
-    if not _EARLIEST <= utc < _LATEST:
-        raise ValueError("must lie between 1970 and 2200")
-    return utc
-
-
-def _two_decimals(value: Decimal) -> Decimal:
-    if value != value.quantize(Decimal("0.01")):
-        raise ValueError("has more than two decimal places")
+def trimmed(value: str) -> str:
+    """``value`` if it neither begins nor ends with white space."""
+    # The dataset contract trims texts; one sent with white space at an end would be
+    # stored as another, or as nothing, so it is refused rather than altered.
+    if value and (value[0].isspace() or value[-1].isspace()):
+        raise ValueError("must not begin or end with white space")
     return value
 
 
-Id = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(storable)]
-OptionalId = Annotated[str, Field(max_length=128), AfterValidator(storable)] | None
-Text = Annotated[str, Field(max_length=255), AfterValidator(storable)] | None
-# The documented forms say what is accepted, bounds included, so that clients (and the
-# schema-driven tests) know it without trying.
+def _pattern_of(text: str) -> str:
+    """``text`` (a regular expression) as a JSON Schema pattern, anchored at both ends."""
+    return f"^({text})$"
+
+
+# The characters Python's str.isspace() (and so the dataset contract's trimming) counts as
+# white space, spelled so that JSON Schema (ECMA 262) and Python read them alike.
+_SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_END = rf"[^\x00{_SPACE}]"
+ID_PATTERN = _pattern_of(rf"{_END}([^\x00]*{_END})?")
+"""The documented form of an identifier: no NUL, no white space at either end."""
+_TEXT_PATTERN = _pattern_of(rf"({_END}([^\x00]*{_END})?)?")
+
+Id = Annotated[
+    str,
+    Field(min_length=1, max_length=128, json_schema_extra={"pattern": ID_PATTERN}),
+    AfterValidator(storable),
+    AfterValidator(trimmed),
+]
+OptionalId = (
+    Annotated[
+        str,
+        Field(max_length=128, json_schema_extra={"pattern": _TEXT_PATTERN}),
+        AfterValidator(storable),
+        AfterValidator(trimmed),
+    ]
+    | None
+)
+Text = (
+    Annotated[
+        str,
+        Field(max_length=255, json_schema_extra={"pattern": _TEXT_PATTERN}),
+        AfterValidator(storable),
+        AfterValidator(trimmed),
+    ]
+    | None
+)
+
+# An ISO 8601 date-time as a pattern that admits real calendar dates only (leap years
+# included), so that a schema-driven client or generator writes valid times directly and
+# validation refuses exactly what the pattern refuses.
+_MONTH_DAY = (
+    r"(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])"  # every month has 28 days
+    r"|(0[13-9]|1[0-2])-(29|30)"  # all but February have 30
+    r"|(0[13578]|1[02])-31"
+)
+# Every fourth year is a leap year, but 2100 is not.
+_LEAP_YEAR = (
+    r"19(7[26]|8[048]|9[26])|20([02468][048]|[13579][26])|21(0[48]|[2468][048]|[13579][26])"
+)
+_INNER_YEAR = r"19(7[1-9]|[89][0-9])|20[0-9]{2}|21([0-8][0-9]|9[0-8])"
+_CLOCK = r"[T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?"
+_OFFSET = r"([01][0-9]|2[0-3]):?[0-5][0-9]"
+# In 1970 an offset east of UTC could put the time before the epoch, and in 2199 one west
+# of it past 2200: those two years take only offsets that keep every time in range.
+_WHEN = re.compile(
+    rf"(({_INNER_YEAR})-({_MONTH_DAY})|({_LEAP_YEAR})-02-29){_CLOCK}(Z|[+-]{_OFFSET})?"
+    rf"|1970-({_MONTH_DAY}){_CLOCK}(Z|-{_OFFSET}|\+00:?00)?"
+    rf"|2199-({_MONTH_DAY}){_CLOCK}(Z|\+{_OFFSET}|-00:?00)?"
+)
 _WHEN_SCHEMA = {
     "type": "string",
-    # A whole ISO 8601 date-time in the accepted years, as a pattern rather than a format
-    # plus a year pattern: a schema-driven generator then writes valid times directly.
-    "pattern": r"^(19[7-9][0-9]|20[0-9]{2}|21[0-9]{2})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
-    r"[T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?"
-    r"(Z|[+-]([01][0-9]|2[0-3]):?[0-5][0-9])?$",
-    "description": "ISO 8601 date-time between 1970 and 2200; UTC when no offset is given",
+    "pattern": _pattern_of(_WHEN.pattern),
+    "description": "ISO 8601 date-time from 1970 to 2199, UTC when no offset is given (in "
+    "1970 an offset is zero or west of UTC, in 2199 zero or east of it)",
 }
 
 
-def _money_schema(minimum: str) -> dict[str, Any]:
-    return {
+def _iso_text(value: Any) -> Any:
+    if not isinstance(value, str) or _WHEN.fullmatch(value) is None:
+        raise ValueError(
+            "must be an ISO 8601 date-time text from 1970 to 2199, such as 2026-05-02T10:00:00Z"
+        )
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    # The pattern keeps every time between 1970 and 2200 in UTC, so this cannot overflow.
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+When = Annotated[
+    datetime, BeforeValidator(_iso_text), AfterValidator(_utc), WithJsonSchema(_WHEN_SCHEMA)
+]
+
+
+def _whole_number(value: Any) -> int:
+    # JSON Schema counts 2.0 (or 2e0) as the integer 2, and so do clients generated from
+    # it: a whole number is taken however it is spelled, a fraction or a text never.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ValueError("must be a whole number")
+
+
+# The bounds come before the check, so that the document gives them as integer bounds.
+Days = Annotated[int, Field(ge=0, le=100_000), BeforeValidator(_whole_number)]
+PositiveDays = Annotated[int, Field(gt=0, le=100_000), BeforeValidator(_whole_number)]
+
+# Money as text: digits, at most two decimals, no sign, exponent or leading zero, within
+# the bounds; the text pattern is the whole check, the integer form has its bounds.
+_PRICE_TEXT = re.compile(r"(0|[1-9][0-9]{0,8})(\.[0-9]{1,2})?|1000000000(\.0{1,2})?")
+_AMOUNT_TEXT = re.compile(
+    r"[1-9][0-9]{0,8}(\.[0-9]{1,2})?|0\.([1-9][0-9]?|0[1-9])|1000000000(\.0{1,2})?"
+)
+
+
+def _money(text: re.Pattern[str], *, above_zero: bool) -> tuple[BeforeValidator, WithJsonSchema]:
+    """The check and the documented form of an amount whose text form is ``text``."""
+    lowest = "above 0" if above_zero else "0 or more"
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str):
+            if text.fullmatch(value) is None:
+                raise ValueError(
+                    f"must be currency units {lowest} and at most 1000000000, with at most "
+                    'two decimals, written like "30.00"'
+                )
+            return value
+        try:
+            return _whole_number(value)
+        except ValueError:
+            raise ValueError('must be a text like "30.00" or a whole number') from None
+
+    schema = {
         "anyOf": [
-            {"type": "string", "pattern": r"^[0-9]{1,10}(\.[0-9]{1,2})?$"},
-            {"type": "integer", minimum: 0, "maximum": 1_000_000_000},
+            {"type": "string", "pattern": _pattern_of(text.pattern)},
+            {
+                "type": "integer",
+                "exclusiveMinimum" if above_zero else "minimum": 0,
+                "maximum": _MAX_AMOUNT,
+            },
         ],
-        "description": "currency units, at most two decimals; a string keeps them exact",
+        "description": f"currency units {lowest}, at most two decimals: a text keeps them "
+        "exact; a whole number is accepted",
     }
+    return BeforeValidator(check), WithJsonSchema(schema)
 
 
-When = Annotated[datetime, AfterValidator(_in_range), WithJsonSchema(_WHEN_SCHEMA)]
-Amount = Annotated[
-    Decimal,
-    Field(gt=0, le=_MAX_AMOUNT, allow_inf_nan=False),
-    AfterValidator(_two_decimals),
-    WithJsonSchema(_money_schema("exclusiveMinimum")),
-]
-Price = Annotated[
-    Decimal,
-    Field(ge=0, le=_MAX_AMOUNT, allow_inf_nan=False),
-    AfterValidator(_two_decimals),
-    WithJsonSchema(_money_schema("minimum")),
-]
+_AMOUNT_CHECK, _AMOUNT_SCHEMA = _money(_AMOUNT_TEXT, above_zero=True)
+_PRICE_CHECK, _PRICE_SCHEMA = _money(_PRICE_TEXT, above_zero=False)
+Amount = Annotated[Decimal, Field(gt=0, le=_MAX_AMOUNT), _AMOUNT_CHECK, _AMOUNT_SCHEMA]
+Price = Annotated[Decimal, Field(ge=0, le=_MAX_AMOUNT), _PRICE_CHECK, _PRICE_SCHEMA]
+
+# The domain types trim texts (they read CSV cells); the API takes a text as it is sent.
+_AS_SENT = ConfigDict(str_strip_whitespace=False)
 
 
 class DecisionIn(RefundRequest):
     """One refund request: the refund_requests columns of the dataset contract."""
 
+    model_config = _AS_SENT
     request_id: Id
     order_id: Id
     user_id: Id
     requested_at: When
     amount: Amount
     reason: RefundReason
-    days_used_claimed: Annotated[int, Field(ge=0, le=100_000)] | None = None
+    days_used_claimed: Days | None = None
     device_id: OptionalId = None
     ip: OptionalId = None
     channel: Text = None
@@ -173,13 +311,30 @@ class DecisionOut(BaseModel):
 
 class BatchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    requests: list[DecisionIn] = Field(min_length=1)
+    requests: list[DecisionIn] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_REQUESTS,
+        description="at most the deployment's RISKMODEL_MAX_BATCH (413 above it)",
+    )
+
+
+class FieldProblem(BaseModel):
+    field: str = Field(description="where: body.amount, query.limit, orders.row 1.user_id, ...")
+    message: str
 
 
 class ErrorOut(BaseModel):
     code: str
     message: str
-    fields: list[dict[str, str]] = Field(default_factory=list)
+    fields: list[FieldProblem] = Field(
+        default_factory=list, description="the first 50 problems; the message counts them all"
+    )
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: ``{"error": {"code", "message", "fields"}}``."""
+
+    error: ErrorOut
 
 
 class BatchItem(BaseModel):
@@ -194,11 +349,14 @@ class BatchOut(BaseModel):
 
 
 class UserRow(User):
+    model_config = _AS_SENT
     user_id: Id
     registered_at: When
+    phone_verified: StrictBool | None = None
 
 
 class OrderRow(Order):
+    model_config = _AS_SENT
     order_id: Id
     user_id: Id
     product_type: ProductType
@@ -215,38 +373,55 @@ class OrderRow(Order):
     redeemed_at: When | None = None
     credited_at: When | None = None
     activation_failed_at: When | None = None
-    service_days: Annotated[int, Field(gt=0, le=100_000)] | None = None
+    service_days: PositiveDays | None = None
 
 
 class UsageRow(UsageDay):
+    model_config = _AS_SENT
     order_id: Id
     used_at: When
 
 
 class LabelRow(Label):
+    model_config = _AS_SENT
     request_id: Id
+    is_abuse: StrictBool
     labeled_at: When
     source: LabelSource | None = None
+
+    @field_validator("is_abuse", mode="before")
+    @classmethod
+    def _strict_bool(cls, value: Any) -> Any:
+        # Replaces the domain's reading of CSV text ("true", 1): JSON has booleans.
+        return value
 
 
 class _Rows(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Checked before any row is validated (see MAX_BATCH_REQUESTS).
+_ROWS = Field(
+    min_length=1,
+    max_length=MAX_BATCH_ROWS,
+    description="at most ten times the deployment's RISKMODEL_MAX_BATCH (413 above it)",
+)
+
+
 class UsersIn(_Rows):
-    rows: list[UserRow] = Field(min_length=1)
+    rows: Annotated[list[UserRow], _ROWS]
 
 
 class OrdersIn(_Rows):
-    rows: list[OrderRow] = Field(min_length=1)
+    rows: Annotated[list[OrderRow], _ROWS]
 
 
 class UsageIn(_Rows):
-    rows: list[UsageRow] = Field(min_length=1)
+    rows: Annotated[list[UsageRow], _ROWS]
 
 
 class LabelsIn(_Rows):
-    rows: list[LabelRow] = Field(min_length=1)
+    rows: Annotated[list[LabelRow], _ROWS]
 
 
 class EventsOut(BaseModel):
@@ -259,5 +434,5 @@ class VerdictIn(BaseModel):
     """A reviewer's verdict on a request in the review queue; it becomes a label."""
 
     model_config = ConfigDict(extra="forbid")
-    is_abuse: bool
+    is_abuse: StrictBool
     note: Text = None

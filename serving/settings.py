@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.schemas import MAX_BATCH_REQUESTS
+
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Settings"]
 
 DEFAULT_HOST = "127.0.0.1"
@@ -44,6 +46,10 @@ class Settings:
     the SQLite file ``data/riskmodel.db``). ``store_retry_seconds``: how often, at most, a
     service that lost its database tries to reconnect.
 
+    ``max_batch``: the requests a ``decisions:batch`` call may hold (history batches take
+    ten times as many rows), from 1 to ``serving.schemas.MAX_BATCH_REQUESTS``: the API's
+    schema refuses a longer list before validating its items, whatever this says.
+
     ``sqlite_synchronous``: ``FULL`` (the store's own setting, the default) fsyncs the
     write-ahead log on every commit, so an answered decision survives a power loss, at one
     fsync per decision (2 to 5 ms on this project's shared machine). ``NORMAL`` skips it:
@@ -66,6 +72,11 @@ class Settings:
             raise ValueError(f"max_body_bytes {self.max_body_bytes} is below 1024")
         if self.max_batch < 1:
             raise ValueError(f"max_batch {self.max_batch} is below 1")
+        if self.max_batch > MAX_BATCH_REQUESTS:
+            raise ValueError(
+                f"max_batch {self.max_batch} is above {MAX_BATCH_REQUESTS}, the most requests "
+                "the API's schema admits in one batch"
+            )
         if self.sqlite_synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"sqlite_synchronous {self.sqlite_synchronous!r}: FULL or NORMAL")
 

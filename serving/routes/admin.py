@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StrictBool
 
 from serving.deps import Admin, CurrentRuntime
-from serving.errors import Refused
+from serving.errors import Refused, documented_errors
 from serving.runtime import load_models, load_policy_file
-from serving.schemas import ErrorOut
 from serving.warm import rehearse, settle_heap
 
 __all__ = ["ReloadIn", "reload", "router"]
@@ -20,17 +19,23 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 class ReloadIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    policy: bool = True
-    model: bool = True
+    policy: StrictBool = True
+    model: StrictBool = True
 
 
 @router.post(
     "/reload",
-    responses={
-        401: {"model": ErrorOut},
-        403: {"model": ErrorOut},
-        422: {"model": ErrorOut, "description": "refused; what was serving keeps serving"},
-    },
+    responses=documented_errors(
+        400,
+        401,
+        403,
+        413,
+        422,
+        meanings={
+            422: "an invalid body (invalid_request), or a policy (invalid) or model (refused) "
+            "that cannot go live; what was serving keeps serving"
+        },
+    ),
 )
 async def reload(runtime: CurrentRuntime, _: Admin, body: ReloadIn | None = None) -> dict[str, Any]:
     """Re-read the policy file and the registry's champion and challenger.

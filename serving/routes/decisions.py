@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -11,25 +10,34 @@ from fastapi.responses import JSONResponse
 from riskmodel.store import reading, stored_decision
 from serving.decide import decide_one
 from serving.deps import CurrentRuntime, Decider, Reader
-from serving.errors import Conflict, NotFound, PayloadTooLarge, Unavailable, error_body
+from serving.errors import (
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+    documented_errors,
+    error_body,
+)
 from serving.record import DecisionRecord
 from serving.routes.params import PathId
-from serving.schemas import BatchIn, BatchOut, DecisionIn, DecisionOut, ErrorOut
+from serving.schemas import BatchIn, BatchOut, DecisionIn, DecisionOut
 
 __all__ = ["decide", "decide_batch", "lookup", "router"]
 
 router = APIRouter(prefix="/v1", tags=["decisions"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut, "description": "no key, or an unknown key"},
-    403: {"model": ErrorOut, "description": "the key lacks the role"},
-    409: {"model": ErrorOut, "description": "request_id already used for another request"},
-    413: {"model": ErrorOut, "description": "body or batch too large"},
-    422: {"model": ErrorOut, "description": "invalid body, one entry per field"},
-}
+# A decision never answers 503: without its store it answers a degraded review.
+_DECIDE = documented_errors(
+    400, 401, 403, 409, 413, 422, meanings={409: "request_id already used for another request"}
+)
+# A conflict inside a batch is that item's answer, not the batch's.
+_BATCH = documented_errors(400, 401, 403, 413, 422)
+_LOOKUP = documented_errors(
+    401, 403, 404, 422, 503, meanings={404: "no decision for this request_id"}
+)
 
 
-@router.post("/decisions", response_model=DecisionOut, responses=_ERRORS)
+@router.post("/decisions", response_model=DecisionOut, responses=_DECIDE)
 async def decide(body: DecisionIn, runtime: CurrentRuntime, _: Decider) -> JSONResponse:
     """Decide one refund request: approve, review or block, recorded before this answers.
 
@@ -41,7 +49,7 @@ async def decide(body: DecisionIn, runtime: CurrentRuntime, _: Decider) -> JSONR
     return JSONResponse((await decide_one(runtime, body)).body)
 
 
-@router.post("/decisions:batch", response_model=BatchOut, responses=_ERRORS)
+@router.post("/decisions:batch", response_model=BatchOut, responses=_BATCH)
 async def decide_batch(body: BatchIn, runtime: CurrentRuntime, _: Decider) -> JSONResponse:
     """Decide many requests; each is decided and recorded on its own, as if sent alone."""
     limit = runtime.settings.max_batch
@@ -77,7 +85,7 @@ async def decide_batch(body: BatchIn, runtime: CurrentRuntime, _: Decider) -> JS
     return JSONResponse({"results": results})
 
 
-@router.get("/decisions/{request_id}", response_model=DecisionOut, responses=_ERRORS)
+@router.get("/decisions/{request_id}", response_model=DecisionOut, responses=_LOOKUP)
 async def lookup(request_id: PathId, runtime: CurrentRuntime, _: Reader) -> JSONResponse:
     """A stored decision with its reasons (roles decide or review)."""
     engine = runtime.store.available()

@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel
 
 from serving.deps import CurrentRuntime, Ingester
-from serving.errors import PayloadTooLarge
+from serving.errors import PayloadTooLarge, documented_errors
 from serving.records import write_rows
 from serving.runtime import Runtime
-from serving.schemas import ErrorOut, EventsOut, LabelsIn, OrdersIn, UsageIn, UsersIn
+from serving.schemas import EventsOut, LabelsIn, OrdersIn, UsageIn, UsersIn
 
 __all__ = ["labels", "orders", "router", "usage", "users"]
 
 router = APIRouter(prefix="/v1", tags=["history"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut},
-    403: {"model": ErrorOut},
-    413: {"model": ErrorOut},
-    422: {"model": ErrorOut, "description": "a row breaks the contract: table, row, column"},
-    503: {"model": ErrorOut, "description": "the store is unavailable; send again later"},
-}
+_ERRORS = documented_errors(
+    400,
+    401,
+    403,
+    413,
+    422,
+    503,
+    meanings={
+        422: "a row fails validation (invalid_request, one entry per field) or breaks the "
+        "dataset contract against the store (invalid: table, row, column)"
+    },
+)
 
 
 def _write(runtime: Runtime, table: str, rows: Sequence[BaseModel]) -> EventsOut:

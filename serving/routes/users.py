@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from serving.deps import CurrentRuntime, Reviewer
+from serving.errors import documented_errors
 from serving.records import user_history
 from serving.routes.params import PathId
-from serving.schemas import ErrorOut
 
 __all__ = ["history", "router"]
 
@@ -18,7 +18,9 @@ router = APIRouter(prefix="/v1", tags=["history"])
 
 @router.get(
     "/users/{user_id}/history",
-    responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 404: {"model": ErrorOut}},
+    responses=documented_errors(
+        401, 403, 404, 422, 503, meanings={404: "no history for this user"}
+    ),
 )
 async def history(
     user_id: PathId,
