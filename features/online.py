@@ -95,6 +95,17 @@ _T = bindparam("t", type_=BigInteger)
 _TILES_TO = bindparam("tiles_to", type_=BigInteger)  # t's day: tiles end before it
 _TAIL = bindparam("tail_start", type_=BigInteger)  # t's day starts: events from here to t
 _HEAD = bindparam("head_end", type_=BigInteger)  # events before the epoch end here
+# The same bounds for what a decision writes (``_LIVE``): ``t`` and its day's, or,
+# for ``everything``, past anything stored.
+_UPTO = bindparam("upto", type_=BigInteger)
+_LIVE_TILES_TO = bindparam("live_tiles_to", type_=BigInteger)
+_LIVE_TAIL = bindparam("live_tail_start", type_=BigInteger)
+_LIVE_HEAD = bindparam("live_head_end", type_=BigInteger)
+_BEYOND = 2**62  # later than any stored time, and still a BIGINT
+
+_LIVE = frozenset({Source.REFUNDS, Source.OUTCOMES, Source.DECISIONS, Source.SIGHTINGS})
+"""What the service writes as it decides (requests, their decisions, who was seen where):
+the sources ``everything`` counts whatever their time."""
 
 # The tile sources of ``entity_days`` each tiled source is counted in.
 _TILE_SOURCE = {
@@ -132,6 +143,8 @@ def online_features(
     request: Mapping[str, Any],
     names: Sequence[str] | None = None,
     context: RequestContext | None = None,
+    *,
+    everything: bool = False,
 ) -> dict[str, Any]:
     """Features of one refund request, in store units (``requested_at`` in microseconds,
     ``amount`` in cents), from what the store holds strictly before ``requested_at``.
@@ -139,11 +152,17 @@ def online_features(
     The request itself need not be stored. ``context``: its order, user and rate as the
     decision path already read them (``riskmodel.store.decision_context``), else read
     here. Numbers come back as floats (NaN is null), categories as strings or None.
+
+    ``everything``: the refund requests, decisions, outcomes and sightings the store holds
+    count whatever their time, as if all were before ``requested_at`` (windows still start
+    from it): the live policy's view when requests arrived out of their time order
+    (``serving.decide``). On a history replayed in time order nothing is stored after a
+    request, and both answers are the same.
     """
     plan = _plan(tuple(CATALOG) if names is None else tuple(names))
     columns = _request_columns(conn, request, context)
     t = int(request["requested_at"])
-    parameters = _bounds(t, plan.windows)
+    parameters = _bounds(t, plan.windows, everything=everything)
     keys = {}
     for entity in set(plan.entities):
         key = request_entity(columns, entity)[0]
@@ -168,10 +187,11 @@ def online_features(
     return out
 
 
-def _bounds(t: int, windows: Sequence[int]) -> dict[str, Any]:
+def _bounds(t: int, windows: Sequence[int], *, everything: bool) -> dict[str, Any]:
     """Where the history before ``t`` splits: each window's start (``window_start``) and
     first whole day; the tiles' end (``t``'s day); the events read as they are, ``t``'s
-    own day and anything before the epoch."""
+    own day and anything before the epoch. With ``everything``, what a decision writes
+    has no end: every tile from a window's start on, and no events beyond them."""
     day = t // DAY
     parameters: dict[str, Any] = {
         "t": t,
@@ -179,6 +199,17 @@ def _bounds(t: int, windows: Sequence[int]) -> dict[str, Any]:
         "tail_start": max(day * DAY, 0),
         "head_end": min(t, 0),
     }
+    if everything:
+        parameters.update(
+            upto=_BEYOND, live_tiles_to=_BEYOND, live_tail_start=_BEYOND, live_head_end=0
+        )
+    else:
+        parameters.update(
+            upto=t,
+            live_tiles_to=parameters["tiles_to"],
+            live_tail_start=parameters["tail_start"],
+            live_head_end=parameters["head_end"],
+        )
     for window in windows:
         start = window_start(t, window)
         parameters[f"start_{window}"] = start
@@ -707,7 +738,7 @@ def _group_query(source: Source, entity: Entity, group: tuple[Aggregate, ...]) -
     return (
         select(*folds)
         .select_from(events.from_)
-        .where(events.key == _key(entity), events.time < _T, *events.filters)
+        .where(events.key == _key(entity), events.time < _upto(source), *events.filters)
         .where(*_widest(group, events.time, _start))
     )
 
@@ -723,7 +754,7 @@ def _requests_query(entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any]
     folds = []
     for aggregate in group:
         events = _events(aggregate.source, entity)
-        own = () if aggregate.source is Source.REFUNDS else (events.time < _T, *events.filters)
+        own = () if aggregate.source is Source.REFUNDS else (events.time < _UPTO, *events.filters)
         matched = _matched(aggregate, events, own)
         folds.append(_fold(aggregate, matched, events).label(aggregate.name))
     # The widest window bounds the range only when every event's time is its request's.
@@ -731,7 +762,7 @@ def _requests_query(entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any]
     return (
         select(*folds)
         .select_from(_DECIDED if Source.DECISIONS in sources else _refunds)
-        .where(_events(Source.REFUNDS, entity).key == _key(entity), asked < _T, *widest)
+        .where(_events(Source.REFUNDS, entity).key == _key(entity), asked < _UPTO, *widest)
     )
 
 
@@ -777,13 +808,18 @@ def _widest(group: Sequence[Aggregate], column: Any, bound: Any) -> list[Any]:
     return [column >= bound(max(w for w in windows if w is not None))]
 
 
-def _bands(group: Sequence[Aggregate], day: Any) -> list[tuple[int | None, list[Any]]]:
+def _upto(source: Source) -> Any:
+    """Where the events of ``source`` a feature counts end."""
+    return _UPTO if source in _LIVE else _T
+
+
+def _bands(group: Sequence[Aggregate], day: Any, live: bool) -> list[tuple[int | None, list[Any]]]:
     """The days before ``t``'s day cut at each window's start, newest first: (the window
     the band ends, the conditions on ``day`` of its tiles). A window's tiles are the bands
     up to and including its own; the whole history's are all of them."""
     windows = sorted({a.window for a in group if a.window is not None})
     bands: list[tuple[int | None, list[Any]]] = []
-    upper = _TILES_TO
+    upper = _LIVE_TILES_TO if live else _TILES_TO
     for window in windows:
         bands.append((window, [day >= _tiles_from(window), day < upper]))
         upper = _tiles_from(window)
@@ -833,7 +869,8 @@ def _tiled_query(source: Source, entity: Entity, group: tuple[Aggregate, ...]) -
     however many columns repeat it). The time of the latest event is one index seek."""
     tiles = entity_days.c
     counted = [a for a in group if not _latest_of_tiled(a)]
-    bands = _bands(counted, tiles.day)
+    live = source in _LIVE
+    bands = _bands(counted, tiles.day, live)
     money = source in (Source.ORDERS, Source.REFUNDS)
     # Sources sharing a table (verdict changes counted as abuse and as verdicts) share
     # the group's read of their events.
@@ -868,8 +905,8 @@ def _tiled_query(source: Source, entity: Entity, group: tuple[Aggregate, ...]) -
     if counted:
         filters = sorted({a.where[0] for a in counted if a.where is not None})
         ranges = (
-            (events.time >= _TAIL, events.time < _T),
-            (events.time < _HEAD, *_widest(counted, events.time, _start)),
+            (events.time >= (_LIVE_TAIL if live else _TAIL), events.time < _upto(source)),
+            (events.time < (_LIVE_HEAD if live else _HEAD), *_widest(counted, events.time, _start)),
         )
         rows = events.rows(entity, ranges, filters, sources)
         raw = {
@@ -879,7 +916,7 @@ def _tiled_query(source: Source, entity: Entity, group: tuple[Aggregate, ...]) -
         }
         branches.append((raw, lambda q: q.select_from(rows[source].from_)))
     latest = {i for i, a in enumerate(group) if a not in counted}
-    seek = (events.key == _key(entity), events.time < _T, *events.filters)
+    seek = (events.key == _key(entity), events.time < _upto(source), *events.filters)
     for index in latest:
         branches.append(
             ({index: func.max(events.time)}, lambda q: q.select_from(events.from_).where(*seek))
@@ -896,7 +933,7 @@ def _sightings_query(entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any
         raise ValueError(f"the store keeps no sightings of {entity.value}")
     tiles, seen, key = sighting_days.c, sightings.c, _key(entity)
     kind = _const(entity.value)
-    bands = _bands(group, tiles.day)
+    bands = _bands(group, tiles.day, live=True)
     for aggregate in group:
         if aggregate.agg not in (Agg.COUNT, Agg.MAX):
             raise ValueError(f"{aggregate.name}: {aggregate.agg} is not kept for sightings")
@@ -913,8 +950,8 @@ def _sightings_query(entity: Entity, group: tuple[Aggregate, ...]) -> Select[Any
         where = (tiles.entity_kind == kind, tiles.entity == key, *conditions)
         branches.append((expressions, lambda q, where=where: q.where(*where)))
     ranges = (
-        (seen.first_seen_at >= _TAIL, seen.first_seen_at < _T),
-        (seen.first_seen_at < _HEAD, *_widest(group, seen.first_seen_at, _start)),
+        (seen.first_seen_at >= _LIVE_TAIL, seen.first_seen_at < _UPTO),
+        (seen.first_seen_at < _LIVE_HEAD, *_widest(group, seen.first_seen_at, _start)),
     )
     rows = union_all(
         *[

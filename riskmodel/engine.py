@@ -386,6 +386,7 @@ def decide(
     decided_at: datetime,
     contributions: Mapping[str, float] | None = None,
     model_version: str | None = None,
+    holds: Sequence[Reason] = (),
 ) -> Outcome:
     """Decide one refund request (see the module docstring for the precedence).
 
@@ -393,6 +394,9 @@ def decide(
     feature name -> value (NaN or None for null); ``score``: the calibrated probability of
     abuse, None when no model could give one; ``contributions``: feature -> raw model
     contribution, turned into the top ``explanations.top_contributions`` reasons.
+    ``holds``: reasons from outside the policy that make the decision a review at least
+    (the live service's: a request dated before what it already holds of the buyer); no
+    allow list or approve rule lightens them.
     """
     row: dict[str, Any] = {**features, **request}
     spec = policy.spec
@@ -491,10 +495,11 @@ def decide(
     if (allowed or approve_rule) and not degraded:
         verdict = _soften(verdict)
 
+    reasons.extend(holds)
     decision = Decision.most_severe(
         Decision.BLOCK if blocked or block_rule else Decision.APPROVE,
         verdict,
-        Decision.REVIEW if review_rule or money.review else Decision.APPROVE,
+        Decision.REVIEW if review_rule or money.review or holds else Decision.APPROVE,
     )
     reasons.extend(_model_reasons(contributions, row, policy))
     review = None
@@ -574,6 +579,7 @@ def decide_with_scorer(
     policy: Policy,
     *,
     decided_at: datetime,
+    holds: Sequence[Reason] = (),
 ) -> Outcome:
     """``decide`` with the score (and, for review and block only, the contributions) asked
     of ``scorer``. A missing scorer or one that fails gives a degraded review: the service
@@ -584,7 +590,15 @@ def decide_with_scorer(
     except Exception:  # a broken bundle must not take the decision down: review it
         score = None
     version = None if scorer is None else scorer.version
-    outcome = decide(request, features, score, policy, decided_at=decided_at, model_version=version)
+    outcome = decide(
+        request,
+        features,
+        score,
+        policy,
+        decided_at=decided_at,
+        model_version=version,
+        holds=holds,
+    )
     if scorer is None or outcome.decision is Decision.APPROVE or outcome.score is None:
         return outcome
     # Exact contributions cost about a millisecond a row: only where a person reads them.
@@ -600,6 +614,7 @@ def decide_with_scorer(
         decided_at=decided_at,
         contributions=contributions,
         model_version=version,
+        holds=holds,
     )
 
 

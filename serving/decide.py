@@ -48,7 +48,13 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 import features
 from riskmodel import units
 from riskmodel.domain import Order, ProductType, RefundRequest
-from riskmodel.engine import Outcome, decide_with_scorer, request_fields
+from riskmodel.engine import (
+    Outcome,
+    Reason,
+    ReasonKind,
+    decide_with_scorer,
+    request_fields,
+)
 from riskmodel.policy import Policy
 from riskmodel.store import (
     Misfit,
@@ -59,7 +65,7 @@ from riskmodel.store import (
     reading,
     request_hash,
 )
-from serving.errors import Conflict
+from serving.errors import AheadOfClock, Conflict
 from serving.record import DecisionRecord
 from serving.runtime import Models, Runtime
 from serving.writer import Write, counted_keys
@@ -67,8 +73,10 @@ from serving.writer import Write, counted_keys
 __all__ = [
     "Answer",
     "decide_one",
+    "late_hold",
     "order_view",
     "store_row",
+    "stored_view",
 ]
 
 log = logging.getLogger("serving")
@@ -103,9 +111,11 @@ class Answer:
 
 
 async def decide_one(runtime: Runtime, request: RefundRequest) -> Answer:
-    """Decide ``request`` (see the module docstring). Raises ``Conflict`` only: any other
-    failure is answered as a degraded review that is not stored."""
+    """Decide ``request`` (see the module docstring). Raises ``AheadOfClock`` (nothing
+    read or stored) and ``Conflict`` only: any other failure is answered as a degraded
+    review that is not stored."""
     started = time.perf_counter()
+    _check_clock(request, runtime.settings.clock_skew_seconds)
     row = store_row(request)
     engine = runtime.store.available()
     if engine is None:
@@ -133,6 +143,19 @@ async def decide_one(runtime: Runtime, request: RefundRequest) -> Answer:
     ).inc()
     runtime.metrics.decision_seconds.observe(time.perf_counter() - started)
     return answer
+
+
+def _check_clock(request: RefundRequest, skew_seconds: float) -> None:
+    """Refuse a request dated further ahead of the service's clock than callers' clocks
+    drift: its features would count the buyer's history up to a time not yet come."""
+    ahead = (request.requested_at - datetime.now(UTC)).total_seconds()
+    if ahead > skew_seconds:
+        message = (
+            f"requested_at is {ahead:.0f} seconds ahead of the service's clock (at most "
+            f"{skew_seconds:.0f} allowed); send the time the buyer asked, in UTC or with "
+            "its offset"
+        )
+        raise AheadOfClock(message, [{"field": "body.requested_at", "message": message}])
 
 
 async def _decide_in_store(
@@ -257,15 +280,21 @@ def _decide(
     """Step 4: features, score and policy; the decision to write, and the outcome.
 
     The models score the features as of the request's time, exactly as offline. The
-    policy also reads what the store holds of the order whatever its time
-    (``order_view``): a request dated before one that arrived first must not be decided
-    as the order's first refund (``serving.writer`` checks again as it writes).
+    policy reads what the store holds whatever its time: a request dated before others
+    of its buyer that arrived first must not dodge the counts by its date
+    (``stored_view``), nor be decided as its order's first refund (``order_view``;
+    ``serving.writer`` checks again as it writes). One dated long before them goes to
+    review (``late_hold``).
     """
     models = runtime.models
     values = features.online_features(conn, row, context=context)
+    stored = stored_view(conn, row, context)
     view = order_view(values, context.others, int(row["amount"]))
-    fields = {**request_fields(request, _order(context)), **view}
-    outcome = decide_with_scorer(models.champion, fields, values, policy, decided_at=now)
+    fields = {**stored, **request_fields(request, _order(context)), **view}
+    holds = late_hold(row, context, runtime.settings.late_hours)
+    outcome = decide_with_scorer(
+        models.champion, fields, values, policy, decided_at=now, holds=holds
+    )
     order = context.order
     write = Write(
         request=row,
@@ -295,6 +324,42 @@ def _order(context: RequestContext) -> Order:
         service_days=order["service_days"],
         payment_account=order["payment_account"],
     )
+
+
+def stored_view(
+    conn: Connection, row: Mapping[str, Any], context: RequestContext
+) -> dict[str, Any]:
+    """The features as the policy reads them when the store holds requests of the buyer
+    (its user, order, device, IP or payment account) dated at or after this one: every
+    stored request, decision, outcome and sighting counts whatever its date
+    (``online_features(everything=True)``), so that dating requests backwards cannot
+    dodge a velocity or linked-account count. Empty when nothing stored is dated after
+    it: offline, where requests replay in time order, it always is.
+    """
+    if context.newest is None or context.newest < int(row["requested_at"]):
+        return {}
+    return features.online_features(conn, row, context=context, everything=True)
+
+
+def late_hold(row: Mapping[str, Any], context: RequestContext, late_hours: float) -> list[Reason]:
+    """A review reason when the request is dated more than ``late_hours`` before a request
+    of its buyer that the store already holds (``RequestContext.newest``): its features as
+    of that date would miss the buyer's later use and requests (days of a membership used
+    since, say); none otherwise."""
+    if context.newest is None:
+        return []
+    before = (context.newest - int(row["requested_at"])) / units.HOUR
+    if before <= late_hours:
+        return []
+    return [
+        Reason(
+            "DATED_BEFORE_STORED",
+            ReasonKind.POLICY,
+            f"the request is dated {before:.1f} hours before a request of the same user, "
+            "order, device, IP or payment account that the service already holds; a person "
+            "checks the dates",
+        )
+    ]
 
 
 def order_view(

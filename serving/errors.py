@@ -9,6 +9,7 @@
     ├── Conflict                 conflict          409  e.g. a request_id reused with another body
     ├── PayloadTooLarge          payload_too_large 413  body or batch above the limit
     ├── Refused                  refused           422  a model or policy that cannot go live
+    ├── AheadOfClock             ahead_of_clock    422  requested_at ahead of the service's clock
     └── Unavailable              unavailable       503  what the call needs is not loaded
 
 Besides these, ``riskmodel.errors.DataError`` (a row breaking the dataset contract, a
@@ -44,6 +45,7 @@ from serving.schemas import ErrorBody
 
 __all__ = [
     "LISTED_PROBLEMS",
+    "AheadOfClock",
     "Conflict",
     "Forbidden",
     "NotFound",
@@ -96,6 +98,12 @@ class PayloadTooLarge(ServingError):
 
 class Refused(ServingError):
     status, code = 422, "refused"
+
+
+class AheadOfClock(ServingError):
+    """A well-formed request dated later than the service's clock allows."""
+
+    status, code = 422, "ahead_of_clock"
 
 
 class Unavailable(ServingError):

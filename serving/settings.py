@@ -9,7 +9,8 @@
 Every setting has a default that works on a fresh checkout; the environment overrides it
 (``RISKMODEL_DATABASE_URL``, ``RISKMODEL_REGISTRY``, ``RISKMODEL_POLICY``,
 ``RISKMODEL_API_KEYS``, ``RISKMODEL_MAX_BODY_BYTES``, ``RISKMODEL_MAX_BATCH``,
-``RISKMODEL_SQLITE_SYNCHRONOUS``).
+``RISKMODEL_SQLITE_SYNCHRONOUS``, ``RISKMODEL_CLOCK_SKEW_SECONDS``,
+``RISKMODEL_LATE_HOURS``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ _ENV = {
     "max_body_bytes": "RISKMODEL_MAX_BODY_BYTES",
     "max_batch": "RISKMODEL_MAX_BATCH",
     "sqlite_synchronous": "RISKMODEL_SQLITE_SYNCHRONOUS",
+    "clock_skew_seconds": "RISKMODEL_CLOCK_SKEW_SECONDS",
+    "late_hours": "RISKMODEL_LATE_HOURS",
 }
 
 
@@ -56,6 +59,12 @@ class Settings:
     a decision survives the process crashing, but an operating-system crash or a power
     loss may lose the last decisions already answered. A deliberate choice, never a
     silent default; ``docs/api.md`` has the figures.
+
+    ``clock_skew_seconds``: how far ahead of the service's clock a request's
+    ``requested_at`` may lie (callers' clocks drift); further is refused (422).
+    ``late_hours``: a request dated more than this before a request of the same user,
+    order, device, IP or payment account that the service already holds goes to review
+    (``DATED_BEFORE_STORED``), whatever the policy says.
     """
 
     database_url: str | None = None
@@ -66,6 +75,8 @@ class Settings:
     max_batch: int = 100
     store_retry_seconds: float = 1.0
     sqlite_synchronous: str = "FULL"
+    clock_skew_seconds: float = 300.0
+    late_hours: float = 24.0
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:
@@ -79,6 +90,10 @@ class Settings:
             )
         if self.sqlite_synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"sqlite_synchronous {self.sqlite_synchronous!r}: FULL or NORMAL")
+        if not self.clock_skew_seconds >= 0:
+            raise ValueError(f"clock_skew_seconds {self.clock_skew_seconds} is below 0")
+        if not self.late_hours >= 0:
+            raise ValueError(f"late_hours {self.late_hours} is below 0")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -97,4 +112,6 @@ class Settings:
             max_body_bytes=int(get("max_body_bytes") or defaults.max_body_bytes),
             max_batch=int(get("max_batch") or defaults.max_batch),
             sqlite_synchronous=(get("sqlite_synchronous") or defaults.sqlite_synchronous).upper(),
+            clock_skew_seconds=float(get("clock_skew_seconds") or defaults.clock_skew_seconds),
+            late_hours=float(get("late_hours") or defaults.late_hours),
         )

@@ -148,6 +148,9 @@ def _first_seen(history: History, refunds: pd.DataFrame, entity: Entity, key: An
     return first
 
 
+_LIVE = (Source.REFUNDS, Source.OUTCOMES, Source.DECISIONS, Source.SIGHTINGS)
+
+
 def _aggregate(
     history: History,
     sources: dict[Source, pd.DataFrame],
@@ -155,11 +158,14 @@ def _aggregate(
     row: dict[str, Any],
     timeline: Timeline,
     keyed: dict[tuple[Source, Entity, Any], pd.DataFrame],
+    everything: bool,
 ) -> float:
     key = _entity_of_request(row, feature.entity)
     if _missing(key):
         return math.nan
     t = int(row["requested_at"])
+    # "Everything": what the service writes counts whatever its time.
+    upto = math.inf if everything and feature.source in _LIVE else t
     refunds = sources[Source.REFUNDS]
     if feature.source in (Source.ABUSE, Source.VERDICTS):
         return _judged(timeline, refunds, feature, key, t)
@@ -167,7 +173,7 @@ def _aggregate(
         start = _start(t, feature.window)
         first = _first_seen(history, refunds, feature.entity, key)
         registered = history.users.set_index("user_id")["registered_at"]
-        known = [u for u, at in first.items() if start <= at < t and u in registered.index]
+        known = [u for u, at in first.items() if start <= at < upto and u in registered.index]
         if feature.agg is Agg.COUNT:
             return float(len(known))
         return float(max(int(registered[u]) for u in known)) if known else math.nan
@@ -178,7 +184,7 @@ def _aggregate(
         events = events[events[feature.entity.value].notna()]
         keyed[found] = events[events[feature.entity.value] == key]
     events = keyed[found]
-    events = events[events["time"] < t]
+    events = events[events["time"] < upto]
     events = events[events["time"] >= _start(t, feature.window)]
     if feature.where is not None:
         column, value = feature.where
@@ -197,8 +203,12 @@ def _aggregate(
     raise AssertionError(feature.agg)
 
 
-def oracle_features(history: History, requests: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Every catalogue feature of every request, computed the slow way."""
+def oracle_features(
+    history: History, requests: pd.DataFrame | None = None, *, everything: bool = False
+) -> pd.DataFrame:
+    """Every catalogue feature of every request, computed the slow way; ``everything``:
+    the refund requests, outcomes, decisions and sightings of the history count whatever
+    their time (``features.online.online_features``'s live view)."""
     if requests is None:
         requests = history.refund_requests
     base = request_frame(requests, history)
@@ -214,7 +224,7 @@ def oracle_features(history: History, requests: pd.DataFrame | None = None) -> p
         keyed: dict[tuple[Source, Entity, Any], pd.DataFrame] = {}
         for name, feature in CATALOG.items():
             if isinstance(feature, Aggregate):
-                value = _aggregate(history, sources, feature, row, timeline, keyed)
+                value = _aggregate(history, sources, feature, row, timeline, keyed, everything)
                 row[name] = value
                 columns[name] = np.array([value])
         for name, feature in CATALOG.items():

@@ -16,6 +16,7 @@ from features.online import online_features
 from riskmodel import dataset, store
 
 from .conftest import tiny_tables
+from .feature_oracle import oracle_features
 from .histories import histories
 from .test_features_offline import assert_features_equal
 
@@ -31,11 +32,11 @@ def _load(engine: Engine, history: History) -> None:
                 store.upsert(conn, name, frame)
 
 
-def _online(engine: Engine, history: History) -> pd.DataFrame:
+def _online(engine: Engine, history: History, *, everything: bool = False) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     with engine.connect() as conn:
         for request in history.refund_requests.to_dict("records"):
-            rows.append(online_features(conn, request))
+            rows.append(online_features(conn, request, everything=everything))
     frame = pd.DataFrame(rows, columns=list(CATALOG))
     frame.index = pd.Index(history.refund_requests["request_id"].tolist(), name="request_id")
     return frame
@@ -56,6 +57,23 @@ def test_random_histories_online_equals_offline(engine: Engine, history: History
     _load(engine, history)
 
     assert_features_equal(_online(engine, history), build_features(history))
+
+
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(history=histories())
+def test_the_live_view_counts_every_stored_request_whatever_its_date(
+    engine: Engine, history: History
+) -> None:
+    """The store holds every request of the history, later ones included, as it does when
+    requests arrive out of their time order: the live view counts them all, exactly as the
+    oracle reads "every stored request, sighting, decision and outcome"."""
+    _load(engine, history)
+
+    found = _online(engine, history, everything=True)
+
+    assert_features_equal(found, oracle_features(history, everything=True))
 
 
 def _scrambled(frame: pd.DataFrame) -> pd.DataFrame:

@@ -32,6 +32,7 @@ __all__ = [
     "fetch_one",
     "insert_decision",
     "marker",
+    "newest_request",
     "order_requests",
     "reading",
     "request_hash",
@@ -125,13 +126,16 @@ class Misfit:
 @dataclass(frozen=True)
 class RequestContext:
     """What a fresh decision reads of the store: the order's and the user's rows (every
-    column), the rate of the order's currency (None: not stored) and the order's other
-    stored requests, whatever their time (``OrderRequest``)."""
+    column), the rate of the order's currency (None: not stored), the order's other
+    stored requests, whatever their time (``OrderRequest``), and the time of the newest
+    stored request of the request's user, order, device, IP or payment account (None:
+    none), which is after the request's own when requests arrived out of their order."""
 
     order: dict[str, Any]
     user: dict[str, Any]
     rate: int | None
     others: tuple[OrderRequest, ...]
+    newest: int | None = None
 
 
 @dataclass(frozen=True)
@@ -168,8 +172,8 @@ def decision_context(conn: Connection, row: Mapping[str, Any]) -> Replay | Misfi
     """The one read before a decision of ``row`` (a refund request in store units): the
     decision already stored under its id, else what does not fit, else the context.
 
-    One statement for the decision, the order, its rate and the user; one more for the
-    order's other requests."""
+    One statement for the decision, the order, its rate and the user; one for the order's
+    other requests; one for the newest request of its entities."""
     found = fetch_one(
         conn, _context_sql(conn.dialect.name), (row["request_id"], row["order_id"], row["user_id"])
     )
@@ -185,7 +189,11 @@ def decision_context(conn: Connection, row: Mapping[str, Any]) -> Replay | Misfi
     if misfit is not None:
         return misfit
     return RequestContext(
-        order, user, None if rate is None else int(rate), order_requests(conn, row)
+        order,
+        user,
+        None if rate is None else int(rate),
+        order_requests(conn, row),
+        newest_request(conn, row, order["payment_account"]),
     )
 
 
@@ -235,6 +243,32 @@ def order_requests(conn: Connection, row: Mapping[str, Any]) -> tuple[OrderReque
         OrderRequest(str(rid), int(amount), int(paid), int(approved))
         for rid, amount, paid, approved in found
     )
+
+
+@cache
+def _newest_sql(dialect: str) -> str:
+    m = "%s" if dialect == "postgresql" else "?"
+    # One index seek per entity (each has an index on it and the time).
+    parts = [
+        f"SELECT MAX(requested_at) AS at FROM refund_requests WHERE {column} = {m} "
+        f"AND request_id <> {m}"
+        for column in _NEWEST_BY
+    ]
+    return f"SELECT MAX(at) FROM ({' UNION ALL '.join(parts)}) AS newest"
+
+
+_NEWEST_BY = ("user_id", "order_id", "device_id", "ip", "order_payment_account")
+
+
+def newest_request(conn: Connection, row: Mapping[str, Any], payment_account: Any) -> int | None:
+    """The time of the newest stored request, other than ``row``, of its user, order,
+    device, IP or ``payment_account`` (its order's); None when there is none."""
+    values = {**row, "order_payment_account": payment_account}
+    parameters: list[Any] = []
+    for column in _NEWEST_BY:
+        parameters += [values.get(column), row["request_id"]]
+    found = fetch_one(conn, _newest_sql(conn.dialect.name), tuple(parameters))
+    return None if found is None or found[0] is None else int(found[0])
 
 
 # --- the decision row ---------------------------------------------------------------------------

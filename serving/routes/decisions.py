@@ -11,6 +11,7 @@ from riskmodel.store import reading, stored_decision
 from serving.decide import decide_one
 from serving.deps import CurrentRuntime, Decider, Reader
 from serving.errors import (
+    AheadOfClock,
     Conflict,
     NotFound,
     PayloadTooLarge,
@@ -27,10 +28,21 @@ __all__ = ["decide", "decide_batch", "lookup", "router"]
 router = APIRouter(prefix="/v1", tags=["decisions"])
 
 # A decision never answers 503: without its store it answers a degraded review.
-_DECIDE = documented_errors(
-    400, 401, 403, 409, 413, 422, meanings={409: "request_id already used for another request"}
+_AHEAD = (
+    "the body fails validation, one entry per field (invalid_request), or requested_at "
+    "lies ahead of the service's clock (ahead_of_clock)"
 )
-# A conflict inside a batch is that item's answer, not the batch's.
+_DECIDE = documented_errors(
+    400,
+    401,
+    403,
+    409,
+    413,
+    422,
+    meanings={409: "request_id already used for another request", 422: _AHEAD},
+)
+# A conflict or a date ahead of the clock inside a batch is that item's answer, not the
+# batch's.
 _BATCH = documented_errors(400, 401, 403, 413, 422)
 _LOOKUP = documented_errors(
     401, 403, 404, 422, 503, meanings={404: "no decision for this request_id"}
@@ -62,13 +74,13 @@ async def decide_batch(body: BatchIn, runtime: CurrentRuntime, _: Decider) -> JS
     )
     results = []
     for request, answer in zip(body.requests, answers, strict=True):
-        if isinstance(answer, Conflict):
+        if isinstance(answer, Conflict | AheadOfClock):
             results.append(
                 {
                     "request_id": request.request_id,
                     "status": answer.status,
                     "decision": None,
-                    "error": error_body(answer.code, answer.message)["error"],
+                    "error": error_body(answer.code, answer.message, answer.fields)["error"],
                 }
             )
         elif isinstance(answer, BaseException):
