@@ -28,9 +28,9 @@ from serving.warm import rehearse, settle_heap
 __all__ = ["create_app"]
 
 _DESCRIPTION = """Decisions on refund requests (approve, review, block) with their reasons,
-the history they are made from, the review queue, and operations. Every call but
-`/healthz`, `/readyz` and `/metrics` needs an API key (`Authorization: Bearer <key>`)
-whose roles allow it; see docs/api.md."""
+the history they are made from, the review queue, and operations. Every call under `/v1/`
+needs an API key (`Authorization: Bearer <key>`) whose roles allow it; `/healthz`,
+`/readyz`, `/metrics` and the documentation are open. See docs/api.md."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
