@@ -29,8 +29,9 @@ Anything else is a bug: 500 ``internal``, without its details (they go to the lo
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -38,6 +39,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 from riskmodel.errors import DataError, DatasetError
 from riskmodel.policy import PolicyError
@@ -57,6 +59,7 @@ __all__ = [
     "documented_errors",
     "error_body",
     "install_error_handlers",
+    "send_error",
 ]
 
 log = logging.getLogger("serving")
@@ -113,6 +116,27 @@ class Unavailable(ServingError):
 def error_body(code: str, message: str, fields: list[dict[str, str]] | None = None) -> Any:
     """The error shape every failing call answers with."""
     return {"error": {"code": code, "message": message, "fields": fields or []}}
+
+
+async def send_error(
+    send: Send, error: ServingError, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """``error`` answered from ASGI middleware, before the application (and before the
+    body is read): so the connection is closed after it, as it cannot carry another."""
+    payload = json.dumps(error_body(error.code, error.message, error.fields)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": error.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
 
 
 _MEANINGS = {

@@ -9,12 +9,10 @@ its roles: a known key without the role is a 403, which needs to know the route.
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.auth import presented_key
-from serving.errors import error_body
+from serving.errors import Unauthorized, send_error
 
 __all__ = ["GUARDED_PREFIX", "KeyGate"]
 
@@ -51,18 +49,4 @@ def _text(value: bytes | None) -> str | None:
 
 
 async def _refuse(send: Send, message: str) -> None:
-    payload = json.dumps(error_body("unauthorized", message)).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                (b"www-authenticate", b"Bearer"),
-                # The body was not read: the connection cannot carry another request.
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
+    await send_error(send, Unauthorized(message), [(b"www-authenticate", b"Bearer")])

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.errors import error_body
+from serving.errors import PayloadTooLarge, send_error
 
 __all__ = ["BodyLimit"]
 
@@ -58,16 +56,4 @@ class BodyLimit:
 
     async def _too_large(self, send: Send) -> None:
         text = f"the body is larger than {self.max_bytes} bytes"
-        payload = json.dumps(error_body("payload_too_large", text)).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+        await send_error(send, PayloadTooLarge(text))

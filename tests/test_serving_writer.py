@@ -100,42 +100,13 @@ def test_a_write_that_fails_alone_leaves_the_rest_of_its_group_written(
     load_tiny(database_url)
     engine = store.open_store(database_url)
 
-    def write(request_id: str, decision: str | None) -> Write:
-        request = DecisionIn.model_validate(body(request_id=request_id))
-        row = store_row(request)
-        digest = request_hash(row)
-        decided = {
-            "request_id": request_id,
-            "decision": decision,  # None breaks the store's NOT NULL: this write fails
-            "score": 0.1,
-            "approved_amount": 2000,
-            "reasons": json.dumps([]),
-            "review_queue": None,
-            "review_due_at": None,
-            "model_version": None,
-            "policy_version": None,
-            "policy_hash": None,
-            "feature_version": "1",
-            "decided_at": row["requested_at"],
-            "request_hash": digest,
-            "shadow": None,
-        }
-        # All of one order: each counts the others, so that the order check lets them by
-        # and what is tested is a failure alone.
-        return Write(
-            row,
-            DecisionRecord.from_row(decided),
-            order={"payment_account": "pa3"},
-            registered_at=0,
-            order_counted=9,
-        )
-
     async def submit_all() -> list[Written | BaseException]:
         writer = DecisionWriter(lambda: engine)
         try:
             # Submitted in one turn of the loop: one group.
-            pending = [writer.submit(write(f"w-{i}", "approve")) for i in range(3)]
-            pending.insert(1, writer.submit(write("w-bad", None)))
+            pending = [writer.submit(_decided(f"w-{i}")) for i in range(3)]
+            # None breaks the store's NOT NULL: this write fails alone.
+            pending.insert(1, writer.submit(_decided("w-bad", decision=None)))
             return await asyncio.gather(*pending, return_exceptions=True)
         finally:
             writer.close()
