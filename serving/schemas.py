@@ -212,11 +212,21 @@ Days = Annotated[int, Field(ge=0, le=100_000), BeforeValidator(_whole_number)]
 PositiveDays = Annotated[int, Field(gt=0, le=100_000), BeforeValidator(_whole_number)]
 
 # Money as text: digits, at most two decimals, no sign, exponent or leading zero, within
-# the bounds; the text pattern is the whole check, the integer form has its bounds.
+# the bounds; the text pattern is the whole check. As a JSON number: at most two decimals
+# as the number is written (96.45, 100, 1e2), within the bounds.
 _PRICE_TEXT = re.compile(r"(0|[1-9][0-9]{0,8})(\.[0-9]{1,2})?|1000000000(\.0{1,2})?")
 _AMOUNT_TEXT = re.compile(
     r"[1-9][0-9]{0,8}(\.[0-9]{1,2})?|0\.([1-9][0-9]?|0[1-9])|1000000000(\.0{1,2})?"
 )
+
+
+def _cents_number(value: float) -> Decimal:
+    """A JSON number as the decimal it was written as (``repr`` gives back the shortest
+    text of the float the parser read), refused beyond two decimals."""
+    written = Decimal(repr(value))
+    if not written.is_finite() or written != written.quantize(Decimal("0.01")):
+        raise ValueError("must have at most two decimals")
+    return written
 
 
 def _money(text: re.Pattern[str], *, above_zero: bool) -> tuple[BeforeValidator, WithJsonSchema]:
@@ -231,22 +241,25 @@ def _money(text: re.Pattern[str], *, above_zero: bool) -> tuple[BeforeValidator,
                     'two decimals, written like "30.00"'
                 )
             return value
+        if isinstance(value, float):
+            return _cents_number(value)
         try:
             return _whole_number(value)
         except ValueError:
-            raise ValueError('must be a text like "30.00" or a whole number') from None
+            raise ValueError('must be a text like "30.00" or a number like 30.5') from None
 
     schema = {
         "anyOf": [
             {"type": "string", "pattern": _pattern_of(text.pattern)},
             {
-                "type": "integer",
+                "type": "number",
+                "multipleOf": 0.01,
                 "exclusiveMinimum" if above_zero else "minimum": 0,
                 "maximum": _MAX_AMOUNT,
             },
         ],
         "description": f"currency units {lowest}, at most two decimals: a text keeps them "
-        "exact; a whole number is accepted",
+        "exact; a number is read as it is written",
     }
     return BeforeValidator(check), WithJsonSchema(schema)
 

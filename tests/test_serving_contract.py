@@ -68,7 +68,8 @@ def _refused_field(response: Any) -> str:
         ({"requested_at": "2026-01-20T10:00:00.1234567Z"}, "body.requested_at"),
         ({"requested_at": "1970-01-01T00:30:00+01:00"}, "body.requested_at"),
         ({"amount": "1e2"}, "body.amount"),
-        ({"amount": 1.5}, "body.amount"),
+        ({"amount": 1.505}, "body.amount"),
+        ({"amount": 0.35000000000000003}, "body.amount"),
         ({"amount": True}, "body.amount"),
         ({"amount": "0"}, "body.amount"),
         ({"amount": 0}, "body.amount"),
@@ -112,13 +113,29 @@ def test_a_verdict_is_true_or_false_and_nothing_else(api: Service, verdict: Any)
 
 
 @pytest.mark.parametrize(
+    ("sent", "stored"), [(96.45, "96.45"), (1e2, "100.00"), ("96.45", "96.45")]
+)
+def test_an_amount_may_be_a_json_number_of_cents(api: Service, sent: Any, stored: str) -> None:
+    """Clients send money as JSON numbers: one with at most two decimals as written is the
+    amount it says, not a float's neighbour."""
+    response = api.decide(body(request_id=f"money-{sent}", amount=sent))
+
+    assert response.status_code == 200, response.text
+    row = api.client.get(f"/v1/decisions/money-{sent}", headers=api.headers("decide")).json()
+    assert row["request_id"] == f"money-{sent}"
+    history = api.client.get("/v1/users/u2/history", headers=api.headers("review")).json()
+    asked = {r["request_id"]: r["amount"] for r in history["refund_requests"]}
+    assert asked[f"money-{sent}"] == stored
+
+
+@pytest.mark.parametrize(
     ("path", "row", "field"),
     [
         ("/v1/labels", {"request_id": "r1", "is_abuse": "yes"}, "is_abuse"),
         ("/v1/labels", {"request_id": "r1", "is_abuse": 1}, "is_abuse"),
         ("/v1/events/users", {"user_id": "u9", "phone_verified": "true"}, "phone_verified"),
         ("/v1/events/orders", {"order_id": "o9", "service_days": True}, "service_days"),
-        ("/v1/events/orders", {"order_id": "o9", "amount": 30.5}, "amount"),
+        ("/v1/events/orders", {"order_id": "o9", "amount": 30.555}, "amount"),
         ("/v1/events/usage", {"order_id": "o1", "used_at": 1767225600}, "used_at"),
     ],
 )
