@@ -160,7 +160,9 @@ _LEAP_YEAR = (
     r"19(7[26]|8[048]|9[26])|20([02468][048]|[13579][26])|21(0[48]|[2468][048]|[13579][26])"
 )
 _INNER_YEAR = r"19(7[1-9]|[89][0-9])|20[0-9]{2}|21([0-8][0-9]|9[0-8])"
-_CLOCK = r"[T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6})?)?"
+# Up to nanoseconds, as Go's RFC 3339 and pandas write them; the store keeps microseconds,
+# so the digits beyond the sixth are dropped.
+_CLOCK = r"[T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,9})?)?"
 _OFFSET = r"([01][0-9]|2[0-3]):?[0-5][0-9]"
 # In 1970 an offset east of UTC could put the time before the epoch, and in 2199 one west
 # of it past 2200: those two years take only offsets that keep every time in range.

@@ -65,7 +65,7 @@ def _refused_field(response: Any) -> str:
         ({"requested_at": "2023-02-31T10:00:00Z"}, "body.requested_at"),
         ({"requested_at": "2100-02-29T10:00:00Z"}, "body.requested_at"),
         ({"requested_at": "2026-01-20"}, "body.requested_at"),
-        ({"requested_at": "2026-01-20T10:00:00.1234567Z"}, "body.requested_at"),
+        ({"requested_at": "2026-01-20T10:00:00.1234567891Z"}, "body.requested_at"),
         ({"requested_at": "1970-01-01T00:30:00+01:00"}, "body.requested_at"),
         ({"amount": "1e2"}, "body.amount"),
         ({"amount": 1.505}, "body.amount"),
