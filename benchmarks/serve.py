@@ -213,6 +213,11 @@ def fresh_traffic(bench: Bench, count: int, seed: int) -> list[dict[str, Any]]:
     kept only where its template's was contradicted too: otherwise an honest template's
     "not delivered" lands on a code credited before the request, which the hard rules
     block, and the traffic would hold ten times the held-out share of such claims.
+
+    As live traffic arrives: orders paid in the held-out period (after every stored
+    request), asked in time order. Orders from any time, asked in any order, would be
+    requests dated before what the service already holds of their buyers, which it counts
+    and reviews as such (``serving.decide.stored_view``, ``late_hold``): another workload.
     """
     rng = np.random.default_rng(seed)
     held_out = pd.read_parquet(bench.traffic)
@@ -221,7 +226,8 @@ def fresh_traffic(bench: Bench, count: int, seed: int) -> list[dict[str, Any]]:
     every = pd.read_parquet(bench.history / "orders.parquet", columns=columns)
     refunded = pd.read_parquet(bench.history / "refund_requests.parquet", columns=["order_id"])
     asked = set(refunded["order_id"]) | set(held_out["order_id"])
-    orders = every[~every["order_id"].isin(asked)]
+    live = every["paid_at"] >= held_out["requested_at"].min()
+    orders = every[~every["order_id"].isin(asked) & live]
     # Twice as many as asked: some are dropped below.
     chosen = orders.iloc[rng.choice(len(orders), size=min(len(orders), 2 * count), replace=False)]
     templates = held_out.merge(
@@ -255,7 +261,8 @@ def fresh_traffic(bench: Bench, count: int, seed: int) -> list[dict[str, Any]]:
     frame = pd.concat(parts, ignore_index=True)
     if len(frame) < count:
         raise SystemExit(f"fresh traffic: {count:,} requests asked, {len(frame):,} could be made")
-    return _rows(frame.iloc[rng.permutation(len(frame))[:count]])
+    picked = frame.iloc[rng.permutation(len(frame))[:count]]
+    return _rows(picked.sort_values("requested_at", kind="stable"))
 
 
 def _contradicted(requests: pd.DataFrame, requested_at: pd.Series) -> pd.Series:
