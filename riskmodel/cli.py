@@ -42,6 +42,7 @@ LISTED = {
     "evaluate": "evaluate a model on a later period; compare it with another",
     "prequential": "retrain as of successive dates, test each on the period after it",
     "models": "the model registry: list, show, promote",
+    "shadow": "the shadow challenger against the champion on live decisions",
 }
 """The commands of the ``riskmodel.commands`` entry points, in the order ``riskmodel --help``
 lists them after the built-in ones, each with the help its module gives it. Written here
