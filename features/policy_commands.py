@@ -1,4 +1,5 @@
-"""``riskmodel policy check FILE``: validate a policy file as the service would."""
+"""``riskmodel policy check FILE``: validate a policy file as the service would;
+``riskmodel policy history``: every policy that was ever live, from the store's archive."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from features.policy_fields import load_with_catalogue
+from riskmodel.cli import add_database_option
 
 __all__ = ["register"]
 
@@ -24,6 +26,44 @@ def register(commands: Any) -> None:
     )
     check.add_argument("file", type=Path, help="policy file (YAML)")
     check.set_defaults(handler=_check)
+    history = actions.add_parser(
+        "history",
+        help="every policy that was ever live, from the store's archive",
+        description="Every policy deployed (riskmodel deploy policy, or a reload), oldest "
+        "first, with its hash; --show HASH prints one's file and list files as archived.",
+    )
+    add_database_option(history)
+    history.add_argument("--show", metavar="HASH", help="print this archived policy (a prefix)")
+    history.set_defaults(handler=_history)
+
+
+def _history(args: argparse.Namespace) -> int:
+    from riskmodel.store import open_store, reading
+    from riskmodel.store.operations import live_now, policy_history
+    from riskmodel.units import iso
+
+    engine = open_store(args.database_url)
+    try:
+        with reading(engine) as conn:
+            found = policy_history(conn)
+            live = live_now(conn).get("policy")
+    finally:
+        engine.dispose()
+    if args.show:
+        chosen = [p for p in found if p.sha256.startswith(args.show)]
+        if len(chosen) != 1:
+            print(f"error: {len(chosen)} archived policies start with {args.show!r}")
+            return 1
+        print(chosen[0].text, end="" if chosen[0].text.endswith("\n") else "\n")
+        for name, text in sorted(chosen[0].list_files.items()):
+            print(f"--- list file {name}\n{text}", end="" if text.endswith("\n") else "\n")
+        return 0
+    if not found:
+        print("no policy was ever deployed: the service runs its policy file")
+    for policy in found:
+        mark = "  (live)" if live is not None and live.value == policy.sha256 else ""
+        print(f"{iso(policy.archived_at)}  {policy.sha256}  {policy.version}{mark}")
+    return 0
 
 
 def _check(args: argparse.Namespace) -> int:

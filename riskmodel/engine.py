@@ -387,6 +387,7 @@ def decide(
     contributions: Mapping[str, float] | None = None,
     model_version: str | None = None,
     holds: Sequence[Reason] = (),
+    rules_only: bool = False,
 ) -> Outcome:
     """Decide one refund request (see the module docstring for the precedence).
 
@@ -396,7 +397,9 @@ def decide(
     contribution, turned into the top ``explanations.top_contributions`` reasons.
     ``holds``: reasons from outside the policy that make the decision a review at least
     (the live service's: a request dated before what it already holds of the buyer); no
-    allow list or approve rule lightens them.
+    allow list or approve rule lightens them. ``rules_only``: the model is not asked (the
+    kill switch): the lists, rules and money checks decide, and the reason
+    ``RULES_ONLY`` says so; not a degraded decision.
     """
     row: dict[str, Any] = {**features, **request}
     spec = policy.spec
@@ -455,9 +458,18 @@ def decide(
                 f"trusted frequent buyer: lighter checks (model review threshold {review_at:g})",
             )
         )
-    valid = _valid_score(score)
-    degraded = valid is None or bool(missing)
-    if valid is None:
+    valid = None if rules_only else _valid_score(score)
+    degraded = (valid is None and not rules_only) or bool(missing)
+    if rules_only:
+        verdict = Decision.APPROVE
+        reasons.append(
+            Reason(
+                "RULES_ONLY",
+                ReasonKind.POLICY,
+                "decided by the policy's rules and lists alone: the model is switched off",
+            )
+        )
+    elif valid is None:
         verdict = Decision.REVIEW
     elif valid >= block_at and block_at < 1.0:
         verdict = Decision.BLOCK
@@ -580,10 +592,15 @@ def decide_with_scorer(
     *,
     decided_at: datetime,
     holds: Sequence[Reason] = (),
+    rules_only: bool = False,
 ) -> Outcome:
     """``decide`` with the score (and, for review and block only, the contributions) asked
     of ``scorer``. A missing scorer or one that fails gives a degraded review: the service
-    never approves blindly."""
+    never approves blindly. ``rules_only``: the scorer is not asked (see ``decide``)."""
+    if rules_only:
+        return decide(
+            request, features, None, policy, decided_at=decided_at, holds=holds, rules_only=True
+        )
     score: float | None
     try:
         score = None if scorer is None else float(scorer.score_one(features))

@@ -11,15 +11,19 @@ and the policy once; a reload (``POST /v1/admin/reload``) swaps them without a r
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
+from sqlalchemy.exc import DBAPIError
 
 from serving.errors import install_error_handlers
 from serving.gate import KeyGate
 from serving.limits import BodyLimit
+from serving.live import apply, follow, read_change
 from serving.routes import admin, decisions, events, health, reviews, users
 from serving.runtime import Runtime
 from serving.settings import Settings
@@ -40,12 +44,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime.start(chosen)
+        # What the store says is live, before the first decision; then followed.
+        try:
+            change = read_change(runtime)
+        except DBAPIError as exc:
+            runtime.live_problem = f"cannot read what is live: {exc.orig or exc}"
+        else:
+            if change is not None:
+                apply(runtime, change)
         rehearse(runtime)
         settle_heap()
         app.state.runtime = runtime
+        following = asyncio.create_task(follow(runtime))
         try:
             yield
         finally:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
             runtime.close()
 
     # /docs and /redoc load Swagger UI and ReDoc from files installed with the package,

@@ -77,6 +77,7 @@ __all__ = [
     "order_view",
     "store_row",
     "stored_view",
+    "switched",
 ]
 
 log = logging.getLogger("serving")
@@ -291,9 +292,15 @@ def _decide(
     stored = stored_view(conn, row, context)
     view = order_view(values, context.others, int(row["amount"]))
     fields = {**stored, **request_fields(request, _order(context)), **view}
-    holds = late_hold(row, context, runtime.settings.late_hours)
+    holds = late_hold(row, context, runtime.settings.late_hours) + switched(runtime)
     outcome = decide_with_scorer(
-        models.champion, fields, values, policy, decided_at=now, holds=holds
+        models.champion,
+        fields,
+        values,
+        policy,
+        decided_at=now,
+        holds=holds,
+        rules_only=runtime.switch == "rules",
     )
     order = context.order
     write = Write(
@@ -358,6 +365,21 @@ def late_hold(row: Mapping[str, Any], context: RequestContext, late_hours: float
             f"the request is dated {before:.1f} hours before a request of the same user, "
             "order, device, IP or payment account that the service already holds; a person "
             "checks the dates",
+        )
+    ]
+
+
+def switched(runtime: Runtime) -> list[Reason]:
+    """The kill switch's review reason, when it sends every decision to review."""
+    if runtime.switch != "review":
+        return []
+    setting = runtime.live["switch"]
+    why = f": {setting.reason}" if setting.reason else ""
+    return [
+        Reason(
+            "KILL_SWITCH",
+            ReasonKind.POLICY,
+            f"the kill switch sends every decision to review (set by {setting.changed_by}{why})",
         )
     ]
 

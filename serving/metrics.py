@@ -67,6 +67,13 @@ class Metrics:
         self.policy_loaded = Gauge(
             "riskmodel_policy_loaded", "1 when a valid policy is loaded", registry=r
         )
+        self.kill_switch = Gauge(
+            "riskmodel_kill_switch",
+            "1 for the kill switch's mode in force (off, review: every decision a review, "
+            "rules: decided without the model)",
+            ["mode"],
+            registry=r,
+        )
         self.reloads = Counter(
             "riskmodel_reloads",
             "Reloads asked, by what and outcome",

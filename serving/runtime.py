@@ -24,6 +24,7 @@ from riskmodel.errors import RiskModelError
 from riskmodel.policy import Policy
 from riskmodel.registry import Registry
 from riskmodel.store import open_store
+from riskmodel.store.operations import SWITCH_MODES, LiveSetting
 from serving.auth import KeyRing
 from serving.errors import Refused
 from serving.metrics import Metrics
@@ -145,13 +146,14 @@ def _check_inputs(bundle: ModelBundle) -> None:
         )
 
 
-def load_models(registry: Path) -> Models:
-    """The champion and challenger of ``registry``; problems recorded, never raised."""
+def load_models(registry: Path, champion_version: str = "champion") -> Models:
+    """The champion (``champion_version``, a version or an alias) and the challenger of
+    ``registry``; problems recorded, never raised."""
     found = Registry(registry)
     champion = challenger = None
     problem = challenger_problem = None
     try:
-        champion = found.load("champion")
+        champion = found.load(champion_version)
         _check_inputs(champion)
     except (RiskModelError, Refused, OSError, ValueError) as exc:
         champion, problem = None, f"no usable champion model: {exc}"
@@ -179,6 +181,11 @@ class Runtime:
     policy_problem: str | None = None
     metrics: Metrics = field(default_factory=Metrics)
     writer: DecisionWriter = field(init=False)
+    # The store's live settings this worker applied (``serving.live``), and why the last
+    # change could not be.
+    live: dict[str, LiveSetting] = field(default_factory=dict)
+    live_problem: str | None = None
+    live_refused: dict[str, LiveSetting] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.writer = DecisionWriter(self.store.available, self.metrics.commit_groups.observe)
@@ -213,6 +220,8 @@ class Runtime:
         self.metrics.model_loaded.set(1 if self.models.champion is not None else 0)
         self.metrics.policy_loaded.set(1 if self.policy is not None else 0)
         self.metrics.store_up.set(1 if self.store.problem is None else 0)
+        for mode in SWITCH_MODES:
+            self.metrics.kill_switch.labels(mode).set(1 if mode == self.switch else 0)
 
     def problems(self) -> list[str]:
         """Why the service is not ready, each as ``what: why``; empty when it is.
@@ -227,8 +236,16 @@ class Runtime:
             found.append(self.models.problem)
         if self.policy is None:
             found.append(self.policy_problem or "no policy loaded")
+        if self.live_problem is not None:
+            found.append(self.live_problem)
         self.note_state()
         return found
+
+    @property
+    def switch(self) -> str:
+        """The kill switch's mode: off, review or rules (``riskmodel.store.operations``)."""
+        setting = self.live.get("switch")
+        return "off" if setting is None else setting.value
 
     def close(self) -> None:
         self.writer.close()

@@ -26,18 +26,18 @@ from sqlalchemy.exc import DBAPIError
 
 import features
 from riskmodel.store import REQUEST_COLUMNS, fetch_one, reading, stored_decision
-from serving.runtime import Runtime
+from serving.runtime import Models, Runtime
 
 __all__ = ["rehearse", "settle_heap"]
 
 log = logging.getLogger("serving")
 
 
-def rehearse(runtime: Runtime) -> bool:
+def rehearse(runtime: Runtime, models: Models | None = None) -> bool:
     """Run the read side of a decision once: the decision lookup, the online features of
     the newest stored request (as of its own time) and each model's score and
-    contributions. Nothing is written; a store that cannot be read is left for the
-    decisions to find. Whether the whole path ran."""
+    contributions (``models``, default the runtime's). Nothing is written; a store that
+    cannot be read is left for the decisions to find. Whether the whole path ran."""
     engine = runtime.store.available()
     if engine is None:
         return False
@@ -57,7 +57,7 @@ def rehearse(runtime: Runtime) -> bool:
     except DBAPIError as exc:
         log.warning("start-up rehearsal skipped, the store could not be read: %s", exc)
         return False
-    models = runtime.models
+    models = runtime.models if models is None else models
     for model in (models.champion, models.challenger):
         if model is not None:
             model.score_one(values)

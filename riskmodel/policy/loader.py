@@ -94,6 +94,8 @@ class Policy:
     blocked: Mapping[str, frozenset[str]]  # kind -> entries, kinds of LIST_KINDS
     allowed: Mapping[str, frozenset[str]]
     fields: Mapping[str, KnownField] = field(default_factory=dict)
+    text: str = ""  # the file as read
+    list_files: Mapping[str, str] = field(default_factory=dict)  # name -> text, as read
 
     @property
     def version(self) -> str:
@@ -158,7 +160,10 @@ def parse_policy(
     # schema found problems elsewhere: the writer sees everything in one go.
     problems += _cross_checks(data, locate)
     digest = hashlib.sha256(raw)
-    lists = {side: _side_lists(data, side, base_dir, digest, locate, problems) for side in _SIDES}
+    read: dict[str, str] = {}
+    lists = {
+        side: _side_lists(data, side, base_dir, digest, read, locate, problems) for side in _SIDES
+    }
     for kind in LIST_KINDS:
         both = sorted(lists["block"][kind] & lists["allow"][kind])
         if both:
@@ -178,6 +183,8 @@ def parse_policy(
         blocked=lists["block"],
         allowed=lists["allow"],
         fields=known,
+        text=text,
+        list_files=read,
     )
 
 
@@ -453,10 +460,12 @@ def _side_lists(
     side: str,
     base_dir: Path | None,
     digest: Any,
+    read: dict[str, str],
     locate: _Locator,
     problems: list[Problem],
 ) -> dict[str, frozenset[str]]:
-    """Entries of each kind of the ``side`` lists, inline or read from a list file."""
+    """Entries of each kind of the ``side`` lists, inline or read from a list file (the
+    files read are added to ``read``)."""
     lists = data.get("lists")
     section = lists.get(side) if isinstance(lists, dict) else None
     out: dict[str, frozenset[str]] = {}
@@ -467,7 +476,7 @@ def _side_lists(
             out[kind] = frozenset(e.strip() for e in value if isinstance(e, str) and e.strip())
         elif isinstance(value, dict) and isinstance(value.get("file"), str):
             out[kind] = _list_file(
-                value["file"], base_dir, digest, locate, (*loc, "file"), problems
+                value["file"], base_dir, digest, read, locate, (*loc, "file"), problems
             )
         else:
             out[kind] = frozenset()
@@ -478,6 +487,7 @@ def _list_file(
     name: str,
     base_dir: Path | None,
     digest: Any,
+    read: dict[str, str],
     locate: _Locator,
     loc: tuple[str, ...],
     problems: list[Problem],
@@ -502,5 +512,6 @@ def _list_file(
         problems.append(locate.problem(loc, f"list file {name!r} is not UTF-8"))
         return frozenset()
     digest.update(b"\0" + name.encode() + b"\0" + content)
+    read[name] = text
     entries = (line.split("#", 1)[0].strip() for line in text.splitlines())
     return frozenset(e for e in entries if e)

@@ -18,7 +18,8 @@ schema is created. Opening an older database runs the steps of ``_MIGRATIONS`` i
 in one transaction; opening a newer one is refused (``SchemaVersionError``).
 
 One job per module, each importing only those before it: ``schema`` (the tables and the
-constants that describe them), ``derived`` (the derived columns, sightings, abuse changes
+constants that describe them), ``operations`` (what is live, the policy archive and the
+audit trail), ``derived`` (the derived columns, sightings, abuse changes
 and day tiles, and their refresh), ``bulk`` (``upsert`` and reading tables back), ``live``
 (the serving path's write of one request), ``decisions`` (the decision path's one
 read and the decision row), ``migrations`` (the version steps) and

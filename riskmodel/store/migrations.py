@@ -21,9 +21,12 @@ from riskmodel.store.schema import (
     OUTCOME_COLUMNS,
     SCHEMA_VERSION,
     abuse_changes,
+    audit_log,
     derived_columns,
     entity_days,
+    live_settings,
     metadata,
+    policy_archive,
     schema_info,
     sighting_days,
     sightings,
@@ -55,6 +58,12 @@ def _add_outcomes(conn: Connection) -> None:
             conn.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN {column} {kind}")
 
 
+def _add_operations(conn: Connection) -> None:
+    """Version 8 -> 9: what is live, the policy archive and the audit trail."""
+    for table in (live_settings, policy_archive, audit_log):
+        table.create(conn, checkfirst=True)
+
+
 def _nothing(conn: Connection) -> None:
     """A version that changed derived data only (rebuilt after the steps)."""
 
@@ -70,7 +79,11 @@ _MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     5: _add_rates,  # 6: and amounts in the reporting currency, every entity's day tiles
     6: _add_outcomes,  # 7
     7: _nothing,  # 8: day tiles in key order on SQLite
+    8: _add_operations,  # 9
 }
+# Steps that leave the derived data as it is: a migration made only of these skips the
+# rebuild, which takes minutes on a large store.
+_KEEPS_DERIVED = frozenset({8})
 
 
 def _rebuild_derived(conn: Connection) -> None:
@@ -119,7 +132,8 @@ def ensure_schema(engine: Engine) -> None:
             for version in range(found, SCHEMA_VERSION):
                 _MIGRATIONS[version](conn)
             if found != SCHEMA_VERSION:
-                _rebuild_derived(conn)
+                if not set(range(found, SCHEMA_VERSION)) <= _KEEPS_DERIVED:
+                    _rebuild_derived(conn)
                 conn.execute(schema_info.update().values(version=SCHEMA_VERSION))
     except SchemaVersionError:
         raise

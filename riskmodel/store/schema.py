@@ -38,17 +38,20 @@ __all__ = [
     "TILE_SOURCES",
     "TILE_US",
     "abuse_changes",
+    "audit_log",
     "columns_of",
     "decisions",
     "derived_columns",
     "entity_days",
+    "live_settings",
     "metadata",
+    "policy_archive",
     "schema_info",
     "sighting_days",
     "sightings",
 ]
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 metadata = MetaData()
 
@@ -272,6 +275,43 @@ sighting_days = Table(
     Column("users", BigInteger, nullable=False),
     Column("newest_registration", BigInteger, nullable=False),
     sqlite_with_rowid=False,  # as entity_days
+)
+
+# What is live, for every worker of every replica to follow (``riskmodel.store.operations``):
+# one row per setting ("policy": a policy's SHA-256, "model": a model version, "switch":
+# the kill switch's mode), with who changed it, when and why.
+live_settings = Table(
+    "live_settings",
+    metadata,
+    Column("what", String(16), primary_key=True),
+    Column("value", String(128), nullable=False),
+    Column("changed_at", BigInteger, nullable=False),
+    Column("changed_by", String(128), nullable=False),
+    Column("reason", Text, nullable=True),
+)
+
+# Every policy that was ever made live, under its SHA-256: the file's text and its list
+# files' (JSON), enough to load it again exactly.
+policy_archive = Table(
+    "policy_archive",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("version", String(64), nullable=False),
+    Column("document", Text, nullable=False),
+    Column("archived_at", BigInteger, nullable=False),
+)
+
+# Every change of what is live, in order: deploys, reloads, switches.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", BigInteger, nullable=False),
+    Column("who", String(128), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("value", String(128), nullable=True),
+    Column("reason", Text, nullable=True),
+    Index("ix_audit_log_at", "at"),
 )
 
 schema_info = Table(

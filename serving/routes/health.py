@@ -43,6 +43,7 @@ async def readyz(request: Request, runtime: CurrentRuntime) -> JSONResponse:
         "challenger_version": None if models.challenger is None else models.challenger.version,
         "policy_version": None if policy is None else policy.version,
         "policy_hash": None if policy is None else policy.sha256,
+        "switch": runtime.switch,
     }
     if models.challenger_problem:
         body["warnings"] = [models.challenger_problem.partition(":")[0]]
