@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         rehearse(runtime)
         settle_heap()
         app.state.runtime = runtime
-        following = asyncio.create_task(follow(runtime))
+        following = asyncio.create_task(follow(runtime, chosen.follow_seconds))
         try:
             yield
         finally:

@@ -154,8 +154,10 @@ def apply(runtime: Runtime, change: Change) -> None:
 
 
 async def follow(runtime: Runtime, every: float = FOLLOW_SECONDS) -> None:
-    """Read what is live every ``every`` seconds and apply changes, until cancelled."""
+    """Read what is live every ``every`` seconds and apply changes, until cancelled (the
+    first look is ``every`` after the start, which read it already)."""
     while True:
+        await asyncio.sleep(every)
         try:
             change = await asyncio.to_thread(read_change, runtime)
             if change is not None:
@@ -166,7 +168,6 @@ async def follow(runtime: Runtime, every: float = FOLLOW_SECONDS) -> None:
             runtime.live_problem = f"cannot read what is live: {exc.orig or exc}"
         except Exception:  # a bug must not stop the worker following: logged, retried
             log.exception("following what is live failed")
-        await asyncio.sleep(every)
 
 
 def _warm(runtime: Runtime, models: Models) -> None:

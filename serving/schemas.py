@@ -62,6 +62,7 @@ __all__ = [
     "LabelsIn",
     "OrderRow",
     "OrdersIn",
+    "Reason",
     "ReasonOut",
     "ReviewOut",
     "UsageIn",
@@ -137,6 +138,13 @@ OptionalId = (
     ]
     | None
 )
+Reason = Annotated[
+    str,
+    Field(min_length=1, max_length=500, json_schema_extra={"pattern": ID_PATTERN}),
+    AfterValidator(storable),
+    AfterValidator(trimmed),
+]
+"""Why a person made a change (the audit trail): required text, as an identifier's form."""
 Text = (
     Annotated[
         str,

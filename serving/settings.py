@@ -10,7 +10,7 @@ Every setting has a default that works on a fresh checkout; the environment over
 (``RISKMODEL_DATABASE_URL``, ``RISKMODEL_REGISTRY``, ``RISKMODEL_POLICY``,
 ``RISKMODEL_API_KEYS``, ``RISKMODEL_MAX_BODY_BYTES``, ``RISKMODEL_MAX_BATCH``,
 ``RISKMODEL_SQLITE_SYNCHRONOUS``, ``RISKMODEL_CLOCK_SKEW_SECONDS``,
-``RISKMODEL_LATE_HOURS``).
+``RISKMODEL_LATE_HOURS``, ``RISKMODEL_FOLLOW_SECONDS``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ _ENV = {
     "sqlite_synchronous": "RISKMODEL_SQLITE_SYNCHRONOUS",
     "clock_skew_seconds": "RISKMODEL_CLOCK_SKEW_SECONDS",
     "late_hours": "RISKMODEL_LATE_HOURS",
+    "follow_seconds": "RISKMODEL_FOLLOW_SECONDS",
 }
 
 
@@ -65,6 +66,9 @@ class Settings:
     ``late_hours``: a request dated more than this before a request of the same user,
     order, device, IP or payment account that the service already holds goes to review
     (``DATED_BEFORE_STORED``), whatever the policy says.
+
+    ``follow_seconds``: how often each worker reads what is live from the store
+    (``serving.live``): a deploy or the kill switch reaches every worker within about this.
     """
 
     database_url: str | None = None
@@ -77,6 +81,7 @@ class Settings:
     sqlite_synchronous: str = "FULL"
     clock_skew_seconds: float = 300.0
     late_hours: float = 24.0
+    follow_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:
@@ -94,6 +99,8 @@ class Settings:
             raise ValueError(f"clock_skew_seconds {self.clock_skew_seconds} is below 0")
         if not self.late_hours >= 0:
             raise ValueError(f"late_hours {self.late_hours} is below 0")
+        if not self.follow_seconds > 0:
+            raise ValueError(f"follow_seconds {self.follow_seconds} is not above 0")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -114,4 +121,5 @@ class Settings:
             sqlite_synchronous=(get("sqlite_synchronous") or defaults.sqlite_synchronous).upper(),
             clock_skew_seconds=float(get("clock_skew_seconds") or defaults.clock_skew_seconds),
             late_hours=float(get("late_hours") or defaults.late_hours),
+            follow_seconds=float(get("follow_seconds") or defaults.follow_seconds),
         )

@@ -241,7 +241,8 @@ _ROUTES = {
     ("get", "/v1/reviews"): {401, 403, 422, 503},
     ("post", "/v1/reviews/{request_id}"): {400, 401, 403, 404, 409, 413, 422, 503},
     ("get", "/v1/users/{user_id}/history"): {401, 403, 404, 422, 503},
-    ("post", "/v1/admin/reload"): {400, 401, 403, 413, 422},
+    ("post", "/v1/admin/reload"): {400, 401, 403, 413, 422, 503},
+    ("post", "/v1/admin/switch"): {400, 401, 403, 413, 422, 503},
 }
 
 

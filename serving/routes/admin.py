@@ -3,10 +3,10 @@ every worker; ``POST /v1/admin/switch``: the kill switch."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, StrictBool
 
 from riskmodel.store import reading
 from riskmodel.store.operations import live_now
@@ -14,7 +14,7 @@ from serving.deps import Admin, CurrentRuntime
 from serving.errors import Refused, Unavailable, documented_errors
 from serving.live import Change, apply, deploy_model, deploy_policy, set_switch
 from serving.runtime import load_models, load_policy_file
-from serving.schemas import storable
+from serving.schemas import Reason
 from serving.warm import rehearse, settle_heap
 
 __all__ = ["ReloadIn", "SwitchIn", "reload", "router", "switch"]
@@ -94,7 +94,7 @@ async def reload(
 class SwitchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     mode: Literal["off", "review", "rules"]
-    reason: Annotated[str, Field(min_length=1, max_length=500), AfterValidator(storable)]
+    reason: Reason
 
 
 @router.post(
