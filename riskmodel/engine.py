@@ -84,6 +84,7 @@ __all__ = [
     "decide_with_scorer",
     "request_fields",
     "required_fields",
+    "segment_for",
 ]
 
 REQUEST_FIELDS: Mapping[str, Kind] = {
@@ -330,7 +331,9 @@ def _unknown_money(why: str) -> _Money:
     return _Money(0, (Reason("ENTITLEMENT_UNKNOWN", ReasonKind.POLICY, text),), True)
 
 
-def _segment(row: Mapping[str, Any], policy: Policy) -> Segment | None:
+def segment_for(row: Mapping[str, Any], policy: Policy) -> Segment | None:
+    """The first of ``policy``'s threshold segments the request (its ``amount``,
+    ``product_type`` and ``account_age_days``) falls in; None: the default thresholds."""
     amount = _number(row.get("amount"))
     product = _text(row.get("product_type"))
     age = _number(row.get("account_age_days"))
@@ -446,7 +449,7 @@ def decide(
         reasons.append(Reason(rule.code, ReasonKind.RULE, message))
 
     # Step 3: the model against the segment's thresholds.
-    segment = _segment(row, policy)
+    segment = segment_for(row, policy)
     review_at = spec.thresholds.review if segment is None else segment.review
     block_at = spec.thresholds.block if segment is None else segment.block
     if green and spec.green_channel is not None:

@@ -56,7 +56,7 @@ from sqlalchemy import Engine, and_, func, select, true
 
 from riskmodel import units
 from riskmodel.domain import Decision
-from riskmodel.engine import POLICY_CODES
+from riskmodel.engine import POLICY_CODES, segment_for
 from riskmodel.policy import Policy
 from riskmodel.store import EVENT_TABLES, base_amount, decisions
 
@@ -96,27 +96,10 @@ def model_verdict(
     """The model's verdict on ``score`` under ``policy``'s thresholds: the first matching
     segment's pair (else the default), the review threshold raised for a green-channel
     buyer, as ``riskmodel.engine.decide`` takes it."""
-    thresholds = policy.spec.thresholds
+    row = {"amount": amount, "product_type": product_type, "account_age_days": account_age_days}
+    segment = segment_for(row, policy)
+    thresholds = policy.spec.thresholds if segment is None else segment
     review_at, block_at = thresholds.review, thresholds.block
-    for segment in thresholds.segments:
-        if segment.product_types is not None and product_type not in {
-            p.value for p in segment.product_types
-        }:
-            continue
-        if segment.amount_from is not None and not (
-            amount is not None and amount >= float(segment.amount_from)
-        ):
-            continue
-        if segment.amount_below is not None and not (
-            amount is not None and amount < float(segment.amount_below)
-        ):
-            continue
-        if segment.account_age_below_days is not None and not (
-            account_age_days is None or account_age_days < segment.account_age_below_days
-        ):
-            continue
-        review_at, block_at = segment.review, segment.block
-        break
     gc = policy.spec.green_channel
     if green and gc is not None:
         review_at = min(max(review_at, gc.review_threshold), block_at)
