@@ -1,5 +1,5 @@
 """``riskmodel policy check FILE``: validate a policy file as the service would;
-``riskmodel policy history``: every policy that was ever live, from the store's archive."""
+``riskmodel policy history``: every policy the service ran, from the store's archive."""
 
 from __future__ import annotations
 
@@ -28,9 +28,10 @@ def register(commands: Any) -> None:
     check.set_defaults(handler=_check)
     history = actions.add_parser(
         "history",
-        help="every policy that was ever live, from the store's archive",
-        description="Every policy deployed (riskmodel deploy policy, or a reload), oldest "
-        "first, with its hash; --show HASH prints one's file and list files as archived.",
+        help="every policy the service ran, from the store's archive",
+        description="Every policy deployed (riskmodel deploy policy, or a reload) or run "
+        "from its file by a worker, oldest first, with its hash; --show HASH prints one's "
+        "file and list files as archived.",
     )
     add_database_option(history)
     history.add_argument("--show", metavar="HASH", help="print this archived policy (a prefix)")

@@ -40,6 +40,7 @@ LISTED = {
     "deploy": "make a policy or a model live on every worker",
     "switch": "the kill switch: every decision to review, or rules without the model",
     "live": "what is live (policy, model, switch) and the latest changes",
+    "replay": "decide a stored request again with what it was decided with; show differences",
     "train": "train, calibrate and register a model; write its report",
     "score": "score refund requests with a registered model (batch)",
     "evaluate": "evaluate a model on a later period; compare it with another",

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from serving.errors import install_error_handlers
 from serving.gate import KeyGate
 from serving.limits import BodyLimit
-from serving.live import apply, follow, read_change
+from serving.live import apply, follow, keep_policy, read_change
 from serving.routes import admin, decisions, events, health, reviews, users
 from serving.runtime import Runtime
 from serving.settings import Settings
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else:
             if change is not None:
                 apply(runtime, change)
+        keep_policy(runtime)
         rehearse(runtime)
         settle_heap()
         app.state.runtime = runtime

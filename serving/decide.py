@@ -52,6 +52,7 @@ from riskmodel.engine import (
     Outcome,
     Reason,
     ReasonKind,
+    Scorer,
     decide_with_scorer,
     request_fields,
 )
@@ -65,6 +66,7 @@ from riskmodel.store import (
     reading,
     request_hash,
 )
+from riskmodel.store.operations import LiveSetting
 from serving.errors import AheadOfClock, Conflict
 from serving.record import DecisionRecord
 from serving.runtime import Models, Runtime
@@ -73,6 +75,7 @@ from serving.writer import Write, counted_keys
 __all__ = [
     "Answer",
     "decide_one",
+    "evaluate",
     "late_hold",
     "order_view",
     "store_row",
@@ -278,29 +281,19 @@ def _decide(
     policy: Policy,
     now: datetime,
 ) -> tuple[Write, Outcome]:
-    """Step 4: features, score and policy; the decision to write, and the outcome.
-
-    The models score the features as of the request's time, exactly as offline. The
-    policy reads what the store holds whatever its time: a request dated before others
-    of its buyer that arrived first must not dodge the counts by its date
-    (``stored_view``), nor be decided as its order's first refund (``order_view``;
-    ``serving.writer`` checks again as it writes). One dated long before them goes to
-    review (``late_hold``).
-    """
+    """Step 4: the outcome (``evaluate``) and the decision to write."""
     models = runtime.models
-    values = features.online_features(conn, row, context=context)
-    stored = stored_view(conn, row, context)
-    view = order_view(values, context.others, int(row["amount"]))
-    fields = {**stored, **request_fields(request, _order(context)), **view}
-    holds = late_hold(row, context, runtime.settings.late_hours) + switched(runtime)
-    outcome = decide_with_scorer(
-        models.champion,
-        fields,
-        values,
+    switch = runtime.live.get("switch")
+    outcome, values, view = evaluate(
+        conn,
+        request,
+        row,
+        context,
         policy,
-        decided_at=now,
-        holds=holds,
-        rules_only=runtime.switch == "rules",
+        models.champion,
+        holds=late_hold(row, context, runtime.settings.late_hours) + switched(switch),
+        rules_only=switch is not None and switch.value == "rules",
+        now=now,
     )
     order = context.order
     write = Write(
@@ -317,6 +310,40 @@ def _decide(
         order_counted=int(view.get("order_earlier_refunds", values["order_earlier_refunds"])),
     )
     return write, outcome
+
+
+def evaluate(
+    conn: Connection,
+    request: RefundRequest,
+    row: Mapping[str, Any],
+    context: RequestContext,
+    policy: Policy,
+    champion: Scorer | None,
+    *,
+    holds: Sequence[Reason],
+    rules_only: bool,
+    now: datetime,
+    later_stored: bool = True,
+) -> tuple[Outcome, dict[str, Any], dict[str, float]]:
+    """Features, score and policy: the outcome, the features and the order's view.
+
+    The model scores the features as of the request's time, exactly as offline. The
+    policy reads what the store holds whatever its time: a request dated before others
+    of its buyer that arrived first must not dodge the counts by its date
+    (``stored_view``; not with ``later_stored`` false), nor be decided as its order's
+    first refund (``order_view``; ``serving.writer`` checks again as it writes).
+    ``holds``: reviews from outside the policy (``late_hold``, ``switched``);
+    ``rules_only``: the kill switch's rules without the model. Also what
+    ``serving.replay`` decides again with.
+    """
+    values = features.online_features(conn, row, context=context)
+    stored = stored_view(conn, row, context) if later_stored else {}
+    view = order_view(values, context.others, int(row["amount"]))
+    fields = {**stored, **request_fields(request, _order(context)), **view}
+    outcome = decide_with_scorer(
+        champion, fields, values, policy, decided_at=now, holds=holds, rules_only=rules_only
+    )
+    return outcome, values, view
 
 
 def _order(context: RequestContext) -> Order:
@@ -369,11 +396,10 @@ def late_hold(row: Mapping[str, Any], context: RequestContext, late_hours: float
     ]
 
 
-def switched(runtime: Runtime) -> list[Reason]:
+def switched(setting: LiveSetting | None) -> list[Reason]:
     """The kill switch's review reason, when it sends every decision to review."""
-    if runtime.switch != "review":
+    if setting is None or setting.value != "review":
         return []
-    setting = runtime.live["switch"]
     why = f": {setting.reason}" if setting.reason else ""
     return [
         Reason(

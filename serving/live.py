@@ -26,6 +26,7 @@ from riskmodel.store import reading
 from riskmodel.store.operations import (
     ArchivedPolicy,
     LiveSetting,
+    archive,
     archived_policy,
     live_now,
     set_live,
@@ -38,9 +39,11 @@ __all__ = [
     "FOLLOW_SECONDS",
     "Change",
     "apply",
+    "archived",
     "deploy_model",
     "deploy_policy",
     "follow",
+    "keep_policy",
     "policy_of",
     "read_change",
     "set_switch",
@@ -53,10 +56,14 @@ FOLLOW_SECONDS = 1.0
 long, plus the time to load it."""
 
 
+def archived(policy: Policy) -> ArchivedPolicy:
+    """``policy`` as the archive keeps it."""
+    return ArchivedPolicy(policy.sha256, policy.version, policy.text, policy.list_files, 0)
+
+
 def deploy_policy(engine: Engine, policy: Policy, *, who: str, reason: str | None) -> None:
     """Make a validated ``policy`` live everywhere (archived under its hash)."""
-    archived = ArchivedPolicy(policy.sha256, policy.version, policy.text, policy.list_files, 0)
-    set_live(engine, "policy", policy.sha256, who=who, reason=reason, policy=archived)
+    set_live(engine, "policy", policy.sha256, who=who, reason=reason, policy=archived(policy))
 
 
 def deploy_model(engine: Engine, version: str, *, who: str, reason: str | None) -> None:
@@ -69,23 +76,36 @@ def set_switch(engine: Engine, mode: str, *, who: str, reason: str | None) -> No
     set_live(engine, "switch", mode, who=who, reason=reason)
 
 
-def policy_of(archived: ArchivedPolicy) -> Policy:
+def keep_policy(runtime: Runtime) -> None:
+    """Archive the policy the worker starts with (its file, before any deploy), so that
+    every decision's ``policy_hash`` finds its text (``serving.replay``)."""
+    engine = runtime.store.available()
+    if engine is None or runtime.policy is None:
+        return
+    try:
+        with engine.begin() as conn:
+            archive(conn, archived(runtime.policy))
+    except DBAPIError as exc:  # two workers starting at once: the other one kept it
+        log.info("policy not archived at start: %s", exc.orig or exc)
+
+
+def policy_of(kept: ArchivedPolicy) -> Policy:
     """The archived policy, loaded as a file is (its list files beside it) and checked
     against its hash: a tampered archive is refused (``Refused``)."""
     with tempfile.TemporaryDirectory(prefix="riskmodel-policy-") as folder:
         root = Path(folder)
         path = root / "policy.yaml"
-        path.write_text(archived.text, encoding="utf-8")
-        for name, text in archived.list_files.items():
+        path.write_text(kept.text, encoding="utf-8")
+        for name, text in kept.list_files.items():
             target = (root / name).resolve()
             if not target.is_relative_to(root.resolve()):
-                raise Refused(f"archived policy {archived.sha256[:12]}: list file {name!r}")
+                raise Refused(f"archived policy {kept.sha256[:12]}: list file {name!r}")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text, encoding="utf-8")
         policy = load_policy_file(path)
-    if policy.sha256 != archived.sha256:
+    if policy.sha256 != kept.sha256:
         raise Refused(
-            f"archived policy {archived.sha256[:12]} does not match its hash "
+            f"archived policy {kept.sha256[:12]} does not match its hash "
             f"({policy.sha256[:12]}): the archive was changed; the policy in service stays"
         )
     return policy

@@ -166,7 +166,8 @@ def test_deploy_from_the_command_line_archives_every_policy(
     capsys.readouterr()
     assert main(["policy", "history", "--database-url", url]) == 0
     listed = capsys.readouterr().out.splitlines()
-    assert [line.split()[2:] for line in listed] == [["cli-1"], ["cli-2", "(live)"]]
+    # The file the workers started with, then the two deploys.
+    assert [line.split()[2:] for line in listed] == [["starter-3"], ["cli-1"], ["cli-2", "(live)"]]
     assert main(["live", "--database-url", url]) == 0
     assert "policy set" in capsys.readouterr().out
 
@@ -180,7 +181,7 @@ def test_a_tampered_archive_is_refused_and_the_worker_keeps_the_last_good(
     engine = store.open_store(one.settings.database_url)
     try:
         with engine.begin() as conn:
-            (live,) = policy_history(conn)
+            live = next(p for p in policy_history(conn) if p.version == "good-1")
             # Its text changed behind the service's back: the hash no longer matches.
             document = {"text": live.text.replace("review: 0.", "review: 0.0"), "list_files": {}}
             conn.execute(
@@ -203,3 +204,36 @@ def test_a_tampered_archive_is_refused_and_the_worker_keeps_the_last_good(
     # It kept the policy it had (its file), and says which.
     assert answer.status_code == 200
     assert answer.json()["policy_version"] == ready.json()["policy_version"] == "good-1"
+
+
+def test_a_decision_replays_the_same_and_a_tampered_one_shows_its_difference(
+    pair: tuple[Service, Service], capsys: pytest.CaptureFixture[str]
+) -> None:
+    one, _ = pair
+    url = one.settings.database_url or ""
+    registry = str(one.settings.registry)
+    one.decide(body(request_id="replay-1"))
+    one.client.post(
+        "/v1/admin/switch", json={"mode": "review", "reason": "drill"}, headers=one.headers("admin")
+    )
+    held = one.decide(body(request_id="replay-2", order_id="o3", amount="5.00")).json()
+    assert "KILL_SWITCH" in {r["code"] for r in held["reasons"]}
+
+    for request_id in ("replay-1", "replay-2"):
+        code = main(["replay", request_id, "--database-url", url, "--registry", registry])
+        assert code == 0, capsys.readouterr().out
+    assert "the same decision" in capsys.readouterr().out
+
+    engine = store.open_store(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                update(store.decisions)
+                .where(store.decisions.c.request_id == "replay-1")
+                .values(approved_amount=999_999, decision="approve")
+            )
+    finally:
+        engine.dispose()
+    assert main(["replay", "replay-1", "--database-url", url, "--registry", registry]) == 1
+    shown = capsys.readouterr().out
+    assert "approved amount: stored 9999.99" in shown

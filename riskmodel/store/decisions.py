@@ -168,9 +168,12 @@ def _context_sql(dialect: str) -> str:
     )
 
 
-def decision_context(conn: Connection, row: Mapping[str, Any]) -> Replay | Misfit | RequestContext:
+def decision_context(
+    conn: Connection, row: Mapping[str, Any], *, again: bool = False
+) -> Replay | Misfit | RequestContext:
     """The one read before a decision of ``row`` (a refund request in store units): the
     decision already stored under its id, else what does not fit, else the context.
+    ``again``: the context even when a decision is stored (to decide it again).
 
     One statement for the decision, the order, its rate and the user; one for the order's
     other requests; one for the newest request of its entities."""
@@ -180,7 +183,7 @@ def decision_context(conn: Connection, row: Mapping[str, Any]) -> Replay | Misfi
     assert found is not None  # the outer joins always yield their one row
     n, m = len(DECISION_COLUMNS), len(_ORDER)
     decision = dict(zip(DECISION_COLUMNS, found[:n], strict=True))
-    if decision["request_id"] is not None:
+    if decision["request_id"] is not None and not again:
         return Replay(decision)
     order = dict(zip(_ORDER, found[n : n + m], strict=True))
     rate = found[n + m]

@@ -26,6 +26,7 @@ __all__ = [
     "ArchivedPolicy",
     "AuditLine",
     "LiveSetting",
+    "archive",
     "archived_policy",
     "audit_trail",
     "live_now",
@@ -97,19 +98,7 @@ def set_live(
     row = {"value": value, "changed_at": now, "changed_by": who, "reason": reason}
     with engine.begin() as conn:
         if policy is not None:
-            known = conn.execute(
-                select(policy_archive.c.sha256).where(policy_archive.c.sha256 == policy.sha256)
-            ).first()
-            if known is None:
-                document = {"text": policy.text, "list_files": dict(policy.list_files)}
-                conn.execute(
-                    insert(policy_archive).values(
-                        sha256=policy.sha256,
-                        version=policy.version,
-                        document=json.dumps(document, sort_keys=True),
-                        archived_at=now,
-                    )
-                )
+            archive(conn, policy)
         changed = conn.execute(
             update(live_settings).where(live_settings.c.what == what).values(**row)
         ).rowcount
@@ -118,6 +107,24 @@ def set_live(
         conn.execute(
             insert(audit_log).values(
                 at=now, who=who, action=f"{what} set", value=value, reason=reason
+            )
+        )
+
+
+def archive(conn: Connection, policy: ArchivedPolicy) -> None:
+    """Keep ``policy`` under its hash, unless it is kept already (in the caller's
+    transaction): a decision's ``policy_hash`` then always finds its text."""
+    known = conn.execute(
+        select(policy_archive.c.sha256).where(policy_archive.c.sha256 == policy.sha256)
+    ).first()
+    if known is None:
+        document = {"text": policy.text, "list_files": dict(policy.list_files)}
+        conn.execute(
+            insert(policy_archive).values(
+                sha256=policy.sha256,
+                version=policy.version,
+                document=json.dumps(document, sort_keys=True),
+                archived_at=micros(datetime.now(UTC)),
             )
         )
 

@@ -1,5 +1,7 @@
 """``riskmodel deploy policy FILE`` / ``deploy model VERSION``, ``riskmodel switch MODE``
-and ``riskmodel live``: change what every worker of every replica runs, and see it.
+and ``riskmodel live``: change what every worker of every replica runs, and see it;
+``riskmodel replay REQUEST_ID``: decide a stored request again with what it was decided
+with (``serving.replay``).
 
 Each change is validated first (the policy against the feature catalogue, the model
 loaded from the registry and checked against the catalogue) and refused whole with the
@@ -23,7 +25,7 @@ _MODES = ("off", "review", "rules")
 
 
 def register(commands: Any) -> None:
-    """Add ``deploy``, ``switch`` and ``live`` to the ``riskmodel`` parser."""
+    """Add ``deploy``, ``switch``, ``live`` and ``replay`` to the ``riskmodel`` parser."""
     deploy = commands.add_parser(
         "deploy",
         help="make a policy or a model live on every worker",
@@ -56,6 +58,18 @@ def register(commands: Any) -> None:
     add_database_option(live)
     live.add_argument("--last", type=int, default=20, help="changes to show (20)")
     live.set_defaults(handler=_show)
+
+    replay = commands.add_parser(
+        "replay",
+        help="decide a stored request again with what it was decided with; show differences",
+        description="Decides REQUEST_ID again with the policy text of its stored hash (from "
+        "the archive), the model of its stored version and its features as of its time, "
+        "and prints every difference from the stored decision (exit status 1 if any).",
+    )
+    replay.add_argument("request_id")
+    add_database_option(replay)
+    replay.add_argument("--registry", default="data/registry", help="(data/registry)")
+    replay.set_defaults(handler=_replay)
 
 
 def _common(parser: argparse.ArgumentParser, *, reason_required: bool = False) -> None:
@@ -114,6 +128,32 @@ def _switch(args: argparse.Namespace) -> int:
         engine.dispose()
     print(f"kill switch {args.mode}; workers follow within 2 s")
     return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from riskmodel.store import open_store
+    from serving.replay import replay
+
+    engine = open_store(args.database_url)
+    try:
+        found = replay(engine, Path(args.registry), args.request_id)
+    finally:
+        engine.dispose()
+    stored = found.stored
+    print(
+        f"{stored.request_id}: stored {stored.decision}, policy {stored.policy_version} "
+        f"({str(stored.policy_hash)[:12]}), model {stored.model_version}, decided "
+        f"{iso(stored.decided_at)}"
+    )
+    if not found.differences:
+        print("decided again: the same decision, amount, score and reasons")
+        return 0
+    print("decided again, with differences:")
+    for difference in found.differences:
+        print(f"  {difference}")
+    return 1
 
 
 def _show(args: argparse.Namespace) -> int:
