@@ -5,12 +5,16 @@ nothing anywhere; every live policy is archived and every change audited."""
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import update
 
@@ -237,3 +241,56 @@ def test_a_decision_replays_the_same_and_a_tampered_one_shows_its_difference(
     assert main(["replay", "replay-1", "--database-url", url, "--registry", registry]) == 1
     shown = capsys.readouterr().out
     assert "approved amount: stored 9999.99" in shown
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.postgres
+def test_two_replicas_in_their_own_processes_follow_one_deploy(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Two ``riskmodel serve`` processes, two workers each, on one PostgreSQL store: a
+    deploy from the command line reaches every worker of both within two seconds."""
+    engine = store.open_store(postgres_url, create=False)
+    store.drop_everything(engine)
+    engine.dispose()
+    load_tiny(postgres_url)
+    settings, _ = make_settings(tmp_path, postgres_url)
+    ports = [_free_port(), _free_port()]
+
+    def serve(port: int) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "riskmodel.cli", "serve", "--port", str(port),
+                   "--workers", "2", "--database-url", postgres_url,
+                   "--registry", str(settings.registry), "--policy", str(settings.policy),
+                   "--api-keys", str(settings.api_keys), "--log-level", "warning"]  # fmt: skip
+        return subprocess.Popen(command)
+
+    replicas = [serve(port) for port in ports]
+    try:
+        urls = [f"http://127.0.0.1:{port}" for port in ports]
+
+        def versions() -> set[str]:
+            found = set()
+            for url in urls:
+                for _ in range(8):  # new connections: the kernel spreads them over workers
+                    try:
+                        found.add(httpx.get(f"{url}/readyz", timeout=5).json()["policy_version"])
+                    except httpx.HTTPError:
+                        found.add("not answering")
+            return found
+
+        _within(60, lambda: versions() == {"starter-3"})
+        policy = settings.policy
+        policy.write_text(policy.read_text().replace("version: starter-3", "version: replica-1"))
+        assert main(["deploy", "policy", str(policy), "--database-url", postgres_url]) == 0
+
+        _within(_REACH_SECONDS, lambda: versions() == {"replica-1"})
+    finally:
+        for replica in replicas:
+            replica.terminate()
+        for replica in replicas:
+            replica.wait(timeout=30)
