@@ -130,6 +130,7 @@ def register(commands: Any) -> None:
     create.add_argument(
         "--json", action="store_true", help="print caller, roles, key and file as JSON"
     )
+    _audit_options(create)
     create.set_defaults(handler=_keys_create)
     listing = actions.add_parser(
         "list", help="key ids, callers, roles and creation times (never the keys)"
@@ -147,7 +148,20 @@ def register(commands: Any) -> None:
     which.add_argument("--caller", help="remove every key of this caller")
     which.add_argument("--id", dest="key_id", help="remove the key with this id (keys list)")
     _keys_option(revoke)
+    _audit_options(revoke)
     revoke.set_defaults(handler=_keys_revoke)
+
+
+def _audit_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        help="the store whose audit trail notes the change (default: "
+        "$RISKMODEL_DATABASE_URL; neither: not noted)",
+    )
+    parser.add_argument(
+        "--by", help="who makes the change, for the store's audit trail (the login name)"
+    )
+    parser.add_argument("--reason", help="why, for the store's audit trail")
 
 
 def _keys_option(parser: argparse.ArgumentParser) -> None:
@@ -292,6 +306,7 @@ def _keys_create(args: argparse.Namespace) -> int:
     names = [r.value for r in roles]
     if args.json:
         print(json.dumps({"caller": args.caller, "roles": names, "key": key, "file": str(path)}))
+        _audit(args, "key created", f"{args.caller} ({', '.join(names)})")
         return 0
     print(f"a new key for caller {args.caller!r}, roles {', '.join(names)}:")
     print(f"\n    {key}\n")
@@ -300,6 +315,7 @@ def _keys_create(args: argparse.Namespace) -> int:
         f"kept, in {path}."
     )
     print("The caller sends it as the header  Authorization: Bearer <key>")
+    _audit(args, "key created", f"{args.caller} ({', '.join(names)})")
     return 0
 
 
@@ -330,4 +346,28 @@ def _keys_revoke(args: argparse.Namespace) -> int:
     if removed == 0:
         raise ServeError(f"keys revoke: no key of {which} in {path}")
     print(f"revoked {removed} key(s) of {which}; the service refuses them from its next request")
+    _audit(args, "key revoked", args.caller or args.key_id)
     return 0
+
+
+def _audit(args: argparse.Namespace, action: str, value: str) -> None:
+    """A line of the store's audit trail for a key change, when a store is named
+    (``--database-url`` or ``$RISKMODEL_DATABASE_URL``): the keys file is the service's own,
+    the trail is where risk managers look. The change stands if the store cannot be written."""
+    import getpass
+
+    from riskmodel.store import DATABASE_URL_ENV, open_store
+    from riskmodel.store.operations import note
+
+    url = args.database_url or os.environ.get(DATABASE_URL_ENV)
+    if not url:
+        return
+    try:
+        engine = open_store(url)
+        try:
+            with engine.begin() as conn:
+                note(conn, action, value, who=args.by or getpass.getuser(), reason=args.reason)
+        finally:
+            engine.dispose()
+    except RiskModelError as exc:
+        print(f"warning: not written to the audit trail: {exc}", file=sys.stderr)

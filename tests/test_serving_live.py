@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -36,6 +37,10 @@ def pair(database_url: str, tmp_path: Path) -> Iterator[tuple[Service, Service]]
     with ExitStack() as stack:
         one = stack.enter_context(TestClient(create_app(settings), raise_server_exceptions=False))
         two = stack.enter_context(TestClient(create_app(settings), raise_server_exceptions=False))
+        # Each builds its routes alone before any test sends from threads (FastAPI builds
+        # them at the first request, under warnings.catch_warnings, not thread-safe).
+        for client in (one, two):
+            assert client.get("/healthz").status_code == 200
         yield Service(one, settings, keys), Service(two, settings, keys)
 
 
@@ -294,3 +299,80 @@ def test_two_replicas_in_their_own_processes_follow_one_deploy(
             replica.terminate()
         for replica in replicas:
             replica.wait(timeout=30)
+
+
+def test_deploys_and_the_switch_under_load_answer_no_error(
+    pair: tuple[Service, Service],
+) -> None:
+    """Decisions keep coming on both workers while the policy is deployed twice and the
+    switch goes on and off: every call is answered 200, none degraded."""
+    one, two = pair
+    stop = threading.Event()
+    statuses: list[int] = []
+    degraded: list[str] = []
+
+    def traffic(svc: Service, name: str) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            answer = svc.decide(body(request_id=f"{name}-{n}", amount="1.00"))
+            statuses.append(answer.status_code)
+            if answer.status_code == 200 and "DEGRADED" in {
+                r["code"] for r in answer.json()["reasons"]
+            }:
+                degraded.append(f"{name}-{n}")
+
+    senders = [
+        threading.Thread(target=traffic, args=(svc, f"load-{i}"))
+        for i, svc in enumerate((one, two, one, two))
+    ]
+    for sender in senders:
+        sender.start()
+    try:
+        admin = one.headers("admin")
+        for i in range(2):
+            _new_policy(one, f"load-{i}")
+            assert one.client.post("/v1/admin/reload", headers=admin).status_code == 200
+            for mode in ("review", "off"):
+                switched = one.client.post(
+                    "/v1/admin/switch", json={"mode": mode, "reason": "drill"}, headers=admin
+                )
+                assert switched.status_code == 200
+            one.settings.policy.write_text(
+                one.settings.policy.read_text().replace(f"version: load-{i}", "version: starter-3")
+            )
+        _within(_REACH_SECONDS, lambda: _ready(two)["policy_version"] == "load-1")
+    finally:
+        stop.set()
+        for sender in senders:
+            sender.join()
+
+    assert len(statuses) > 20
+    assert set(statuses) == {200}
+    assert degraded == []
+
+
+def test_key_changes_are_in_the_audit_trail_when_a_store_is_named(
+    database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = str(tmp_path / "api_keys.json")
+    named = ["--api-keys", keys, "--database-url", database_url, "--by", "sec-ops"]
+
+    assert main(["keys", "create", "--caller", "pipeline", "--role", "decide", *named]) == 0
+    assert main(["keys", "revoke", "--caller", "pipeline", *named, "--reason", "rotated"]) == 0
+    # Without a store named, the key changes and nothing is written anywhere else.
+    assert (
+        main(["keys", "create", "--caller", "other", "--role", "review", "--api-keys", keys]) == 0
+    )
+    capsys.readouterr()
+
+    engine = store.open_store(database_url)
+    try:
+        with engine.connect() as conn:
+            trail = [(line.action, line.value, line.who, line.reason) for line in audit_trail(conn)]
+    finally:
+        engine.dispose()
+    assert trail == [
+        ("key revoked", "pipeline", "sec-ops", "rotated"),
+        ("key created", "pipeline (decide)", "sec-ops", None),
+    ]

@@ -30,6 +30,7 @@ __all__ = [
     "archived_policy",
     "audit_trail",
     "live_now",
+    "note",
     "policy_history",
     "set_live",
 ]
@@ -104,11 +105,18 @@ def set_live(
         ).rowcount
         if changed == 0:
             conn.execute(insert(live_settings).values(what=what, **row))
-        conn.execute(
-            insert(audit_log).values(
-                at=now, who=who, action=f"{what} set", value=value, reason=reason
-            )
+        note(conn, f"{what} set", value, who=who, reason=reason)
+
+
+def note(
+    conn: Connection, action: str, value: str | None, *, who: str, reason: str | None = None
+) -> None:
+    """A line of the audit trail, in the caller's transaction."""
+    conn.execute(
+        insert(audit_log).values(
+            at=micros(datetime.now(UTC)), who=who, action=action, value=value, reason=reason
         )
+    )
 
 
 def archive(conn: Connection, policy: ArchivedPolicy) -> None:
