@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import argparse
 import getpass
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from riskmodel.cli import add_database_option
 from riskmodel.units import iso
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = ["register"]
 
@@ -78,21 +83,28 @@ def _common(parser: argparse.ArgumentParser, *, reason_required: bool = False) -
     parser.add_argument("--reason", required=reason_required, help="why, for the audit trail")
 
 
+@contextmanager
+def _store(args: argparse.Namespace) -> Iterator[Engine]:
+    from riskmodel.store import open_store
+
+    engine = open_store(args.database_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
 def _who(args: argparse.Namespace) -> str:
     return str(args.by or getpass.getuser())
 
 
 def _deploy_policy(args: argparse.Namespace) -> int:
     from features.policy_fields import load_with_catalogue
-    from riskmodel.store import open_store
     from serving.live import deploy_policy
 
     policy = load_with_catalogue(args.file)  # refused here, with every problem placed
-    engine = open_store(args.database_url)
-    try:
+    with _store(args) as engine:
         deploy_policy(engine, policy, who=_who(args), reason=args.reason)
-    finally:
-        engine.dispose()
     print(f"policy {policy.version} ({policy.sha256[:12]}) is live; workers follow within 2 s")
     return 0
 
@@ -100,7 +112,6 @@ def _deploy_policy(args: argparse.Namespace) -> int:
 def _deploy_model(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from riskmodel.store import open_store
     from serving.live import deploy_model
     from serving.runtime import load_models
 
@@ -108,24 +119,17 @@ def _deploy_model(args: argparse.Namespace) -> int:
     if models.champion is None:
         print(f"error: {models.problem}; the live model stays")
         return 1
-    engine = open_store(args.database_url)
-    try:
+    with _store(args) as engine:
         deploy_model(engine, models.champion.version, who=_who(args), reason=args.reason)
-    finally:
-        engine.dispose()
     print(f"model {models.champion.version} is live; workers follow within 2 s")
     return 0
 
 
 def _switch(args: argparse.Namespace) -> int:
-    from riskmodel.store import open_store
     from serving.live import set_switch
 
-    engine = open_store(args.database_url)
-    try:
+    with _store(args) as engine:
         set_switch(engine, args.mode, who=_who(args), reason=args.reason)
-    finally:
-        engine.dispose()
     print(f"kill switch {args.mode}; workers follow within 2 s")
     return 0
 
@@ -133,14 +137,10 @@ def _switch(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from riskmodel.store import open_store
     from serving.replay import replay
 
-    engine = open_store(args.database_url)
-    try:
+    with _store(args) as engine:
         found = replay(engine, Path(args.registry), args.request_id)
-    finally:
-        engine.dispose()
     stored = found.stored
     print(
         f"{stored.request_id}: stored {stored.decision}, policy {stored.policy_version} "
@@ -157,16 +157,12 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from riskmodel.store import open_store, reading
+    from riskmodel.store import reading
     from riskmodel.store.operations import audit_trail, live_now
 
-    engine = open_store(args.database_url)
-    try:
-        with reading(engine) as conn:
-            settings = live_now(conn)
-            trail = audit_trail(conn, args.last)
-    finally:
-        engine.dispose()
+    with _store(args) as engine, reading(engine) as conn:
+        settings = live_now(conn)
+        trail = audit_trail(conn, args.last)
     for what in ("policy", "model", "switch"):
         found = settings.get(what)
         if found is None:
