@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 from pydantic import BaseModel
-from sqlalchemy import Connection, Engine, and_, exists, select
+from sqlalchemy import Connection, Engine, and_, exists, func, select
 
 from riskmodel import dataset, units
 from riskmodel.dataset import EXTRA, Kind
@@ -70,8 +70,10 @@ def _decision_row(row: Any) -> dict[str, Any]:
     return DecisionRecord.from_row(row._mapping).render(stored=True, replayed=False)
 
 
-def user_history(runtime: Runtime, user_id: str, limit: int) -> dict[str, Any]:
-    """The user, and their latest orders, refund requests, decisions and labels."""
+def user_history(runtime: Runtime, user_id: str, limit: int, offset: int = 0) -> dict[str, Any]:
+    """The user, and a page of their orders, refund requests, decisions and labels, each
+    newest first: ``limit`` of each from the ``offset``-th, with how many there are in all
+    (``totals``), so that a caller always knows what it has not seen."""
     users, orders = EVENT_TABLES["users"], EVENT_TABLES["orders"]
     requests, labels = EVENT_TABLES["refund_requests"], EVENT_TABLES["labels"]
 
@@ -79,31 +81,42 @@ def user_history(runtime: Runtime, user_id: str, limit: int) -> dict[str, Any]:
         return [EVENT_TABLES[table].c[n] for n in columns_of(table)]
 
     mine = select(requests.c.request_id).where(requests.c.user_id == user_id)
+    counted = {
+        "orders": select(func.count()).where(orders.c.user_id == user_id),
+        "refund_requests": select(func.count()).where(requests.c.user_id == user_id),
+        "decisions": select(func.count()).where(decisions.c.request_id.in_(mine)),
+        "labels": select(func.count()).where(labels.c.request_id.in_(mine)),
+    }
     with _engine(runtime).begin() as conn:
+        totals = {name: int(conn.execute(query).scalar_one()) for name, query in counted.items()}
         user = conn.execute(select(*columns("users")).where(users.c.user_id == user_id)).first()
         found_orders = conn.execute(
             select(*columns("orders"))
             .where(orders.c.user_id == user_id)
-            .order_by(orders.c.paid_at.desc())
+            .order_by(orders.c.paid_at.desc(), orders.c.order_id)
             .limit(limit)
+            .offset(offset)
         ).all()
         found_requests = conn.execute(
             select(*columns("refund_requests"))
             .where(requests.c.user_id == user_id)
-            .order_by(requests.c.requested_at.desc())
+            .order_by(requests.c.requested_at.desc(), requests.c.request_id)
             .limit(limit)
+            .offset(offset)
         ).all()
         found_decisions = conn.execute(
             select(decisions)
             .where(decisions.c.request_id.in_(mine))
-            .order_by(decisions.c.decided_at.desc())
+            .order_by(decisions.c.decided_at.desc(), decisions.c.request_id)
             .limit(limit)
+            .offset(offset)
         ).all()
         found_labels = conn.execute(
             select(*columns("labels"))
             .where(labels.c.request_id.in_(mine))
-            .order_by(labels.c.labeled_at.desc())
+            .order_by(labels.c.labeled_at.desc(), labels.c.request_id)
             .limit(limit)
+            .offset(offset)
         ).all()
     # Raised once the reads are committed: a rollback would drop the connection's prepared
     # statements on PostgreSQL (``riskmodel.store.reading``).
@@ -115,6 +128,9 @@ def user_history(runtime: Runtime, user_id: str, limit: int) -> dict[str, Any]:
         "refund_requests": [_event("refund_requests", r) for r in found_requests],
         "decisions": [_decision_row(r) for r in found_decisions],
         "labels": [_event("labels", r) for r in found_labels],
+        "offset": offset,
+        "limit": limit,
+        "totals": totals,
     }
 
 

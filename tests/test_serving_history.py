@@ -201,6 +201,39 @@ def test_a_users_history_for_support_staff(service: Service) -> None:
     assert denied.status_code == 403
 
 
+def test_a_long_history_comes_in_pages_and_says_how_much_there_is(service: Service) -> None:
+    orders = [
+        {
+            "order_id": f"page-{i}",
+            "user_id": "u2",
+            "product_type": "service",
+            "amount": "1.00",
+            "paid_at": f"2026-01-1{i}T00:00:00Z",
+        }
+        for i in range(5)
+    ]
+    ingest = service.headers("ingest")
+    assert service.client.post(
+        "/v1/events/orders", json={"rows": orders}, headers=ingest
+    ).is_success
+    review = service.headers("review")
+
+    def page(**params: int) -> dict[str, Any]:
+        found = service.client.get("/v1/users/u2/history", params=params, headers=review)
+        assert found.status_code == 200, found.text
+        answer: dict[str, Any] = found.json()
+        return answer
+
+    first, last = page(limit=3), page(limit=3, offset=6)
+    every = [o["order_id"] for o in page(limit=3)["orders"] + page(limit=3, offset=3)["orders"]]
+
+    assert first["totals"]["orders"] == 7  # the five above and the tiny history's two
+    assert [o["order_id"] for o in first["orders"]] == ["page-4", "page-3", "page-2"]
+    assert len(set(every)) == 6  # two pages, nothing seen twice
+    assert [o["order_id"] for o in last["orders"]] == ["o3"]
+    assert (last["offset"], last["limit"]) == (6, 3)
+
+
 @pytest.mark.parametrize(
     ("path", "params"),
     [
@@ -208,6 +241,7 @@ def test_a_users_history_for_support_staff(service: Service) -> None:
         ("/v1/reviews", {"limit": 0}),
         ("/v1/users/u%00/history", {}),
         ("/v1/users/u2/history", {"limit": 100_000}),
+        ("/v1/users/u2/history", {"offset": -1}),
     ],
 )
 def test_bad_parameters_are_422_on_every_store(

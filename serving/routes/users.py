@@ -27,6 +27,8 @@ async def history(
     runtime: CurrentRuntime,
     _: Reviewer,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> dict[str, Any]:
-    """The user and their latest orders, refund requests, decisions and labels (role review)."""
-    return user_history(runtime, user_id, limit)
+    """A page of the user's orders, refund requests, decisions and labels, each newest
+    first, and how many of each there are in all (``totals``) (role review)."""
+    return user_history(runtime, user_id, limit, offset)
