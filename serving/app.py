@@ -24,7 +24,7 @@ from serving.errors import install_error_handlers
 from serving.gate import KeyGate
 from serving.limits import BodyLimit
 from serving.live import apply, follow, keep_policy, read_change
-from serving.routes import admin, decisions, events, health, reviews, users
+from serving.routes import admin, decisions, events, health, reviews, rules, users
 from serving.runtime import Runtime
 from serving.settings import Settings
 from serving.warm import rehearse, settle_heap
@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     install_error_handlers(app)
-    for module in (decisions, events, reviews, users, admin, health):
+    for module in (decisions, events, reviews, users, admin, health, rules):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=chosen.max_body_bytes)
     app.add_middleware(KeyGate)  # added last, so outermost: before the body is read

@@ -12,6 +12,7 @@ most two decimals (as in the dataset files); deadlines are hours.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Annotated, Any, Self
@@ -40,6 +41,7 @@ __all__ = [
     "ListsByKind",
     "PolicySpec",
     "Prorated",
+    "Public",
     "Queue",
     "Review",
     "Rule",
@@ -78,6 +80,31 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 RuleCode = Annotated[str, Field(pattern=r"^RULE_[A-Z0-9_]+$", max_length=64)]
 Entry = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+def _plain(value: str) -> str:
+    # Published texts are shown to buyers. The page escapes them anyway; refusing markup
+    # here means a risk manager learns at load time that it would be shown as raw text.
+    if not value.strip():
+        raise ValueError("a published text is not blank")
+    if "<" in value or ">" in value:
+        raise ValueError("a published text is plain text: no '<' or '>' (no HTML)")
+    if any(unicodedata.category(char) == "Cc" and char != "\n" for char in value):
+        raise ValueError("a published text has no control characters (other than new lines)")
+    return value
+
+
+def _one_line(value: str) -> str:
+    if "\n" in value:
+        raise ValueError("a title is one line")
+    return value
+
+
+PublicText = Annotated[str, Field(min_length=1, max_length=500), AfterValidator(_plain)]
+PublicTitle = Annotated[
+    str, Field(min_length=1, max_length=120), AfterValidator(_plain), AfterValidator(_one_line)
+]
+PublicIntroduction = Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_plain)]
 
 
 class _Section(BaseModel):
@@ -148,6 +175,7 @@ class Rule(_Section):
     message: Annotated[str, Field(min_length=1, max_length=500)]
     enabled: bool = True
     queue: Name | None = None  # review rules only: the queue their reviews go to
+    public: PublicText | None = None  # for buyers; None keeps the rule internal
 
     @model_validator(mode="after")
     def _queue_for_review(self) -> Self:
@@ -230,6 +258,13 @@ class Explanations(_Section):
     top_contributions: Annotated[int, Field(ge=0, le=20)] = 3
 
 
+class Public(_Section):
+    """What the published refund rules page says above the rules (plain text, for buyers)."""
+
+    title: PublicTitle
+    introduction: PublicIntroduction | None = None
+
+
 class PolicySpec(_Section):
     version: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^\S+$")]
     description: str = ""
@@ -240,3 +275,4 @@ class PolicySpec(_Section):
     prorated: Prorated = Prorated()
     green_channel: GreenChannel | None = None
     explanations: Explanations = Explanations()
+    public: Public | None = None
