@@ -34,7 +34,8 @@ __all__ = ["create_app"]
 _DESCRIPTION = """Decisions on refund requests (approve, review, block) with their reasons,
 the history they are made from, the review queue, and operations. Every call under `/v1/`
 needs an API key (`Authorization: Bearer <key>`) whose roles allow it; `/healthz`,
-`/readyz`, `/metrics` and the documentation are open. See docs/api.md."""
+`/readyz`, `/metrics`, the published refund rules (`/rules`) and the documentation are
+open. See docs/api.md."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
