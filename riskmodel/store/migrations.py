@@ -21,15 +21,21 @@ from riskmodel.store.schema import (
     OUTCOME_COLUMNS,
     SCHEMA_VERSION,
     abuse_changes,
+    accounts,
+    appeals,
     audit_log,
+    claims,
     derived_columns,
     entity_days,
     live_settings,
     metadata,
+    outcomes,
     policy_archive,
     schema_info,
     sighting_days,
     sightings,
+    webhook_deliveries,
+    webhooks,
 )
 
 __all__ = [
@@ -64,6 +70,21 @@ def _add_operations(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _add_outcomes_and_people(conn: Connection) -> None:
+    """Version 9 -> 10: the final outcomes of each decision, appeals, console accounts and
+    claims, webhooks. Every automatic approve or block already stored becomes version 1 of
+    its outcomes, in the order it was decided."""
+    for table in (outcomes, appeals, accounts, claims, webhooks, webhook_deliveries):
+        table.create(conn, checkfirst=True)
+    conn.exec_driver_sql(
+        "INSERT INTO outcomes (event_id, seq, request_id, version, kind, decision, "
+        "approved_amount, is_abuse, note, decided_by, decided_at, due_at, late) "
+        "SELECT request_id || ':1', ROW_NUMBER() OVER (ORDER BY decided_at, request_id), "
+        "request_id, 1, 'automatic', decision, approved_amount, NULL, NULL, NULL, "
+        "decided_at, NULL, FALSE FROM decisions WHERE decision IN ('approve', 'block')"
+    )
+
+
 def _nothing(conn: Connection) -> None:
     """A version that changed derived data only (rebuilt after the steps)."""
 
@@ -80,10 +101,11 @@ _MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     6: _add_outcomes,  # 7
     7: _nothing,  # 8: day tiles in key order on SQLite
     8: _add_operations,  # 9
+    9: _add_outcomes_and_people,  # 10
 }
 # Steps that leave the derived data as it is: a migration made only of these skips the
 # rebuild, which takes minutes on a large store.
-_KEEPS_DERIVED = frozenset({8})
+_KEEPS_DERIVED = frozenset({8, 9})
 
 
 def _rebuild_derived(conn: Connection) -> None:

@@ -38,20 +38,26 @@ __all__ = [
     "TILE_SOURCES",
     "TILE_US",
     "abuse_changes",
+    "accounts",
+    "appeals",
     "audit_log",
+    "claims",
     "columns_of",
     "decisions",
     "derived_columns",
     "entity_days",
     "live_settings",
     "metadata",
+    "outcomes",
     "policy_archive",
     "schema_info",
     "sighting_days",
     "sightings",
+    "webhook_deliveries",
+    "webhooks",
 ]
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 metadata = MetaData()
 
@@ -312,6 +318,106 @@ audit_log = Table(
     Column("value", String(128), nullable=True),
     Column("reason", Text, nullable=True),
     Index("ix_audit_log_at", "at"),
+)
+
+# Every final outcome of a refund request, one row per version of its decision that
+# settles it: the automatic decision when it approves or blocks (version 1, the
+# ``decisions`` row, which is never changed), a reviewer's verdict, an appeal's result.
+# A version is never overwritten. ``seq`` orders the refund pipeline's feed
+# (``riskmodel.store.outcomes``): it is given after the version is committed, by one
+# sequencer at a time, so a reader that has seen ``seq`` N has seen every version below N.
+outcomes = Table(
+    "outcomes",
+    metadata,
+    Column("event_id", String(160), primary_key=True),  # "<request_id>:<version>"
+    Column("seq", BigInteger, nullable=True),  # None until sequenced
+    Column("request_id", String(128), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("kind", String(16), nullable=False),  # automatic | verdict | appeal
+    Column("decision", String(16), nullable=False),  # approve | block | refuse
+    Column("approved_amount", BigInteger, nullable=False),
+    Column("is_abuse", Boolean, nullable=True),
+    Column("note", Text, nullable=True),
+    Column("decided_by", String(128), nullable=True),
+    Column("decided_at", BigInteger, nullable=False),
+    Column("due_at", BigInteger, nullable=True),
+    Column("late", Boolean, nullable=False),
+    Index("ix_outcomes_seq", "seq", unique=True),
+    Index("ix_outcomes_request", "request_id", "version", unique=True),
+    Index("ix_outcomes_decided_by", "decided_by", "decided_at"),
+)
+
+# A buyer's appeal of a block or a refusal: one per request, decided in the disputes queue
+# by another reviewer than the one who refused (``first_reviewer``; None: the automatic
+# decision blocked).
+appeals = Table(
+    "appeals",
+    metadata,
+    Column("request_id", String(128), primary_key=True),
+    Column("filed_at", BigInteger, nullable=False),
+    Column("filed_by", String(128), nullable=False),
+    Column("channel", String(32), nullable=False),
+    Column("statement", Text, nullable=False),
+    Column("queue", String(64), nullable=False),
+    Column("due_at", BigInteger, nullable=False),
+    Column("against_version", Integer, nullable=False),
+    Column("first_reviewer", String(128), nullable=True),
+    Column("decided_version", Integer, nullable=True),
+    Index("ix_appeals_open", "decided_version", "due_at"),
+)
+
+# The people who sign in to the console (machines use API keys): a reviewer or a support
+# account, its password as a slow salted hash, never the password.
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("password_hash", String(255), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("last_seen_at", BigInteger, nullable=True),
+    Column("disabled_at", BigInteger, nullable=True),
+)
+
+# Who is working on which case: one reviewer per case; a claim lapses when its holder has
+# been idle too long (``accounts.last_seen_at``).
+claims = Table(
+    "claims",
+    metadata,
+    Column("request_id", String(128), primary_key=True),
+    Column("reviewer", String(128), nullable=False),
+    Column("claimed_at", BigInteger, nullable=False),
+)
+
+# Registered receivers of the outcome feed: each event is posted, signed with the
+# receiver's secret (HMAC-SHA256), in order, until it answers 2xx.
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("url", Text, nullable=False),
+    Column("secret", String(128), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("delivered_through", BigInteger, nullable=False),  # the last seq answered 2xx
+    Column("attempts", Integer, nullable=False),  # failed attempts at the next event
+    Column("next_attempt_at", BigInteger, nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("disabled_at", BigInteger, nullable=True),
+)
+
+# Every attempt to deliver an event to a webhook, answered or not: what failed is visible.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("webhook_id", Integer, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("attempted_at", BigInteger, nullable=False),
+    Column("status", Integer, nullable=True),  # the HTTP status; None: no answer
+    Column("error", Text, nullable=True),
+    Column("duration_us", BigInteger, nullable=False),
+    Index("ix_webhook_deliveries_hook", "webhook_id", "seq"),
 )
 
 schema_info = Table(
