@@ -10,7 +10,9 @@
     ├── PayloadTooLarge          payload_too_large 413  body or batch above the limit
     ├── Refused                  refused           422  a model or policy that cannot go live
     ├── AheadOfClock             ahead_of_clock    422  requested_at ahead of the service's clock
-    └── Unavailable              unavailable       503  what the call needs is not loaded
+    ├── CallerOverloaded         too_many_requests 429  one caller's share of calls in flight
+    ├── Unavailable              unavailable       503  what the call needs is not loaded
+    └── Overloaded               overloaded        503  the worker's calls in flight at the limit
 
 Besides these, ``riskmodel.errors.DataError`` (a row breaking the dataset contract, a
 policy that cannot go live) answers 422 ``invalid``, a body or parameter that fails
@@ -48,9 +50,11 @@ from serving.schemas import ErrorBody
 __all__ = [
     "LISTED_PROBLEMS",
     "AheadOfClock",
+    "CallerOverloaded",
     "Conflict",
     "Forbidden",
     "NotFound",
+    "Overloaded",
     "PayloadTooLarge",
     "Refused",
     "ServingError",
@@ -109,8 +113,20 @@ class AheadOfClock(ServingError):
     status, code = 422, "ahead_of_clock"
 
 
+class CallerOverloaded(ServingError):
+    """One caller holds its share of a worker's decision calls (``serving.pressure``)."""
+
+    status, code = 429, "too_many_requests"
+
+
 class Unavailable(ServingError):
     status, code = 503, "unavailable"
+
+
+class Overloaded(ServingError):
+    """The worker holds as many decision calls as it may (``serving.pressure``)."""
+
+    status, code = 503, "overloaded"
 
 
 def error_body(code: str, message: str, fields: list[dict[str, str]] | None = None) -> Any:
