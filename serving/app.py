@@ -20,11 +20,23 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import DBAPIError
 
+from serving import console
 from serving.errors import install_error_handlers
 from serving.gate import KeyGate
 from serving.limits import BodyLimit
 from serving.live import apply, follow, keep_policy, read_change
-from serving.routes import admin, decisions, events, health, reviews, rules, users
+from serving.pressure import limit
+from serving.routes import (
+    admin,
+    appeals,
+    decisions,
+    events,
+    health,
+    outcomes,
+    reviews,
+    rules,
+    users,
+)
 from serving.runtime import Runtime
 from serving.settings import Settings
 from serving.warm import rehearse, settle_heap
@@ -57,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         rehearse(runtime)
         settle_heap()
         app.state.runtime = runtime
+        console.attach(runtime)  # the review service levels on /metrics
         following = asyncio.create_task(follow(runtime, chosen.follow_seconds))
         try:
             yield
@@ -79,8 +92,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     install_error_handlers(app)
-    for module in (decisions, events, reviews, users, admin, health, rules):
+    for module in (decisions, events, reviews, appeals, outcomes, users, admin, health, rules):
         app.include_router(module.router)
+    console.install(app)  # /console: people signed in, not keys
     app.add_middleware(BodyLimit, max_bytes=chosen.max_body_bytes)
+    limit(app, chosen.max_in_flight)  # decision calls in flight: before the body is read
     app.add_middleware(KeyGate)  # added last, so outermost: before the body is read
     return app

@@ -1,27 +1,25 @@
-"""History in and out: events and labels written in batches, a user's history, the review
-queue and reviewers' verdicts. Batch work, so pandas and SQLAlchemy Core are fine here."""
+"""History in and out: events and labels written in batches, and a user's history. Batch
+work, so pandas and SQLAlchemy Core are fine here."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
 from pydantic import BaseModel
-from sqlalchemy import Connection, Engine, and_, exists, func, select
+from sqlalchemy import Engine, func, select
 
 from riskmodel import dataset, units
 from riskmodel.dataset import EXTRA, Kind
 from riskmodel.ingest import validate_references
 from riskmodel.store import EVENT_TABLES, columns_of, decisions, upsert
-from serving.auth import Caller
-from serving.errors import Conflict, NotFound, Unavailable
+from serving.errors import NotFound, Unavailable
 from serving.record import DecisionRecord
 from serving.runtime import Runtime
 
-__all__ = ["record_verdict", "review_queue", "user_history", "write_rows"]
+__all__ = ["user_history", "write_rows"]
 
 
 def _engine(runtime: Runtime) -> Engine:
@@ -131,101 +129,4 @@ def user_history(runtime: Runtime, user_id: str, limit: int, offset: int = 0) ->
         "offset": offset,
         "limit": limit,
         "totals": totals,
-    }
-
-
-def _reviewed(request_id: Any) -> Any:
-    labels = EVENT_TABLES["labels"]
-    return exists().where(and_(labels.c.request_id == request_id, labels.c.source == "review"))
-
-
-def review_queue(runtime: Runtime, queue: str | None, limit: int) -> dict[str, Any]:
-    """Decisions awaiting a reviewer's verdict, the earliest deadline first."""
-    requests = EVENT_TABLES["refund_requests"]
-    statement = (
-        select(
-            decisions.c.request_id,
-            decisions.c.review_queue,
-            decisions.c.review_due_at,
-            decisions.c.decided_at,
-            decisions.c.score,
-            decisions.c.reasons,
-            requests.c.user_id,
-            requests.c.order_id,
-            requests.c.amount,
-            requests.c.reason,
-        )
-        .select_from(decisions.outerjoin(requests, requests.c.request_id == decisions.c.request_id))
-        .where(decisions.c.decision == "review", ~_reviewed(decisions.c.request_id))
-        .order_by(decisions.c.review_due_at, decisions.c.request_id)
-        .limit(limit)
-    )
-    if queue is not None:
-        statement = statement.where(decisions.c.review_queue == queue)
-    now = units.micros(datetime.now(UTC))
-    with _engine(runtime).begin() as conn:
-        rows = conn.execute(statement).all()
-    items = [
-        {
-            "request_id": r.request_id,
-            "queue": r.review_queue,
-            "due_at": _iso(r.review_due_at),
-            "overdue": r.review_due_at is not None and r.review_due_at < now,
-            "decided_at": _iso(r.decided_at),
-            "score": r.score,
-            "user_id": r.user_id,
-            "order_id": r.order_id,
-            "amount": None if r.amount is None else units.money(r.amount),
-            "reason": r.reason,
-            "reasons": json.loads(r.reasons),
-        }
-        for r in rows
-    ]
-    return {"items": items, "count": len(items)}
-
-
-def _pending(conn: Connection, request_id: str) -> None:
-    found = conn.execute(
-        select(decisions.c.decision).where(decisions.c.request_id == request_id)
-    ).first()
-    if found is None:
-        raise NotFound(f"no decision for request_id {request_id!r}")
-    if found.decision != "review":
-        raise Conflict(f"request {request_id!r} was decided {found.decision}, not review")
-
-
-def record_verdict(
-    runtime: Runtime, request_id: str, is_abuse: bool, note: str | None, caller: Caller
-) -> dict[str, Any]:
-    """A reviewer's verdict on a request under review, stored as a label (source review).
-
-    A later verdict on the same request is a correction: a newer label, which is the one
-    features and training read from then on.
-    """
-    now = datetime.now(UTC)
-    extra = {"reviewer": caller.name} | ({"note": note} if note else {})
-    raw = pd.DataFrame(
-        [
-            {
-                "request_id": request_id,
-                "is_abuse": "true" if is_abuse else "false",
-                "labeled_at": now.isoformat(),
-                "source": "review",
-            }
-        ]
-    )
-    frame = dataset.normalise("labels", raw)
-    frame[EXTRA] = json.dumps(extra, sort_keys=True)
-    with _engine(runtime).begin() as conn:
-        _pending(conn, request_id)
-        validate_references(conn, {"labels": frame})
-        upsert(conn, "labels", frame)
-    runtime.metrics.events.labels("labels").inc()
-    return {
-        "request_id": request_id,
-        "is_abuse": is_abuse,
-        "labeled_at": _iso(units.micros(now)),
-        "source": "review",
-        "reviewer": caller.name,
-        "note": note,
     }

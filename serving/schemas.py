@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -49,6 +49,8 @@ __all__ = [
     "MAX_BATCH_REQUESTS",
     "MAX_BATCH_ROWS",
     "NO_NUL",
+    "AppealIn",
+    "AppealOut",
     "BatchIn",
     "BatchItem",
     "BatchOut",
@@ -62,9 +64,12 @@ __all__ = [
     "LabelsIn",
     "OrderRow",
     "OrdersIn",
+    "OutcomeOut",
+    "OutcomesOut",
     "Reason",
     "ReasonOut",
     "ReviewOut",
+    "StoredDecisionOut",
     "UsageIn",
     "UsageRow",
     "UserRow",
@@ -454,8 +459,72 @@ class EventsOut(BaseModel):
 
 
 class VerdictIn(BaseModel):
-    """A reviewer's verdict on a request in the review queue; it becomes a label."""
+    """A reviewer's verdict on a request in the review queue, or on an open appeal: the
+    request's final outcome (a new version of its decision) and a label for training."""
 
     model_config = ConfigDict(extra="forbid")
+    decision: Literal["approve", "refuse"]
+    approved_amount: Price | None = Field(
+        default=None,
+        description="approve: what may be paid (at most the amount asked); null: in full",
+    )
     is_abuse: StrictBool
     note: Text = None
+
+
+class AppealIn(BaseModel):
+    """A buyer's appeal of a block or a refusal: it goes to the disputes queue."""
+
+    model_config = ConfigDict(extra="forbid")
+    request_id: Id
+    statement: Annotated[
+        str,
+        Field(min_length=1, max_length=2000, json_schema_extra={"pattern": ID_PATTERN}),
+        AfterValidator(storable),
+        AfterValidator(trimmed),
+    ]
+    channel: Literal["buyer", "support"] = Field(
+        default="buyer", description="buyer: sent by the buyer; support: taken by phone"
+    )
+
+
+class OutcomeOut(BaseModel):
+    """One final outcome of a refund request: a version of its decision that settles it."""
+
+    seq: int | None = Field(description="its place in the feed; null for a moment after it")
+    event_id: str = Field(description="<request_id>:<version>, unique: deduplicate on it")
+    request_id: str
+    version: int = Field(description="1: the automatic decision; then verdicts, appeals")
+    kind: Literal["automatic", "verdict", "appeal"]
+    decision: Literal["approve", "block", "refuse"]
+    approved_amount: str = Field(description="what may be paid, currency units, two decimals")
+    is_abuse: bool | None
+    note: str | None
+    decided_by: str | None
+    decided_at: datetime
+    due_at: datetime | None
+    late: bool = Field(description="decided after the review's or the appeal's deadline")
+
+
+class OutcomesOut(BaseModel):
+    outcomes: list[OutcomeOut]
+    last: int = Field(description="pass as ``after`` to read on; equal to after when empty")
+
+
+class StoredDecisionOut(DecisionOut):
+    versions: list[OutcomeOut] = Field(
+        description="the final outcomes, oldest first: empty while under review"
+    )
+
+
+class AppealOut(BaseModel):
+    request_id: str
+    filed_at: datetime
+    filed_by: str
+    channel: str
+    statement: str
+    queue: str
+    due_at: datetime
+    against_version: int
+    first_reviewer: str | None
+    decided_version: int | None

@@ -10,7 +10,8 @@ Every setting has a default that works on a fresh checkout; the environment over
 (``RISKMODEL_DATABASE_URL``, ``RISKMODEL_REGISTRY``, ``RISKMODEL_POLICY``,
 ``RISKMODEL_API_KEYS``, ``RISKMODEL_MAX_BODY_BYTES``, ``RISKMODEL_MAX_BATCH``,
 ``RISKMODEL_SQLITE_SYNCHRONOUS``, ``RISKMODEL_CLOCK_SKEW_SECONDS``,
-``RISKMODEL_LATE_HOURS``, ``RISKMODEL_FOLLOW_SECONDS``, ``RISKMODEL_MAX_IN_FLIGHT``).
+``RISKMODEL_LATE_HOURS``, ``RISKMODEL_FOLLOW_SECONDS``, ``RISKMODEL_MAX_IN_FLIGHT``,
+``RISKMODEL_FEED_WAIT_SECONDS``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ _ENV = {
     "late_hours": "RISKMODEL_LATE_HOURS",
     "follow_seconds": "RISKMODEL_FOLLOW_SECONDS",
     "max_in_flight": "RISKMODEL_MAX_IN_FLIGHT",
+    "feed_wait_seconds": "RISKMODEL_FEED_WAIT_SECONDS",
 }
 
 
@@ -77,6 +79,10 @@ class Settings:
     an admitted call waits: at a few milliseconds of CPU per decision, 64 calls queued are
     about 0.1 to 0.3 s, well inside a caller's deadline, where an unbounded queue would
     grow until every caller times out.
+
+    ``feed_wait_seconds``: the longest a call to the outcome feed (``GET /v1/outcomes``)
+    waits for an outcome, whatever its ``wait`` asks; keep it below the idle timeout of
+    the proxies between the refund pipeline and the service.
     """
 
     database_url: str | None = None
@@ -91,6 +97,7 @@ class Settings:
     late_hours: float = 24.0
     follow_seconds: float = 1.0
     max_in_flight: int = 64
+    feed_wait_seconds: float = 25.0
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:
@@ -110,6 +117,8 @@ class Settings:
             raise ValueError(f"late_hours {self.late_hours} is below 0")
         if not self.follow_seconds > 0:
             raise ValueError(f"follow_seconds {self.follow_seconds} is not above 0")
+        if self.feed_wait_seconds < 0:
+            raise ValueError(f"feed_wait_seconds {self.feed_wait_seconds} is below 0")
         if self.max_in_flight < 1:
             raise ValueError(f"max_in_flight {self.max_in_flight} is below 1")
 
@@ -134,4 +143,5 @@ class Settings:
             late_hours=float(get("late_hours") or defaults.late_hours),
             follow_seconds=float(get("follow_seconds") or defaults.follow_seconds),
             max_in_flight=int(get("max_in_flight") or defaults.max_in_flight),
+            feed_wait_seconds=float(get("feed_wait_seconds") or defaults.feed_wait_seconds),
         )

@@ -49,8 +49,10 @@ from features.spec import Aggregate, Entity, Source
 from riskmodel.store import (
     OrderRequest,
     TileCounts,
+    automatic_outcome,
     count_in_tiles,
     insert_decision,
+    insert_outcome,
     insert_request,
     order_requests,
     same_request_stored,
@@ -170,7 +172,10 @@ def _write_one(conn: Connection, write: Write, tiles: TileCounts) -> Written:
     )
     if not inserted and not same_request_stored(conn, write.request):
         return Written(None, conflict=True)
-    if insert_decision(conn, write.decision.row()):
+    row = write.decision.row()
+    if insert_decision(conn, row):
+        if (final := automatic_outcome(row)) is not None:
+            insert_outcome(conn, final)
         return Written(write.decision)
     # A twin decided in another process committed first: its decision is the answer.
     twin = stored_decision(conn, str(write.request["request_id"]))

@@ -78,7 +78,17 @@ def test_a_decision_is_stored_with_its_versions_and_read_back(service: Service) 
 
     lookup = service.client.get("/v1/decisions/api-1", headers=service.headers("review"))
     assert lookup.status_code == 200
-    assert lookup.json() | {"replayed": False} == answer
+    stored = lookup.json()
+    versions = stored.pop("versions")
+    assert stored | {"replayed": False} == answer
+    if answer["decision"] == "review":
+        assert versions == []  # settled later, by a verdict
+    else:  # the automatic decision settles it: version 1, in the refund pipeline's feed
+        assert [(v["version"], v["kind"], v["decision"]) for v in versions] == [
+            (1, "automatic", answer["decision"])
+        ]
+        assert versions[0]["approved_amount"] == answer["approved_amount"]
+        assert versions[0]["decided_at"] == answer["decided_at"]
 
 
 def test_the_challenger_is_scored_in_the_shadow_and_never_answers(service: Service) -> None:

@@ -107,7 +107,9 @@ def test_a_whole_number_is_the_same_amount_however_json_spells_it(api: Service) 
 @pytest.mark.parametrize("verdict", ["yes", "true", 1, 0, None])
 def test_a_verdict_is_true_or_false_and_nothing_else(api: Service, verdict: Any) -> None:
     response = api.client.post(
-        "/v1/reviews/r1", json={"is_abuse": verdict}, headers=api.headers("review")
+        "/v1/reviews/r1",
+        json={"decision": "refuse", "is_abuse": verdict},
+        headers=api.headers("review"),
     )
     assert _refused_field(response) == "body.is_abuse"
 
@@ -231,15 +233,17 @@ def test_settings_refuse_a_batch_limit_the_schema_would_not_admit() -> None:
 
 
 _ROUTES = {
-    ("post", "/v1/decisions"): {400, 401, 403, 409, 413, 422},
-    ("post", "/v1/decisions:batch"): {400, 401, 403, 413, 422},
-    ("get", "/v1/decisions/{request_id}"): {401, 403, 404, 422, 503},
+    ("post", "/v1/decisions"): {400, 401, 403, 409, 413, 422, 429, 503},
+    ("post", "/v1/decisions:batch"): {400, 401, 403, 413, 422, 429, 503},
+    ("get", "/v1/decisions/{request_id}"): {401, 403, 404, 422, 429, 503},
     ("post", "/v1/events/users"): {400, 401, 403, 413, 422, 503},
     ("post", "/v1/events/orders"): {400, 401, 403, 413, 422, 503},
     ("post", "/v1/events/usage"): {400, 401, 403, 413, 422, 503},
     ("post", "/v1/labels"): {400, 401, 403, 413, 422, 503},
     ("get", "/v1/reviews"): {401, 403, 422, 503},
     ("post", "/v1/reviews/{request_id}"): {400, 401, 403, 404, 409, 413, 422, 503},
+    ("post", "/v1/appeals"): {400, 401, 403, 404, 409, 413, 422, 503},
+    ("get", "/v1/outcomes"): {401, 403, 422, 503},
     ("get", "/v1/users/{user_id}/history"): {401, 403, 404, 422, 503},
     ("post", "/v1/admin/reload"): {400, 401, 403, 413, 422, 503},
     ("post", "/v1/admin/switch"): {400, 401, 403, 413, 422, 503},

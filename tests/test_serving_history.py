@@ -125,12 +125,14 @@ def test_the_review_queue_by_deadline_and_a_verdict_that_becomes_a_label(
 
     verdict = service.client.post(
         f"/v1/reviews/{first['request_id']}",
-        json={"is_abuse": True, "note": "asked twice"},
+        json={"decision": "refuse", "is_abuse": True, "note": "asked twice"},
         headers=service.headers("review"),
     )
     assert verdict.status_code == 200, verdict.text
-    assert verdict.json()["source"] == "review"
-    assert verdict.json()["reviewer"] == "review-caller"
+    outcome = verdict.json()
+    assert (outcome["kind"], outcome["version"], outcome["decision"]) == ("verdict", 2, "refuse")
+    assert outcome["approved_amount"] == "0.00"
+    assert outcome["decided_by"] == "review-caller"
     assert first["request_id"] not in [i["request_id"] for i in _queue(service)]
 
     engine = store.open_store(service.settings.database_url)
@@ -144,16 +146,24 @@ def test_the_review_queue_by_deadline_and_a_verdict_that_becomes_a_label(
         engine.dispose()
     assert stored.is_abuse is True
     assert stored.source == "review"
-    assert json.loads(stored.extra) == {"note": "asked twice", "reviewer": "review-caller"}
+    assert json.loads(stored.extra) == {
+        "note": "asked twice",
+        "reviewer": "review-caller",
+        "version": 2,
+    }
 
 
 def test_verdicts_only_on_requests_under_review(service: Service) -> None:
     missing = service.client.post(
-        "/v1/reviews/nothing", json={"is_abuse": False}, headers=service.headers("review")
+        "/v1/reviews/nothing",
+        json={"decision": "approve", "is_abuse": False},
+        headers=service.headers("review"),
     )
     assert missing.status_code == 404
     forbidden = service.client.post(
-        "/v1/reviews/nothing", json={"is_abuse": False}, headers=service.headers("decide")
+        "/v1/reviews/nothing",
+        json={"decision": "approve", "is_abuse": False},
+        headers=service.headers("decide"),
     )
     assert forbidden.status_code == 403
 
@@ -172,7 +182,9 @@ def test_a_verdict_on_a_request_not_sent_to_review_is_a_conflict(service: Servic
     finally:
         engine.dispose()
     response = service.client.post(
-        "/v1/reviews/r3", json={"is_abuse": True}, headers=service.headers("review")
+        "/v1/reviews/r3",
+        json={"decision": "refuse", "is_abuse": True},
+        headers=service.headers("review"),
     )
     assert response.status_code == 409
     assert "approve" in response.json()["error"]["message"]

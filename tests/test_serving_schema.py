@@ -122,7 +122,8 @@ def test_the_document_is_the_truth(
         store.drop_everything(engine)
         engine.dispose()
     load_tiny(url)
-    settings, keys = make_settings(tmp_path, url, challenger=True)
+    # A long poll of the outcome feed would wait out the client's timeout.
+    settings, keys = make_settings(tmp_path, url, challenger=True, feed_wait_seconds=0.2)
 
     sent, failures = _failures(create_app(settings), _config(keys["admin"], phases, examples))
 

@@ -22,7 +22,8 @@ constants that describe them), ``operations`` (what is live, the policy archive 
 audit trail), ``derived`` (the derived columns, sightings, abuse changes
 and day tiles, and their refresh), ``bulk`` (``upsert`` and reading tables back), ``live``
 (the serving path's write of one request), ``decisions`` (the decision path's one
-read and the decision row), ``migrations`` (the version steps) and
+read and the decision row), ``outcomes`` (the versions that settle a request, the feed's
+sequence, appeals), ``migrations`` (the version steps) and
 ``connection`` (URLs, ``open_store``, dialects, ``analyze`` / ``vacuum``).
 """
 
@@ -66,6 +67,19 @@ from riskmodel.store.derived import (
     refresh_sightings,
 )
 from riskmodel.store.live import TileCounts, count_in_tiles, insert_request
+from riskmodel.store.outcomes import (
+    FINAL,
+    VERSION_COLUMNS,
+    appeal_of,
+    automatic_outcome,
+    close_appeal,
+    feed,
+    insert_appeal,
+    insert_outcome,
+    latest_outcome,
+    sequence,
+    versions,
+)
 from riskmodel.store.schema import (
     ABUSE_KEYS,
     BASE_AMOUNT,
@@ -77,13 +91,19 @@ from riskmodel.store.schema import (
     TILE_US,
     TILED,
     abuse_changes,
+    accounts,
+    appeals,
+    claims,
     columns_of,
     decisions,
     entity_days,
     metadata,
+    outcomes,
     schema_info,
     sighting_days,
     sightings,
+    webhook_deliveries,
+    webhooks,
 )
 
 __all__ = [
@@ -93,12 +113,14 @@ __all__ = [
     "DEFAULT_DATABASE_URL",
     "DERIVED",
     "EVENT_TABLES",
+    "FINAL",
     "REQUEST_COLUMNS",
     "SCHEMA_VERSION",
     "SIGHTED",
     "TILED",
     "TILE_SOURCES",
     "TILE_US",
+    "VERSION_COLUMNS",
     "Misfit",
     "OrderRequest",
     "Replay",
@@ -107,8 +129,14 @@ __all__ = [
     "TileCounts",
     "Tiles",
     "abuse_changes",
+    "accounts",
     "analyze",
+    "appeal_of",
+    "appeals",
+    "automatic_outcome",
     "base_amount",
+    "claims",
+    "close_appeal",
     "columns_of",
     "count_in_tiles",
     "create_database",
@@ -116,15 +144,20 @@ __all__ = [
     "decisions",
     "drop_everything",
     "entity_days",
+    "feed",
     "fetch_by_key",
     "fetch_one",
+    "insert_appeal",
     "insert_decision",
+    "insert_outcome",
     "insert_request",
+    "latest_outcome",
     "marker",
     "metadata",
     "newest_request",
     "open_store",
     "order_requests",
+    "outcomes",
     "read_table",
     "reading",
     "refresh_abuse_changes",
@@ -136,10 +169,14 @@ __all__ = [
     "resolve_database_url",
     "same_request_stored",
     "schema_info",
+    "sequence",
     "sighting_days",
     "sightings",
     "stored_decision",
     "table_counts",
     "upsert",
     "vacuum",
+    "versions",
+    "webhook_deliveries",
+    "webhooks",
 ]

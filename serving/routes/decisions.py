@@ -21,7 +21,8 @@ from serving.errors import (
 )
 from serving.record import DecisionRecord
 from serving.routes.params import PathId
-from serving.schemas import BatchIn, BatchOut, DecisionIn, DecisionOut
+from serving.schemas import BatchIn, BatchOut, DecisionIn, DecisionOut, StoredDecisionOut
+from serving.verdicts import versions_of
 
 __all__ = ["decide", "decide_batch", "lookup", "router"]
 
@@ -97,14 +98,18 @@ async def decide_batch(body: BatchIn, runtime: CurrentRuntime, _: Decider) -> JS
     return JSONResponse({"results": results})
 
 
-@router.get("/decisions/{request_id}", response_model=DecisionOut, responses=_LOOKUP)
+@router.get("/decisions/{request_id}", response_model=StoredDecisionOut, responses=_LOOKUP)
 async def lookup(request_id: PathId, runtime: CurrentRuntime, _: Reader) -> JSONResponse:
-    """A stored decision with its reasons (roles decide or review)."""
+    """A stored decision with its reasons, and the versions that settled it: the automatic
+    approval or block, or a reviewer's verdict, then an appeal's (roles decide or review).
+    The last version is what may be paid."""
     engine = runtime.store.available()
     if engine is None:
         raise Unavailable(runtime.store.problem or "the store is unavailable")
     with reading(engine) as conn:
         row = stored_decision(conn, request_id)
+        settled = versions_of(conn, request_id)
     if row is None:
         raise NotFound(f"no decision for request_id {request_id!r}")
-    return JSONResponse(DecisionRecord.from_row(row).render(stored=True, replayed=True))
+    body = DecisionRecord.from_row(row).render(stored=True, replayed=True)
+    return JSONResponse({**body, "versions": settled})

@@ -1,17 +1,19 @@
-"""``GET /v1/reviews`` (the queue by deadline) and ``POST /v1/reviews/{request_id}``."""
+"""``GET /v1/reviews`` (the queue by deadline, appeals included) and
+``POST /v1/reviews/{request_id}`` (a verdict)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
 from pydantic import AfterValidator
 
 from serving.deps import CurrentRuntime, Reviewer
 from serving.errors import documented_errors
-from serving.records import record_verdict, review_queue
 from serving.routes.params import PathId
-from serving.schemas import NO_NUL, VerdictIn, storable
+from serving.schemas import NO_NUL, OutcomeOut, VerdictIn, storable
+from serving.verdicts import decide_case, review_queue
 
 __all__ = ["queue", "router", "verdict"]
 
@@ -28,8 +30,10 @@ _VERDICT = documented_errors(
     422,
     503,
     meanings={
+        403: "the caller lacks the role review, or refused the request whose appeal this is",
         404: "no decision for this request_id",
-        409: "the request was not sent to review",
+        409: "the request is not awaiting a verdict (settled, or never sent to review)",
+        422: "the body fails validation, or approves more than was asked",
     },
 )
 
@@ -48,10 +52,14 @@ async def queue(
     return review_queue(runtime, queue, limit)
 
 
-@router.post("/reviews/{request_id}", responses=_VERDICT)
+@router.post("/reviews/{request_id}", response_model=OutcomeOut, responses=_VERDICT)
 async def verdict(
     request_id: PathId, body: VerdictIn, runtime: CurrentRuntime, caller: Reviewer
-) -> dict[str, Any]:
-    """A reviewer's verdict; it becomes a label (source ``review``) that features and
-    training read. A later verdict on the same request corrects the earlier one."""
-    return record_verdict(runtime, request_id, body.is_abuse, body.note, caller)
+) -> JSONResponse:
+    """A reviewer's verdict on a request under review or on its open appeal: approve in
+    full, approve an amount, or refuse. It is the request's final outcome (a new version of
+    its decision; the automatic one is kept), a label (source ``review``, or ``dispute`` for
+    an appeal) and an event of ``GET /v1/outcomes``. A settled request is reopened only by
+    an appeal, which another reviewer than the one who refused decides. A verdict after the
+    deadline is accepted and recorded as late."""
+    return JSONResponse(decide_case(runtime, request_id, body, caller.name))
