@@ -48,6 +48,7 @@ LISTED = {
     "models": "the model registry: list, show, promote",
     "shadow": "the shadow challenger against the champion on live decisions",
     "monitor": "drift of live traffic from the champion's training window (PSI)",
+    "accounts": "accounts of the review console (reviewers, support staff)",
 }
 """The commands of the ``riskmodel.commands`` entry points, in the order ``riskmodel --help``
 lists them after the built-in ones, each with the help its module gives it. Written here

@@ -418,4 +418,45 @@ def test_the_settings_come_from_the_environment() -> None:
     chosen = ConsoleSettings.from_env({"RISKMODEL_CONSOLE_IDLE_MINUTES": "5"})
     assert chosen.idle_us == 5 * units.MINUTE
     assert ConsoleSettings.from_env({}).idle_minutes == 30
-    assert isinstance(Path, type)
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def test_accounts_from_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from riskmodel.cli import main
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+    created = main(
+        [
+            "accounts",
+            "create",
+            "ana",
+            "--role",
+            "reviewer",
+            "--password-stdin",
+            "--database-url",
+            url,
+        ]
+    )
+    listed = main(["accounts", "list", "--database-url", url])
+    disabled = main(["accounts", "disable", "ana", "--database-url", url])
+    again = main(["accounts", "disable", "ana", "--database-url", url])
+    out, err = capsys.readouterr()
+
+    assert (created, listed, disabled, again) == (0, 0, 0, 1)
+    assert "account ana (reviewer) created" in out
+    assert "ana" in out
+    assert "never" in out
+    assert PASSWORD not in out + err
+    assert "disabled already" in err
+    engine = store.open_store(url)
+    try:
+        assert sign_in(engine, "ana", PASSWORD) is None
+    finally:
+        engine.dispose()
