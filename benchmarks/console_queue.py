@@ -101,6 +101,8 @@ def fill(url: str, cases: int, *, seed: int = 7, now: datetime | None = None) ->
                 "reason": rng.choice(_REASONS[product]),
                 "days_used_claimed": str(rng.randrange(5)) if product == "membership" else None,
                 "channel": rng.choice(("app", "web")),
+                "device_id": orders[-1]["device_id"],
+                "ip": orders[-1]["ip"],
             }
         )
         queue = rng.choice(("ordinary", "ordinary", "disputes"))

@@ -460,3 +460,46 @@ def test_accounts_from_the_command_line(
         assert sign_in(engine, "ana", PASSWORD) is None
     finally:
         engine.dispose()
+
+
+# --- the same queries on both stores ----------------------------------------------------------
+
+
+def test_the_console_s_queries_run_on_both_stores(engine: Engine, database_url: str) -> None:
+    from serving.console.cases import read_case
+    from serving.console.levels import service_levels
+    from serving.console.queue import Filters, claim, queue_page
+
+    engine.dispose()
+    seed_cases(database_url)
+    create_account(engine, "ana", "reviewer", PASSWORD)
+    create_account(engine, "ben", "reviewer", PASSWORD)
+    now = units.micros(datetime.now(UTC))
+    with engine.begin() as conn:
+        conn.execute(update(accounts).values(last_seen_at=now))
+
+    found = queue_page(engine, Filters(), 1, 2, now=now, idle_us=units.HOUR)
+    filtered = queue_page(
+        engine,
+        Filters(product_type="membership", band="small", code="RULE_REPEAT_REFUND"),
+        1,
+        50,
+        now=now,
+        idle_us=units.HOUR,
+    )
+    assert [item.request_id for item in found.items] == ["r2", "r1"]
+    assert (found.total, found.pages, found.counts) == (3, 2, {"disputes": 1, "ordinary": 2})
+    assert found.items[0].overdue(now)
+    assert [item.request_id for item in filtered.items] == ["r1"]
+    assert claim(engine, "r1", "ana", now=now, idle_us=units.HOUR) == "ana"
+    assert claim(engine, "r1", "ben", now=now, idle_us=units.HOUR) == "ana"
+    assert claim(engine, "r1", "ben", now=now + 2 * units.HOUR, idle_us=units.HOUR) == "ben"
+    case = read_case(engine, "r1", None, "review")
+    assert case is not None
+    assert case.days_used_seen == 3
+    assert [link["user_id"] for link in case.linked] == [HOSTILE]
+    levels = service_levels(engine, now=now)
+    assert [(w.queue, w.cases, w.overdue) for w in levels.waiting] == [
+        ("disputes", 1, 1),
+        ("ordinary", 2, 0),
+    ]

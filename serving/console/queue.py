@@ -31,7 +31,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
-    literal,
+    literal_column,
     or_,
     select,
     union_all,
@@ -140,7 +140,7 @@ def _halves(filters: Filters) -> tuple[Select[Any], Select[Any]]:
     reviews = (
         select(
             decisions.c.request_id.label("request_id"),
-            literal("review").label("kind"),
+            literal_column("'review'").label("kind"),
             decisions.c.review_queue.label("queue"),
             decisions.c.review_due_at.label("due_at"),
             decisions.c.decided_at.label("entered_at"),
@@ -160,7 +160,7 @@ def _halves(filters: Filters) -> tuple[Select[Any], Select[Any]]:
     appealed = (
         select(
             appeals.c.request_id.label("request_id"),
-            literal("appeal").label("kind"),
+            literal_column("'appeal'").label("kind"),
             appeals.c.queue.label("queue"),
             appeals.c.due_at.label("due_at"),
             appeals.c.filed_at.label("entered_at"),
