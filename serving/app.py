@@ -36,10 +36,12 @@ from serving.routes import (
     reviews,
     rules,
     users,
+    webhooks,
 )
 from serving.runtime import Runtime
 from serving.settings import Settings
 from serving.warm import rehearse, settle_heap
+from serving.webhooks import deliver_forever
 
 __all__ = ["create_app"]
 
@@ -70,13 +72,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settle_heap()
         app.state.runtime = runtime
         console.attach(runtime)  # the review service levels on /metrics
-        following = asyncio.create_task(follow(runtime, chosen.follow_seconds))
+        tasks = [
+            asyncio.create_task(follow(runtime, chosen.follow_seconds)),
+            asyncio.create_task(deliver_forever(runtime)),
+        ]
         try:
             yield
         finally:
-            following.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await following
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             runtime.close()
 
     # /docs and /redoc load Swagger UI and ReDoc from files installed with the package,
@@ -92,7 +98,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,
     )
     install_error_handlers(app)
-    for module in (decisions, events, reviews, appeals, outcomes, users, admin, health, rules):
+    for module in (
+        decisions,
+        events,
+        reviews,
+        appeals,
+        outcomes,
+        webhooks,
+        users,
+        admin,
+        health,
+        rules,
+    ):
         app.include_router(module.router)
     console.install(app)  # /console: people signed in, not keys
     app.add_middleware(BodyLimit, max_bytes=chosen.max_body_bytes)

@@ -39,8 +39,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import Send
 
 from riskmodel.errors import DataError, DatasetError
@@ -206,6 +208,16 @@ def _data_fields(exc: DataError) -> list[dict[str, str]]:
     return []
 
 
+def _allowed(request: Request) -> list[str]:
+    """Every method some route serves on the request's path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE and isinstance(route, APIRoute):
+            methods |= route.methods or set()
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map every error to its status and the one error shape."""
 
@@ -224,12 +236,15 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, DataError)
         return JSONResponse(error_body("invalid", str(exc), _data_fields(exc)), 422)
 
-    async def http(_: Request, exc: Exception) -> JSONResponse:
+    async def http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(
             exc.status_code, "http_error"
         )
-        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:  # Starlette names the first route's methods only
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed(request))}
+        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=headers)
 
     async def store_lost(request: Request, exc: Exception) -> JSONResponse:
         runtime = getattr(request.app.state, "runtime", None)

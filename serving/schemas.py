@@ -56,6 +56,8 @@ __all__ = [
     "BatchOut",
     "DecisionIn",
     "DecisionOut",
+    "DeliveriesOut",
+    "DeliveryOut",
     "ErrorBody",
     "ErrorOut",
     "EventsOut",
@@ -68,6 +70,7 @@ __all__ = [
     "OutcomesOut",
     "Reason",
     "ReasonOut",
+    "ReplayIn",
     "ReviewOut",
     "StoredDecisionOut",
     "UsageIn",
@@ -75,6 +78,9 @@ __all__ = [
     "UserRow",
     "UsersIn",
     "VerdictIn",
+    "WebhookIn",
+    "WebhookOut",
+    "WebhooksOut",
     "storable",
     "trimmed",
 ]
@@ -528,3 +534,63 @@ class AppealOut(BaseModel):
     against_version: int
     first_reviewer: str | None
     decided_version: int | None
+
+
+Seq = Annotated[int, Field(ge=0, le=10**15), BeforeValidator(_whole_number)]
+"""A sequence number of the outcome feed (far below where JSON numbers lose precision)."""
+_WEB_ADDRESS = r"^https?://[^\s\x00]+$"
+
+
+def _web_address(value: str) -> str:
+    if re.fullmatch(_WEB_ADDRESS[1:-1], value) is None:
+        raise ValueError("must be an http:// or https:// address without spaces")
+    return value
+
+
+class WebhookIn(BaseModel):
+    """A receiver of the outcome feed."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: Annotated[
+        str,
+        Field(max_length=2000, json_schema_extra={"pattern": _WEB_ADDRESS}),
+        AfterValidator(_web_address),
+    ]
+    after: Seq | None = Field(
+        default=None,
+        description="deliver the outcomes after this sequence number; null: from now on",
+    )
+
+
+class ReplayIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    after: Seq = Field(description="deliver again every outcome after this")
+
+
+class WebhookOut(BaseModel):
+    id: int
+    url: str
+    secret: str | None = Field(description="shown once, when the webhook is registered")
+    created_at: datetime
+    created_by: str
+    delivered_through: int = Field(description="the last sequence number answered 2xx")
+    attempts: int = Field(description="failed attempts at the next outcome")
+    next_attempt_at: datetime
+    last_error: str | None
+    disabled_at: datetime | None
+
+
+class WebhooksOut(BaseModel):
+    webhooks: list[WebhookOut]
+
+
+class DeliveryOut(BaseModel):
+    seq: int
+    attempted_at: datetime
+    status: int | None = Field(description="the HTTP status answered; null: no answer")
+    error: str | None
+    duration_ms: float
+
+
+class DeliveriesOut(BaseModel):
+    deliveries: list[DeliveryOut]

@@ -11,7 +11,7 @@ Every setting has a default that works on a fresh checkout; the environment over
 ``RISKMODEL_API_KEYS``, ``RISKMODEL_MAX_BODY_BYTES``, ``RISKMODEL_MAX_BATCH``,
 ``RISKMODEL_SQLITE_SYNCHRONOUS``, ``RISKMODEL_CLOCK_SKEW_SECONDS``,
 ``RISKMODEL_LATE_HOURS``, ``RISKMODEL_FOLLOW_SECONDS``, ``RISKMODEL_MAX_IN_FLIGHT``,
-``RISKMODEL_FEED_WAIT_SECONDS``).
+``RISKMODEL_FEED_WAIT_SECONDS``, ``RISKMODEL_WEBHOOK_BACKOFF_SECONDS``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ _ENV = {
     "follow_seconds": "RISKMODEL_FOLLOW_SECONDS",
     "max_in_flight": "RISKMODEL_MAX_IN_FLIGHT",
     "feed_wait_seconds": "RISKMODEL_FEED_WAIT_SECONDS",
+    "webhook_backoff_seconds": "RISKMODEL_WEBHOOK_BACKOFF_SECONDS",
 }
 
 
@@ -76,13 +77,15 @@ class Settings:
     ``max_in_flight``: the decision calls (``/v1/decisions...``) one worker holds at once;
     one more answers 503 ``overloaded`` at once, and a caller holding three quarters of
     them gets 429, both with ``Retry-After: 1`` (``serving.pressure``). It bounds how long
-    an admitted call waits: at a few milliseconds of CPU per decision, 64 calls queued are
-    about 0.1 to 0.3 s, well inside a caller's deadline, where an unbounded queue would
-    grow until every caller times out.
+    an admitted call waits, about the limit times one decision's time under load, where an
+    unbounded queue would grow until every caller times out: size it as the wait a caller
+    accepts times the decisions a worker finishes per second (``docs/api.md``).
 
     ``feed_wait_seconds``: the longest a call to the outcome feed (``GET /v1/outcomes``)
     waits for an outcome, whatever its ``wait`` asks; keep it below the idle timeout of
     the proxies between the refund pipeline and the service.
+    ``webhook_backoff_seconds``: how long a webhook that failed waits before its first
+    retry; each further failure doubles it, up to ten minutes (``serving.webhooks``).
     """
 
     database_url: str | None = None
@@ -98,6 +101,7 @@ class Settings:
     follow_seconds: float = 1.0
     max_in_flight: int = 64
     feed_wait_seconds: float = 25.0
+    webhook_backoff_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1024:
@@ -117,6 +121,10 @@ class Settings:
             raise ValueError(f"late_hours {self.late_hours} is below 0")
         if not self.follow_seconds > 0:
             raise ValueError(f"follow_seconds {self.follow_seconds} is not above 0")
+        if not self.webhook_backoff_seconds > 0:
+            raise ValueError(
+                f"webhook_backoff_seconds {self.webhook_backoff_seconds} is not above 0"
+            )
         if self.feed_wait_seconds < 0:
             raise ValueError(f"feed_wait_seconds {self.feed_wait_seconds} is below 0")
         if self.max_in_flight < 1:
@@ -144,4 +152,7 @@ class Settings:
             follow_seconds=float(get("follow_seconds") or defaults.follow_seconds),
             max_in_flight=int(get("max_in_flight") or defaults.max_in_flight),
             feed_wait_seconds=float(get("feed_wait_seconds") or defaults.feed_wait_seconds),
+            webhook_backoff_seconds=float(
+                get("webhook_backoff_seconds") or defaults.webhook_backoff_seconds
+            ),
         )

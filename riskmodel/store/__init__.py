@@ -23,7 +23,8 @@ audit trail), ``derived`` (the derived columns, sightings, abuse changes
 and day tiles, and their refresh), ``bulk`` (``upsert`` and reading tables back), ``live``
 (the serving path's write of one request), ``decisions`` (the decision path's one
 read and the decision row), ``outcomes`` (the versions that settle a request, the feed's
-sequence, appeals), ``migrations`` (the version steps) and
+sequence, appeals), ``webhooks`` (the feed's receivers and their deliveries),
+``migrations`` (the version steps) and
 ``connection`` (URLs, ``open_store``, dialects, ``analyze`` / ``vacuum``).
 """
 
@@ -105,6 +106,19 @@ from riskmodel.store.schema import (
     webhook_deliveries,
     webhooks,
 )
+from riskmodel.store.webhooks import (
+    add_webhook,
+    delivered,
+    deliveries,
+    due_webhooks,
+    failed_attempt,
+    list_webhooks,
+    record_attempt,
+    replay_from,
+    stop_webhook,
+    take,
+    webhook,
+)
 
 __all__ = [
     "ABUSE_KEYS",
@@ -130,6 +144,7 @@ __all__ = [
     "Tiles",
     "abuse_changes",
     "accounts",
+    "add_webhook",
     "analyze",
     "appeal_of",
     "appeals",
@@ -142,8 +157,12 @@ __all__ = [
     "create_database",
     "decision_context",
     "decisions",
+    "delivered",
+    "deliveries",
     "drop_everything",
+    "due_webhooks",
     "entity_days",
+    "failed_attempt",
     "feed",
     "fetch_by_key",
     "fetch_one",
@@ -152,6 +171,7 @@ __all__ = [
     "insert_outcome",
     "insert_request",
     "latest_outcome",
+    "list_webhooks",
     "marker",
     "metadata",
     "newest_request",
@@ -160,11 +180,13 @@ __all__ = [
     "outcomes",
     "read_table",
     "reading",
+    "record_attempt",
     "refresh_abuse_changes",
     "refresh_derived",
     "refresh_entity_days",
     "refresh_sighting_days",
     "refresh_sightings",
+    "replay_from",
     "request_hash",
     "resolve_database_url",
     "same_request_stored",
@@ -172,11 +194,14 @@ __all__ = [
     "sequence",
     "sighting_days",
     "sightings",
+    "stop_webhook",
     "stored_decision",
     "table_counts",
+    "take",
     "upsert",
     "vacuum",
     "versions",
+    "webhook",
     "webhook_deliveries",
     "webhooks",
 ]

@@ -27,15 +27,16 @@ POLL_SECONDS = 0.1
 async def follow(
     runtime: CurrentRuntime,
     _: Reader,
-    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    after: Annotated[int, Query(ge=0, le=10**15)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     wait: Annotated[float, Query(ge=0, le=30)] = 0,
 ) -> JSONResponse:
     """Final outcomes after ``after`` in sequence (roles decide or review): automatic
     approvals and blocks, reviewers' verdicts, appeals' results. With none yet, the call
-    waits up to ``wait`` seconds for one (long polling; the service may cap it lower). Pass ``last`` back as ``after``:
-    a consumer that does so sees every outcome once, in order, across restarts of either
-    side; ``event_id`` is unique, for consumers that store it."""
+    waits up to ``wait`` seconds for one (long polling; the service may cap it lower).
+    Pass ``last`` back as ``after``: a consumer that does so sees every outcome once, in
+    order, across restarts of either side; ``event_id`` is unique, for consumers that
+    store it."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(wait, runtime.settings.feed_wait_seconds)
     while True:
