@@ -240,6 +240,29 @@ def test_signing_in_sets_a_strict_cookie_and_goes_to_the_role_s_page(console: Se
     assert sign_in_as(console, "sam").headers["location"] == "/console/search"
 
 
+def test_over_https_the_cookie_is_secure(console: Service) -> None:
+    console.client.cookies.clear()
+    form = console.client.get("https://testserver/console/login")
+    answer = console.client.post(
+        "https://testserver/console/login",
+        data={"name": "ana", "password": PASSWORD, "csrf": _csrf(form.text)},
+        follow_redirects=False,
+    )
+
+    assert answer.status_code == 303
+    assert "secure" in answer.headers["set-cookie"].lower()
+
+
+def test_a_form_posted_after_the_session_ended_goes_to_the_console(console: Service) -> None:
+    console.client.cookies.clear()
+    answer = console.client.post(
+        "/console/cases/r1/claim", data={"csrf": "x"}, follow_redirects=False
+    )
+
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/console/login?then=%2Fconsole"
+
+
 def test_a_wrong_password_or_a_disabled_account_is_refused(console: Service) -> None:
     assert sign_in_as(console, "ana", "not the password").status_code == 401
     engine = _engine(console)

@@ -54,6 +54,7 @@ router = APIRouter(prefix="/console", include_in_schema=False)
 
 HISTORY_PAGE = 25
 _MAX_PARAM = 128
+_MAX_THEN = 2000  # a filtered queue's address
 
 Reviewer = Annotated[Person, Depends(requires("queue"))]
 CaseReader = Annotated[Person, Depends(requires("case"))]
@@ -138,7 +139,8 @@ def _login_page(
 
 @router.get("/login")
 def login_form(request: Request) -> HTMLResponse:
-    return _login_page(request, _param(request, "then"), None)
+    then = request.query_params.get("then", "")
+    return _login_page(request, then if len(then) <= _MAX_THEN else None, None)
 
 
 @router.post("/login")

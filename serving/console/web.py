@@ -169,6 +169,10 @@ def engine_of(request: Request) -> Engine:
 
 
 def _then(request: Request) -> str:
+    """Where to come back after signing in: this page, or the console's first page when
+    this was a form (its address takes a POST, not the browser's GET)."""
+    if request.method != "GET":
+        return "/console"
     path = request.url.path
     return path + (f"?{request.url.query}" if request.url.query else "")
 
