@@ -139,6 +139,7 @@ class _Prepared:
     key: str
     request: dict[str, Any]
     timings: list[tuple[str, float]]
+    reviewer: tuple[str, str]  # the console account to sign in with: name, password
 
 
 def _plan(args: argparse.Namespace) -> _Plan:
@@ -172,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {_command(serve)}")
             print("then decide a refund request:")
             print(_curl(base, prepared.key, prepared.request))
+            print(_console(base, prepared.reviewer))
             return 0
         return _serve(prepared, args, base, started)
     finally:
@@ -257,8 +259,10 @@ def _prepare(args: argparse.Namespace) -> _Prepared:
             step()
     with _timed(plan, f"{len(steps) + 1}. create an API key"):
         key = _key(plan)
+    with _timed(plan, f"{len(steps) + 2}. create a reviewer account for the console"):
+        reviewer = _reviewer(plan)
     request = pending_request(plan.sim, plan.database_url)
-    return _Prepared(_serve_options(plan), key, request, plan.timings)
+    return _Prepared(_serve_options(plan), key, request, plan.timings, reviewer)
 
 
 # -- steps ---------------------------------------------------------------------------------
@@ -363,6 +367,37 @@ def _key(plan: _Plan) -> str:
         f"in {plan.api_keys}"
     )
     return key
+
+
+def _reviewer(plan: _Plan) -> tuple[str, str]:
+    """A new reviewer account (``reviewer``, else the first free ``reviewer-N``) with a
+    random password, shown once, as an API key is."""
+    import secrets
+
+    from riskmodel.store import open_store
+    from serving.console.accounts import create_account, find_account
+
+    engine = open_store(plan.database_url)
+    try:
+        name = next(
+            n
+            for n in ("reviewer", *(f"reviewer-{i}" for i in range(2, 10_000)))
+            if find_account(engine, n) is None
+        )
+        password = secrets.token_urlsafe(12)
+        create_account(engine, name, "reviewer", password)
+    finally:
+        engine.dispose()
+    print(f"  a new console account {name!r} (role reviewer); only its password's hash is kept")
+    return name, password
+
+
+def _console(base: str, reviewer: tuple[str, str]) -> str:
+    name, password = reviewer
+    return (
+        f"the review console: {base}/console (sign in as {name!r}, password {password!r}; "
+        "more accounts: riskmodel accounts create NAME --role reviewer|support)"
+    )
 
 
 # -- the request to try ---------------------------------------------------------------------
@@ -482,18 +517,18 @@ def _serve_options(plan: _Plan) -> list[str]:
 def _serve(prepared: _Prepared, args: argparse.Namespace, base: str, started: float) -> int:
     argv = ["serve", *prepared.serve_options, "--host", args.host, "--port", str(args.port)]
     argv += ["--workers", "1"]
-    print(f"\n==> 6. start the API: {_command(argv)}")
+    print(f"\n==> 7. start the API: {_command(argv)}")
     step_started = time.perf_counter()
     # A child process, so that this one can wait for readiness and then print the call.
     server = subprocess.Popen([sys.executable, "-m", "riskmodel.cli", *argv])
     try:
         _wait_ready(server, base)
-        started_api = ("6. start the API", time.perf_counter() - step_started)
+        started_api = ("7. start the API", time.perf_counter() - step_started)
         _summary([*prepared.timings, started_api], started)
         print(f"\nthe API is ready at {base}; docs at {base}/docs; Ctrl-C stops it")
         print("decide a refund request (send it again: the same stored decision comes back):")
         print(_curl(base, prepared.key, prepared.request))
-        print(flush=True)
+        print(_console(base, prepared.reviewer), flush=True)
         return server.wait()
     except KeyboardInterrupt:
         return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -161,9 +162,27 @@ def test_quickstart_builds_store_champion_policy_and_key(started: Quickstarted) 
     assert caller is not None
     assert caller.name == "quickstart"
     assert Role.DECIDE in caller.roles
-    for step in ("1. simulate", "2. load", "3. train", "4. install", "5. create an API key"):
+    for step in ("1. simulate", "2. load", "3. train", "4. install", "5. create an API key",
+                 "6. create a reviewer account"):  # fmt: skip
         assert step in started.output
     assert "riskmodel serve" in started.output
+
+
+def test_quickstart_ends_with_the_console_and_an_account_that_signs_in(
+    started: Quickstarted,
+) -> None:
+    from serving.console.accounts import sign_in
+
+    last = started.output.strip().splitlines()[-1]
+    found = re.search(r"(http://\S+/console) \(sign in as '([^']+)', password '([^']+)'", last)
+    assert found is not None, last
+    engine = open_store(started.url)
+    try:
+        account = sign_in(engine, found.group(2), found.group(3))
+    finally:
+        engine.dispose()
+    assert account is not None
+    assert account.role == "reviewer"
 
 
 def test_quickstart_request_is_new_and_consistent_with_the_simulation(
