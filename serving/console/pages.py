@@ -48,7 +48,23 @@ from serving.records import user_history
 from serving.runtime import Runtime
 from serving.schemas import AppealIn, VerdictIn
 
-__all__ = ["router"]
+__all__ = [
+    "appeal",
+    "case_page",
+    "decide",
+    "history",
+    "home",
+    "let_go",
+    "levels",
+    "login",
+    "login_form",
+    "logout",
+    "queue",
+    "router",
+    "search",
+    "style",
+    "take",
+]
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 

@@ -38,14 +38,19 @@ __all__ = [
     "Person",
     "Posted",
     "SignInNeeded",
+    "SignedIn",
     "console_state",
     "engine_of",
     "install_handlers",
+    "now_us",
     "page",
     "posting",
     "read_form",
+    "redirect",
     "requires",
     "security_headers",
+    "set_session",
+    "signed_in",
 ]
 
 ALLOWED: Mapping[str, frozenset[str]] = {
