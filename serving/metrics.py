@@ -6,10 +6,13 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["Metrics"]
+__all__ = ["REFUSALS", "Metrics"]
 
 # Decision latency is a few milliseconds; the buckets resolve it there and show outliers.
 _BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+REFUSALS = (("429", "too_many_requests"), ("503", "overloaded"))
+"""The back-pressure answers (``serving.pressure``): status and error code."""
 
 
 @dataclass
@@ -74,6 +77,16 @@ class Metrics:
             ["mode"],
             registry=r,
         )
+        self.refused = Counter(
+            "riskmodel_refused",
+            "Decision calls refused by back-pressure before their body was read: 503 "
+            "overloaded (the worker held RISKMODEL_MAX_IN_FLIGHT calls), 429 "
+            "too_many_requests (the caller held its share of them)",
+            ["status", "reason"],
+            registry=r,
+        )
+        for status, reason in REFUSALS:  # shown at 0 from the start: rate() needs a base
+            self.refused.labels(status, reason)
         self.reloads = Counter(
             "riskmodel_reloads",
             "Reloads asked, by what and outcome",

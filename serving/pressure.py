@@ -16,7 +16,8 @@ fill the count. The answer is sent before the body is read: a flood costs header
 One caller may hold at most three quarters of the calls (``caller_share``), so that
 another caller (support looking up a decision, a second pipeline) still finds room: a
 caller past its share gets 429 ``too_many_requests``; a call that finds the whole worker
-full gets 503 ``overloaded``.
+full gets 503 ``overloaded``. Each refusal is counted in ``riskmodel_refused_total``
+(labels ``status`` and ``reason``) on ``/metrics``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.errors import CallerOverloaded, Overloaded, ServingError, send_error
+from serving.runtime import Runtime
 
 __all__ = ["GUARDED_PATHS", "RETRY_AFTER_SECONDS", "InFlightLimit", "caller_share", "limit"]
 
@@ -70,6 +72,7 @@ class InFlightLimit:
         caller = _caller_name(scope)
         refusal = self._refusal(caller)
         if refusal is not None:
+            _count(scope, refusal)
             retry = str(RETRY_AFTER_SECONDS).encode()
             await send_error(send, refusal, [(b"retry-after", retry)])
             return
@@ -96,6 +99,14 @@ class InFlightLimit:
                 f"retry after {RETRY_AFTER_SECONDS} s"
             )
         return None
+
+
+def _count(scope: Scope, refusal: ServingError) -> None:
+    """One more refusal on ``/metrics``: the application's runtime holds the counter
+    (made when the application starts, after this middleware)."""
+    runtime = getattr(getattr(scope.get("app"), "state", None), "runtime", None)
+    if isinstance(runtime, Runtime):
+        runtime.metrics.refused.labels(str(refusal.status), refusal.code).inc()
 
 
 def _caller_name(scope: Scope) -> str:

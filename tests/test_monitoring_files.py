@@ -116,6 +116,7 @@ def test_the_rules_alert_on_what_the_issue_asks() -> None:
         "riskmodel_score_psi > 0.25",
         "riskmodel_feature_psi > 0.25",
         'decision="review"',
+        "riskmodel_refused_total",
     ):
         assert needed in exprs, needed
 

@@ -1,8 +1,9 @@
 """Back-pressure (``serving.pressure``): a worker holding ``max_in_flight`` decision calls
 answers the next at once, 503 ``overloaded`` (429 ``too_many_requests`` past one caller's
 share), with ``Retry-After``, before reading its body; a real server flooded answers
-those fast and decides the rest; the refund pipeline's client waits as told and gets its
-decisions within its budget; the OpenAPI document says so.
+those fast, counts them on ``/metrics`` and decides the rest; the refund pipeline's
+client waits as told and gets its decisions within its budget; the OpenAPI document says
+so.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from riskmodel_client import AsyncClient, Decision
 
 from serving.app import create_app
@@ -178,7 +180,20 @@ def _flood(served: Served, seconds: float, workers: int) -> list[tuple[str, floa
     return answers
 
 
+def _refused_counts(served: Served) -> dict[tuple[str, str], float]:
+    """``riskmodel_refused_total`` on the server's ``/metrics``, by (status, reason)."""
+    text = httpx.get(f"{served.base_url}/metrics", timeout=10).text
+    return {
+        (sample.labels["status"], sample.labels["reason"]): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "riskmodel_refused"
+        for sample in family.samples
+        if sample.name == "riskmodel_refused_total"
+    }
+
+
 def test_a_flooded_server_answers_the_excess_fast_and_decides_the_rest(flooded: Served) -> None:
+    before = _refused_counts(flooded)
     answers = _flood(flooded, seconds=1.0, workers=12)
 
     statuses = [response.status_code for _, _, response in answers]
@@ -195,6 +210,12 @@ def test_a_flooded_server_answers_the_excess_fast_and_decides_the_rest(flooded: 
     assert statistics.median(took for took, _ in refused) < 0.25
     # What was refused was not decided; what was decided was stored once.
     assert flooded.decision_count("flood-") == len(decided)
+    # Every refusal is counted on /metrics, by status and reason.
+    after = _refused_counts(flooded)
+    assert set(before) == set(after) == {("429", "too_many_requests"), ("503", "overloaded")}
+    for status, reason in after:
+        sent = sum(1 for _, _, r in answers if r.status_code == int(status))
+        assert after[status, reason] - before[status, reason] == sent, (status, reason)
 
 
 def test_the_client_waits_as_told_and_gets_every_decision_within_its_budget(
