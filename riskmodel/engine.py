@@ -82,6 +82,7 @@ __all__ = [
     "decide",
     "decide_frame",
     "decide_with_scorer",
+    "entitlement",
     "request_fields",
     "required_fields",
     "segment_for",
@@ -286,7 +287,7 @@ def _money_check(row: Mapping[str, Any], policy: Policy) -> _Money:
         seen = _number(row.get("order_days_used_seen"))
         if days is None or days < 1 or seen is None:
             return _unknown_money("the membership's service days or usage are unknown")
-        entitled = _entitlement(price_cents, int(days), int(seen), policy)
+        entitled = entitlement(price_cents, int(days), int(seen), policy)
         if asked > entitled:
             charged = max(int(seen), terms.min_charged_days)
             text = (
@@ -304,7 +305,10 @@ def _money_check(row: Mapping[str, Any], policy: Policy) -> _Money:
     return _finish(asked, asked, None)
 
 
-def _entitlement(price_cents: int, days: int, seen: int, policy: Policy) -> int:
+def entitlement(price_cents: int, days: int, seen: int, policy: Policy) -> int:
+    """What a membership of ``days`` days bought for ``price_cents`` pays back when ``seen``
+    of its days were used: the unused days' share of the price, at least the policy's
+    minimum of charged days counted as used, less its fee, in cents."""
     terms = policy.spec.prorated
     charged = max(seen, terms.min_charged_days)
     remaining = max(days - charged, 0)

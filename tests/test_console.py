@@ -253,6 +253,24 @@ def test_over_https_the_cookie_is_secure(console: Service) -> None:
     assert "secure" in answer.headers["set-cookie"].lower()
 
 
+def test_signing_out_ends_the_session_and_its_copies(console: Service) -> None:
+    sign_in_as(console, "ben")
+    copied = console.client.cookies[session.COOKIE]
+    page = console.client.get("/console/queue")
+    assert page.status_code == 200
+
+    out = console.client.post(
+        "/console/logout", data={"csrf": _csrf(page.text)}, follow_redirects=False
+    )
+
+    assert out.headers["location"] == "/console/login"
+    console.client.cookies.set(session.COOKIE, copied, path="/console")
+    replayed = console.client.get("/console/queue", follow_redirects=False)
+    assert replayed.status_code == 303  # the copy ended with the sign-out
+    assert sign_in_as(console, "ben").status_code == 303
+    assert console.client.get("/console/queue").status_code == 200  # a new session is good
+
+
 def test_a_form_posted_after_the_session_ended_goes_to_the_console(console: Service) -> None:
     console.client.cookies.clear()
     answer = console.client.post(

@@ -377,6 +377,8 @@ accounts = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("last_seen_at", BigInteger, nullable=True),
     Column("disabled_at", BigInteger, nullable=True),
+    # Signing out ends every session begun before it (a copied cookie included).
+    Column("signed_out_at", BigInteger, nullable=True),
 )
 
 # Who is working on which case: one reviewer per case; a claim lapses when its holder has

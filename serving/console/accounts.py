@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +43,7 @@ __all__ = [
     "hash_password",
     "list_accounts",
     "sign_in",
+    "sign_out",
     "touch",
 ]
 
@@ -70,10 +71,17 @@ class Account:
     created_at: int  # microseconds
     last_seen_at: int | None
     disabled_at: int | None
+    signed_out_at: int | None = None  # microseconds
 
     @property
     def active(self) -> bool:
         return self.disabled_at is None
+
+    def admits(self, began: int) -> bool:
+        """Whether a session begun at ``began`` (microseconds) is still good: the account
+        is active and has not signed out since."""
+        out = self.signed_out_at
+        return self.active and (out is None or began > out)
 
 
 def hash_password(password: str, *, n: int = _N, r: int = _R, p: int = _P) -> str:
@@ -116,7 +124,14 @@ def _now() -> int:
 
 
 def _account(row: Any) -> Account:
-    return Account(row.name, row.role, int(row.created_at), row.last_seen_at, row.disabled_at)
+    return Account(
+        row.name,
+        row.role,
+        int(row.created_at),
+        row.last_seen_at,
+        row.disabled_at,
+        row.signed_out_at,
+    )
 
 
 def create_account(engine: Engine, name: str, role: str, password: str) -> Account:
@@ -200,5 +215,11 @@ def touch(engine: Engine, name: str, *, every: int = 30 * units.SECOND) -> Accou
             return None
         if row.disabled_at is None and (row.last_seen_at or 0) <= now - every:
             conn.execute(update(accounts).where(accounts.c.name == name).values(last_seen_at=now))
-            return Account(row.name, row.role, int(row.created_at), now, None)
+            return replace(_account(row), last_seen_at=now)
     return _account(row)
+
+
+def sign_out(engine: Engine, name: str) -> None:
+    """End every session of ``name`` begun until now, on every device."""
+    with engine.begin() as conn:
+        conn.execute(update(accounts).where(accounts.c.name == name).values(signed_out_at=_now()))

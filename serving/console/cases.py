@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, and_, func, select
 from sqlalchemy.orm import aliased
 
 import features
-from riskmodel.engine import _entitlement  # the policy's one prorating formula
+from riskmodel.engine import entitlement
 from riskmodel.policy import Policy
 from riskmodel.store.schema import (
     EVENT_TABLES,
@@ -165,7 +165,7 @@ def _order_part(
     days = order.get("service_days")
     if policy is not None and days:
         seen = case.days_used_seen
-        case.entitlement = _entitlement(int(order["amount"]), int(days), seen, policy)
+        case.entitlement = entitlement(int(order["amount"]), int(days), seen, policy)
 
 
 def _linked(conn: Connection, case: Case, user_id: str) -> None:

@@ -25,7 +25,7 @@ from riskmodel.domain import ProductType, RefundReason
 from riskmodel.store.schema import EVENT_TABLES, decisions
 from serving import verdicts
 from serving.console import session
-from serving.console.accounts import sign_in
+from serving.console.accounts import sign_in, sign_out
 from serving.console.cases import read_case
 from serving.console.levels import WINDOW_DAYS, service_levels
 from serving.console.queue import BANDS, Filters, claim, holder, is_open, queue_page, release
@@ -194,7 +194,9 @@ async def login(request: Request) -> Response:
 
 
 @router.post("/logout")
-def logout(posted: SigningOut) -> Response:
+def logout(request: Request, posted: SigningOut) -> Response:
+    # Every session of the account ends, a copied cookie's too, not only this browser's.
+    sign_out(engine_of(request), posted.person.account.name)
     response = redirect("/console/login")
     response.delete_cookie(session.COOKIE, path="/console")
     return response

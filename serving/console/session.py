@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -61,6 +62,7 @@ class Session:
     name: str
     session_id: str
     expires: int  # seconds since the epoch
+    began: int  # microseconds since the epoch: the sign-in, kept as the session slides
 
 
 def shared_secret(engine: Engine) -> bytes:
@@ -93,10 +95,23 @@ def _sign(secret: bytes, purpose: str, payload: bytes) -> str:
     return hmac.new(secret, purpose.encode() + b"\x00" + payload, hashlib.sha256).hexdigest()
 
 
-def issue(secret: bytes, name: str, *, now: int, hours: float, session_id: str = "") -> str:
+def issue(
+    secret: bytes,
+    name: str,
+    *,
+    now: int,
+    hours: float,
+    session_id: str = "",
+    began: int | None = None,
+) -> str:
     """A signed cookie value for ``name``, expiring ``hours`` after ``now`` (seconds);
-    the same ``session_id`` when it slides, a new random one at sign-in."""
-    body = {"n": name, "s": session_id or secrets.token_hex(16), "e": now + int(hours * 3600)}
+    the same ``session_id`` and ``began`` when it slides, new ones at sign-in."""
+    body = {
+        "n": name,
+        "s": session_id or secrets.token_hex(16),
+        "e": now + int(hours * 3600),
+        "b": time.time_ns() // 1000 if began is None else began,
+    }
     payload = base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode())
     return f"{payload.decode()}.{_sign(secret, 'session', payload)}"
 
@@ -111,7 +126,7 @@ def open_cookie(secret: bytes, value: str | None, *, now: int) -> Session | None
         return None
     try:
         body = json.loads(base64.urlsafe_b64decode(payload.encode()))
-        session = Session(str(body["n"]), str(body["s"]), int(body["e"]))
+        session = Session(str(body["n"]), str(body["s"]), int(body["e"]), int(body["b"]))
     except (ValueError, KeyError, TypeError):
         return None
     return session if session.expires > now else None

@@ -193,14 +193,21 @@ def signed_in(request: Request) -> Person:
     if found is None:
         raise SignInNeeded(_then(request))
     account = touch(engine, found.name)
-    if account is None or not account.active:
+    if account is None or not account.admits(found.began):
         raise SignInNeeded(_then(request))
     hours = state.settings.session_hours
     return Person(
         account=account,
         session=found,
         csrf=session.csrf_token(secret, found),
-        cookie=session.issue(secret, found.name, now=now, hours=hours, session_id=found.session_id),
+        cookie=session.issue(
+            secret,
+            found.name,
+            now=now,
+            hours=hours,
+            session_id=found.session_id,
+            began=found.began,
+        ),
         max_age=int(hours * 3600),
         secure=request.url.scheme == "https",
     )
