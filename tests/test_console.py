@@ -23,6 +23,7 @@ from riskmodel.ingest import ingest_tables
 from riskmodel.store.schema import accounts, decisions
 from serving.console import session
 from serving.console.accounts import (
+    LOCK_AFTER,
     AccountError,
     check_password,
     create_account,
@@ -251,6 +252,21 @@ def test_over_https_the_cookie_is_secure(console: Service) -> None:
 
     assert answer.status_code == 303
     assert "secure" in answer.headers["set-cookie"].lower()
+
+
+def test_wrong_passwords_in_a_row_lock_the_account_for_a_while() -> None:
+    engine = store.open_store("sqlite://")
+    create_account(engine, "lee", "reviewer", PASSWORD)
+    for _ in range(LOCK_AFTER - 1):
+        assert sign_in(engine, "lee", "not the password") is None
+    assert sign_in(engine, "lee", PASSWORD) is not None  # a success starts over
+    for _ in range(LOCK_AFTER):
+        assert sign_in(engine, "lee", "not the password") is None
+
+    assert sign_in(engine, "lee", PASSWORD) is None  # locked, the right one too
+    with engine.begin() as conn:
+        conn.execute(update(accounts).values(locked_until=1))  # the wait is over
+    assert sign_in(engine, "lee", PASSWORD) is not None
 
 
 def test_signing_out_ends_the_session_and_its_copies(console: Service) -> None:

@@ -23,7 +23,7 @@ audit trail), ``derived`` (the derived columns, sightings, abuse changes
 and day tiles, and their refresh), ``bulk`` (``upsert`` and reading tables back), ``live``
 (the serving path's write of one request), ``decisions`` (the decision path's one
 read and the decision row), ``outcomes`` (the versions that settle a request, the feed's
-sequence, appeals), ``webhooks`` (the feed's receivers and their deliveries),
+sequence, appeals), ``hooks`` (the feed's webhooks and their deliveries),
 ``migrations`` (the version steps) and
 ``connection`` (URLs, ``open_store``, dialects, ``analyze`` / ``vacuum``).
 """
@@ -67,6 +67,19 @@ from riskmodel.store.derived import (
     refresh_sighting_days,
     refresh_sightings,
 )
+from riskmodel.store.hooks import (
+    add_webhook,
+    delivered,
+    deliveries,
+    due_webhooks,
+    failed_attempt,
+    list_webhooks,
+    record_attempt,
+    replay_from,
+    stop_webhook,
+    take,
+    webhook,
+)
 from riskmodel.store.live import TileCounts, count_in_tiles, insert_request
 from riskmodel.store.outcomes import (
     FINAL,
@@ -105,19 +118,6 @@ from riskmodel.store.schema import (
     sightings,
     webhook_deliveries,
     webhooks,
-)
-from riskmodel.store.webhooks import (
-    add_webhook,
-    delivered,
-    deliveries,
-    due_webhooks,
-    failed_attempt,
-    list_webhooks,
-    record_attempt,
-    replay_from,
-    stop_webhook,
-    take,
-    webhook,
 )
 
 __all__ = [

@@ -379,6 +379,9 @@ accounts = Table(
     Column("disabled_at", BigInteger, nullable=True),
     # Signing out ends every session begun before it (a copied cookie included).
     Column("signed_out_at", BigInteger, nullable=True),
+    # Wrong passwords in a row; past a few the account waits until ``locked_until``.
+    Column("failed_sign_ins", Integer, nullable=False, server_default="0"),
+    Column("locked_until", BigInteger, nullable=True),
 )
 
 # Who is working on which case: one reviewer per case; a claim lapses when its holder has

@@ -32,6 +32,8 @@ from riskmodel.errors import RiskModelError
 from riskmodel.store.schema import accounts
 
 __all__ = [
+    "LOCK_AFTER",
+    "LOCK_MINUTES",
     "MIN_PASSWORD",
     "ROLES",
     "Account",
@@ -53,6 +55,11 @@ histories, appeals filed on a buyer's behalf; never a verdict."""
 
 MIN_PASSWORD = 10
 """The shortest password accepted, in characters."""
+
+LOCK_AFTER = 10
+"""Wrong passwords in a row that lock an account ..."""
+LOCK_MINUTES = 15
+"""... for this long."""
 
 _N, _R, _P = 2**14, 8, 1
 _SALT_BYTES = 16
@@ -192,16 +199,50 @@ def disable_account(engine: Engine, name: str) -> Account:
 
 def sign_in(engine: Engine, name: str, password: str) -> Account | None:
     """The active account ``name`` if ``password`` is its password, else None (an unknown
-    name, a wrong password and a disabled account are told apart by nobody)."""
+    name, a wrong password, a disabled and a locked account are told apart by nobody).
+
+    ``LOCK_AFTER`` wrong passwords in a row lock the account for ``LOCK_MINUTES``: a list of
+    passwords tried against one account gets a few guesses an hour, not twenty a second.
+    While locked, even the right password is refused."""
     with engine.begin() as conn:
         row = conn.execute(
-            select(accounts.c.name, accounts.c.password_hash).where(accounts.c.name == name)
+            select(accounts.c.name, accounts.c.password_hash, accounts.c.locked_until).where(
+                accounts.c.name == name
+            )
         ).first()
     matches = check_password(password, _DECOY if row is None else row.password_hash)
-    if row is None or not matches:
+    if row is None:
         return None
+    now = _now()
+    if row.locked_until is not None and row.locked_until > now:
+        return None
+    if not matches:
+        _failed(engine, name, now)
+        return None
+    with engine.begin() as conn:
+        conn.execute(
+            update(accounts)
+            .where(accounts.c.name == name)
+            .values(failed_sign_ins=0, locked_until=None)
+        )
     account = touch(engine, name, every=0)
     return account if account is not None and account.active else None
+
+
+def _failed(engine: Engine, name: str, now: int) -> None:
+    with engine.begin() as conn:
+        failed = conn.execute(
+            update(accounts)
+            .where(accounts.c.name == name)
+            .values(failed_sign_ins=accounts.c.failed_sign_ins + 1)
+            .returning(accounts.c.failed_sign_ins)
+        ).scalar_one()
+        if failed >= LOCK_AFTER:
+            conn.execute(
+                update(accounts)
+                .where(accounts.c.name == name)
+                .values(failed_sign_ins=0, locked_until=now + LOCK_MINUTES * units.MINUTE)
+            )
 
 
 def touch(engine: Engine, name: str, *, every: int = 30 * units.SECOND) -> Account | None:

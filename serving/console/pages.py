@@ -25,7 +25,7 @@ from riskmodel.domain import ProductType, RefundReason
 from riskmodel.store.schema import EVENT_TABLES, decisions
 from serving import verdicts
 from serving.console import session
-from serving.console.accounts import sign_in, sign_out
+from serving.console.accounts import LOCK_AFTER, LOCK_MINUTES, sign_in, sign_out
 from serving.console.cases import read_case
 from serving.console.levels import WINDOW_DAYS, service_levels
 from serving.console.queue import BANDS, Filters, claim, holder, is_open, queue_page, release
@@ -179,7 +179,11 @@ async def login(request: Request) -> Response:
         sign_in, engine, form.get("name", "").strip(), form.get("password", "")
     )
     if account is None:
-        return _login_page(request, then, "The name or the password is wrong.", status=401)
+        wrong = (
+            f"The name or the password is wrong. After {LOCK_AFTER} wrong passwords in a row "
+            f"an account waits {LOCK_MINUTES} minutes before it signs in again."
+        )
+        return _login_page(request, then, wrong, status=401)
     now = int(time.time())
     hours = state.settings.session_hours
     response = redirect(_safe_then(then, account.role))
