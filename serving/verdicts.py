@@ -11,7 +11,7 @@ the console call the same functions.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -205,13 +205,21 @@ def _settle(
 
 
 def decide_case(
-    runtime: Runtime, request_id: str, verdict: VerdictIn, reviewer: str
+    runtime: Runtime,
+    request_id: str,
+    verdict: VerdictIn,
+    reviewer: str,
+    *,
+    guard: Callable[[Connection], None] | None = None,
 ) -> dict[str, Any]:
     """Settle a request under review, or its open appeal, as ``reviewer``: the new version
-    as the API answers it. A verdict after the deadline is recorded as late."""
+    as the API answers it. A verdict after the deadline is recorded as late. ``guard``
+    runs first in the same transaction and may refuse (the console's claims)."""
     now = units.micros(datetime.now(UTC))
     try:
         with _engine(runtime).begin() as conn:
+            if guard is not None:
+                guard(conn)
             row = _settle(conn, request_id, verdict, reviewer, now)
     except IntegrityError as exc:  # another reviewer's verdict committed first
         raise Conflict(f"request {request_id!r} was settled by another reviewer just now") from exc

@@ -18,7 +18,7 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from starlette.concurrency import run_in_threadpool
 
 from riskmodel.domain import ProductType, RefundReason
@@ -43,7 +43,7 @@ from serving.console.web import (
     requires,
     set_session,
 )
-from serving.errors import NotFound, ServingError
+from serving.errors import Conflict, NotFound, ServingError
 from serving.records import user_history
 from serving.runtime import Runtime
 from serving.schemas import AppealIn, VerdictIn
@@ -370,19 +370,17 @@ def decide(request: Request, request_id: str, posted: Deciding) -> Response:
         verdict = _verdict(form)
     except ValueError as exc:
         return _case_page(request, person, request_id, status=422, problem=str(exc), form=form)
-    with engine_of(request).begin() as conn:
+
+    def unclaimed(conn: Connection) -> None:
+        # In the verdict's transaction: a claim taken a moment ago still counts.
         held_by = holder(conn, request_id, now=now_us(), idle_us=state.settings.idle_us)
-    if held_by is not None and held_by != person.name:
-        return _case_page(
-            request,
-            person,
-            request_id,
-            status=409,
-            form=form,
-            problem=f"{held_by} holds this case: only they can decide it while they work on it.",
-        )
+        if held_by is not None and held_by != person.name:
+            raise Conflict(
+                f"{held_by} holds this case: only they can decide it while they work on it."
+            )
+
     try:
-        verdicts.decide_case(_runtime(request), request_id, verdict, person.name)
+        verdicts.decide_case(_runtime(request), request_id, verdict, person.name, guard=unclaimed)
     except ServingError as exc:
         return _case_page(
             request, person, request_id, status=exc.status, problem=exc.message, form=form
