@@ -9,6 +9,9 @@
 ``decide`` returns within its budget: the service's decision, or a review of its own
 (reason ``CLIENT_FALLBACK``) when the service is slow, unreachable or overloaded. It never
 approves what the service did not approve. Only ``httpx`` is needed.
+
+A receiver of the service's webhooks checks each delivery with ``verify_webhook`` and reads
+it with ``parse_outcome``.
 """
 
 from riskmodel_client.aio import AsyncClient
@@ -34,9 +37,18 @@ from riskmodel_client.types import (
     Review,
     UnreadableAnswer,
 )
+from riskmodel_client.webhooks import (
+    EVENT_HEADER,
+    SIGNATURE_HEADER,
+    parse_outcome,
+    sign_webhook,
+    verify_webhook,
+)
 
 __all__ = [
+    "EVENT_HEADER",
     "FALLBACK_CODE",
+    "SIGNATURE_HEADER",
     "ApiError",
     "AsyncClient",
     "AuthError",
@@ -55,4 +67,7 @@ __all__ = [
     "Review",
     "ServiceUnavailable",
     "UnreadableAnswer",
+    "parse_outcome",
+    "sign_webhook",
+    "verify_webhook",
 ]

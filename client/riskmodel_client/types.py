@@ -132,8 +132,10 @@ class Decision:
 
 @dataclass(frozen=True)
 class Outcome:
-    """One entry of the outcomes feed: a request's final outcome at ``version`` (the
-    automatic decision, a reviewer's verdict or an appeal's), at position ``seq``."""
+    """One entry of the outcomes feed (or one webhook delivery): a request's final
+    outcome at ``version`` (the automatic decision, a reviewer's verdict or an appeal's),
+    at position ``seq``; ``note`` is the reviewer's, ``due_at`` the deadline a verdict or
+    appeal had (``late`` when it came after it)."""
 
     seq: int
     event_id: str
@@ -146,6 +148,8 @@ class Outcome:
     decided_at: datetime
     decided_by: str | None
     late: bool
+    note: str | None = None
+    due_at: datetime | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> Outcome:
@@ -170,6 +174,8 @@ class Outcome:
                 decided_at=_time(data["decided_at"]),
                 decided_by=_optional(data, "decided_by", str),
                 late=_flag(data, "late"),
+                note=_optional(data, "note", str),
+                due_at=None if data.get("due_at") is None else _time(data["due_at"]),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise UnreadableAnswer(f"not an outcome: {exc!r}") from exc
