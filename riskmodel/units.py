@@ -29,6 +29,7 @@ __all__ = [
     "micros",
     "moment",
     "money",
+    "stamp",
     "to_micros",
 ]
 
@@ -76,6 +77,12 @@ def moment(at: int | float) -> datetime:
 def iso(at: int | float) -> str:
     """Store microseconds as an ISO 8601 UTC timestamp, to the second."""
     return moment(at).isoformat(timespec="seconds")
+
+
+def stamp(at: int | None) -> str | None:
+    """Store microseconds as the API writes a time: ISO 8601 with its offset, to the
+    microsecond where there is one; None stays None."""
+    return None if at is None else moment(at).isoformat()
 
 
 def cents(amount: float | Decimal) -> int:

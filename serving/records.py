@@ -9,24 +9,17 @@ from typing import Any
 
 import pandas as pd
 from pydantic import BaseModel
-from sqlalchemy import Engine, func, select
+from sqlalchemy import func, select
 
 from riskmodel import dataset, units
 from riskmodel.dataset import EXTRA, Kind
 from riskmodel.ingest import validate_references
 from riskmodel.store import EVENT_TABLES, columns_of, decisions, upsert
-from serving.errors import NotFound, Unavailable
+from serving.errors import NotFound
 from serving.record import DecisionRecord
 from serving.runtime import Runtime
 
 __all__ = ["user_history", "write_rows"]
-
-
-def _engine(runtime: Runtime) -> Engine:
-    engine = runtime.store.available()
-    if engine is None:
-        raise Unavailable(runtime.store.problem or "the store is unavailable")
-    return engine
 
 
 def write_rows(runtime: Runtime, table: str, rows: Sequence[BaseModel]) -> int:
@@ -35,15 +28,11 @@ def write_rows(runtime: Runtime, table: str, rows: Sequence[BaseModel]) -> int:
     names = dataset.TABLES[table].names
     raw = pd.DataFrame([r.model_dump(mode="json") for r in rows], columns=list(names))
     frame = dataset.normalise(table, raw)
-    with _engine(runtime).begin() as conn:
+    with runtime.store.required().begin() as conn:
         validate_references(conn, {table: frame})
         written = upsert(conn, table, frame)
     runtime.metrics.events.labels(table).inc(written)
     return written
-
-
-def _iso(us: Any) -> str | None:
-    return None if us is None else units.moment(us).isoformat()
 
 
 def _event(table: str, row: Any) -> dict[str, Any]:
@@ -56,7 +45,7 @@ def _event(table: str, row: Any) -> dict[str, Any]:
             continue
         kind = spec.column(name).kind
         if kind is Kind.TIMESTAMP:
-            out[name] = _iso(value)
+            out[name] = units.stamp(value)
         elif kind is Kind.MONEY:
             out[name] = None if value is None else units.money(value)
         else:
@@ -85,7 +74,7 @@ def user_history(runtime: Runtime, user_id: str, limit: int, offset: int = 0) ->
         "decisions": select(func.count()).where(decisions.c.request_id.in_(mine)),
         "labels": select(func.count()).where(labels.c.request_id.in_(mine)),
     }
-    with _engine(runtime).begin() as conn:
+    with runtime.store.required().begin() as conn:
         totals = {name: int(conn.execute(query).scalar_one()) for name, query in counted.items()}
         user = conn.execute(select(*columns("users")).where(users.c.user_id == user_id)).first()
         found_orders = conn.execute(

@@ -8,6 +8,7 @@ recorded as a problem, ``/readyz`` reports it, and decisions fall back to ``revi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from riskmodel.registry import Registry
 from riskmodel.store import open_store
 from riskmodel.store.operations import SWITCH_MODES, LiveSetting
 from serving.auth import KeyRing
-from serving.errors import Refused
+from serving.errors import Refused, Unavailable
 from serving.metrics import Metrics
 from serving.settings import Settings
 from serving.writer import DecisionWriter
@@ -86,6 +87,13 @@ class StoreLink:
             engine.dispose()
         self._engine = engine
         self.found()
+
+    def required(self) -> Engine:
+        """The engine, or ``Unavailable`` (503) saying why not."""
+        engine = self.available()
+        if engine is None:
+            raise Unavailable(self.problem or "the store is unavailable")
+        return engine
 
     def available(self) -> Engine | None:
         """The engine, unless the store was lost less than ``retry_seconds`` ago."""
@@ -186,6 +194,9 @@ class Runtime:
     live: dict[str, LiveSetting] = field(default_factory=dict)
     live_problem: str | None = None
     live_refused: dict[str, LiveSetting] = field(default_factory=dict)
+    # Set when this worker registers or replays a webhook: its delivery loop starts at
+    # once rather than at its next look (``serving.webhooks``).
+    webhooks_changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.writer = DecisionWriter(self.store.available, self.metrics.commit_groups.observe)

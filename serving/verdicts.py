@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, delete, select
+from sqlalchemy import Connection, delete, select
 from sqlalchemy.exc import IntegrityError
 
 from riskmodel import dataset, units
@@ -39,7 +39,7 @@ from riskmodel.store import (
     upsert,
     versions,
 )
-from serving.errors import Conflict, Forbidden, NotFound, Refused, Unavailable
+from serving.errors import Conflict, Forbidden, NotFound, Refused
 from serving.runtime import Runtime
 from serving.schemas import VerdictIn
 
@@ -59,17 +59,6 @@ APPEAL_QUEUE = "disputes"
 _APPEAL_HOURS = 48
 
 
-def _engine(runtime: Runtime) -> Engine:
-    engine = runtime.store.available()
-    if engine is None:
-        raise Unavailable(runtime.store.problem or "the store is unavailable")
-    return engine
-
-
-def _iso(us: int | None) -> str | None:
-    return None if us is None else units.moment(us).isoformat()
-
-
 def render_outcome(row: Mapping[str, Any]) -> dict[str, Any]:
     """An ``outcomes`` row as the API answers it."""
     return {
@@ -83,8 +72,8 @@ def render_outcome(row: Mapping[str, Any]) -> dict[str, Any]:
         "is_abuse": None if row["is_abuse"] is None else bool(row["is_abuse"]),
         "note": row["note"],
         "decided_by": row["decided_by"],
-        "decided_at": _iso(row["decided_at"]),
-        "due_at": _iso(row["due_at"]),
+        "decided_at": units.stamp(row["decided_at"]),
+        "due_at": units.stamp(row["due_at"]),
         "late": bool(row["late"]),
     }
 
@@ -92,8 +81,8 @@ def render_outcome(row: Mapping[str, Any]) -> dict[str, Any]:
 def render_appeal(row: Mapping[str, Any]) -> dict[str, Any]:
     return {
         **{k: row[k] for k in ("request_id", "filed_by", "channel", "statement", "queue")},
-        "filed_at": _iso(row["filed_at"]),
-        "due_at": _iso(row["due_at"]),
+        "filed_at": units.stamp(row["filed_at"]),
+        "due_at": units.stamp(row["due_at"]),
         "against_version": row["against_version"],
         "first_reviewer": row["first_reviewer"],
         "decided_version": row["decided_version"],
@@ -217,7 +206,7 @@ def decide_case(
     runs first in the same transaction and may refuse (the console's claims)."""
     now = units.micros(datetime.now(UTC))
     try:
-        with _engine(runtime).begin() as conn:
+        with runtime.store.required().begin() as conn:
             if guard is not None:
                 guard(conn)
             row = _settle(conn, request_id, verdict, reviewer, now)
@@ -241,7 +230,7 @@ def file_appeal(
     """Reopen a blocked or refused request for another reviewer (the disputes queue)."""
     now = datetime.now(UTC)
     queue, hours = _appeal_deadline(runtime)
-    with _engine(runtime).begin() as conn:
+    with runtime.store.required().begin() as conn:
         if stored_decision(conn, request_id) is None:
             raise NotFound(f"no decision for request_id {request_id!r}")
         found = versions(conn, request_id)
@@ -319,16 +308,16 @@ def review_queue(runtime: Runtime, queue: str | None, limit: int) -> dict[str, A
         reviews = reviews.where(decisions.c.review_queue == queue)
         disputes = disputes.where(appeals.c.queue == queue)
     now = units.micros(datetime.now(UTC))
-    with reading(_engine(runtime)) as conn:
+    with reading(runtime.store.required()) as conn:
         found = [*conn.execute(reviews).all(), *conn.execute(disputes).all()]
     found.sort(key=lambda r: (r.due_at is None, r.due_at or 0, r.request_id))
     items = [
         {
             "request_id": r.request_id,
             "queue": r.queue,
-            "due_at": _iso(r.due_at),
+            "due_at": units.stamp(r.due_at),
             "overdue": r.due_at is not None and r.due_at < now,
-            "decided_at": _iso(r.decided_at),
+            "decided_at": units.stamp(r.decided_at),
             "score": r.score,
             "user_id": r.user_id,
             "order_id": r.order_id,
@@ -343,7 +332,7 @@ def review_queue(runtime: Runtime, queue: str | None, limit: int) -> dict[str, A
 
 def read_outcomes(runtime: Runtime, after: int, limit: int) -> list[dict[str, Any]]:
     """The feed after ``after``: outcomes committed since are numbered first."""
-    engine = _engine(runtime)
+    engine = runtime.store.required()
     with engine.begin() as conn:
         sequence(conn)
     with reading(engine) as conn:

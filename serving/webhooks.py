@@ -14,6 +14,7 @@ The body is the outcome as ``GET /v1/outcomes`` lists it. The signature header r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -30,6 +31,7 @@ from sqlalchemy import Engine
 
 from riskmodel import units
 from riskmodel.store import (
+    any_webhooks,
     delivered,
     due_webhooks,
     failed_attempt,
@@ -56,7 +58,7 @@ log = logging.getLogger("serving")
 SIGNATURE_HEADER = "X-Riskmodel-Signature"
 EVENT_HEADER = "X-Riskmodel-Event-Id"
 POLL_SECONDS = 0.25
-"""How often each worker looks for outcomes to deliver."""
+"""How often each worker looks for outcomes to deliver while receivers are registered."""
 _TIMEOUT_SECONDS = 5.0
 _LEASE_US = 60 * 1_000_000  # longer than a turn's deliveries take
 _MAX_BACKOFF_SECONDS = 600.0
@@ -148,17 +150,19 @@ def _deliver(engine: Engine, hook: Mapping[str, Any], base_seconds: float) -> No
         delivered(conn, hook_id, position, _now())
 
 
-def deliver_due(runtime: Runtime) -> None:
+def deliver_due(runtime: Runtime) -> bool:
     """One turn: every receiver due with outcomes waiting gets them (those this worker
-    takes; another worker's turn delivers to the rest)."""
+    takes; another worker's turn delivers to the rest). Whether any receiver is in
+    service, due or not."""
     engine = runtime.store.available()
     if engine is None:
-        return
+        return False
     now = _now()
     with reading(engine) as conn:
-        hooks = due_webhooks(conn, now)
+        listening = any_webhooks(conn)
+        hooks = due_webhooks(conn, now) if listening else []
     if not hooks:
-        return
+        return listening
     with engine.begin() as conn:
         sequence(conn)
     for hook in hooks:
@@ -169,13 +173,20 @@ def deliver_due(runtime: Runtime) -> None:
             if not take(conn, hook, now + _LEASE_US):
                 continue
         _deliver(engine, hook, runtime.settings.webhook_backoff_seconds)
+    return True
 
 
 async def deliver_forever(runtime: Runtime) -> None:
-    """The delivery loop of one worker, until cancelled."""
+    """The delivery loop of one worker, until cancelled: every ``POLL_SECONDS`` while
+    receivers are registered; else it looks again after ``follow_seconds`` (a receiver
+    registered on another worker), or at once when this worker registers one."""
+    listening = False
     while True:
+        wait = POLL_SECONDS if listening else runtime.settings.follow_seconds
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(runtime.webhooks_changed.wait(), wait)
+        runtime.webhooks_changed.clear()
         try:
-            await asyncio.to_thread(deliver_due, runtime)
+            listening = await asyncio.to_thread(deliver_due, runtime)
         except Exception:  # the store went away mid-turn: the next turn starts over
             log.exception("webhook delivery turn failed")
-        await asyncio.sleep(POLL_SECONDS)

@@ -69,6 +69,7 @@ from riskmodel.store.derived import (
 )
 from riskmodel.store.hooks import (
     add_webhook,
+    any_webhooks,
     delivered,
     deliveries,
     due_webhooks,
@@ -146,6 +147,7 @@ __all__ = [
     "accounts",
     "add_webhook",
     "analyze",
+    "any_webhooks",
     "appeal_of",
     "appeals",
     "automatic_outcome",

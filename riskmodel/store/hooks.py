@@ -18,6 +18,7 @@ from riskmodel.store.schema import webhook_deliveries, webhooks
 
 __all__ = [
     "add_webhook",
+    "any_webhooks",
     "delivered",
     "deliveries",
     "due_webhooks",
@@ -51,6 +52,12 @@ def webhook(conn: Connection, hook_id: int) -> dict[str, Any] | None:
 
 def list_webhooks(conn: Connection) -> list[dict[str, Any]]:
     return [dict(r._mapping) for r in conn.execute(select(webhooks).order_by(webhooks.c.id))]
+
+
+def any_webhooks(conn: Connection) -> bool:
+    """Whether any receiver is in service."""
+    found = select(webhooks.c.id).where(webhooks.c.disabled_at.is_(None)).limit(1)
+    return conn.execute(found).first() is not None
 
 
 def due_webhooks(conn: Connection, now: int) -> list[dict[str, Any]]:

@@ -15,7 +15,6 @@ from serving.errors import (
     Conflict,
     NotFound,
     PayloadTooLarge,
-    Unavailable,
     documented_errors,
     error_body,
 )
@@ -103,10 +102,7 @@ async def lookup(request_id: PathId, runtime: CurrentRuntime, _: Reader) -> JSON
     """A stored decision with its reasons, and the versions that settled it: the automatic
     approval or block, or a reviewer's verdict, then an appeal's (roles decide or review).
     The last version is what may be paid."""
-    engine = runtime.store.available()
-    if engine is None:
-        raise Unavailable(runtime.store.problem or "the store is unavailable")
-    with reading(engine) as conn:
+    with reading(runtime.store.required()) as conn:
         row = stored_decision(conn, request_id)
         settled = versions_of(conn, request_id)
     if row is None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
-from sqlalchemy import Engine, func, select
+from sqlalchemy import func, select
 
 from riskmodel import units
 from riskmodel.store import (
@@ -22,8 +22,7 @@ from riskmodel.store import (
     webhook,
 )
 from serving.deps import Admin, CurrentRuntime
-from serving.errors import NotFound, Unavailable, documented_errors
-from serving.runtime import Runtime
+from serving.errors import NotFound, documented_errors
 from serving.schemas import DeliveriesOut, ReplayIn, WebhookIn, WebhookOut, WebhooksOut
 
 __all__ = ["deliveries_of", "register", "replay", "router", "stop", "webhooks"]
@@ -34,29 +33,18 @@ HookId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 _ONE = documented_errors(401, 403, 404, 422, 503, meanings={404: "no such webhook"})
 
 
-def _engine(runtime: Runtime) -> Engine:
-    engine = runtime.store.available()
-    if engine is None:
-        raise Unavailable(runtime.store.problem or "the store is unavailable")
-    return engine
-
-
-def _iso(us: int | None) -> str | None:
-    return None if us is None else units.moment(us).isoformat()
-
-
 def _render(row: dict[str, Any], *, secret: bool = False) -> dict[str, Any]:
     return {
         "id": row["id"],
         "url": row["url"],
         "secret": row["secret"] if secret else None,
-        "created_at": _iso(row["created_at"]),
+        "created_at": units.stamp(row["created_at"]),
         "created_by": row["created_by"],
         "delivered_through": row["delivered_through"],
         "attempts": row["attempts"],
-        "next_attempt_at": _iso(row["next_attempt_at"]),
+        "next_attempt_at": units.stamp(row["next_attempt_at"]),
         "last_error": row["last_error"],
-        "disabled_at": _iso(row["disabled_at"]),
+        "disabled_at": units.stamp(row["disabled_at"]),
     }
 
 
@@ -73,7 +61,7 @@ def _now() -> int:
 async def register(body: WebhookIn, runtime: CurrentRuntime, caller: Admin) -> JSONResponse:
     """Register a receiver of the outcome feed. Its secret, for checking each delivery's
     signature, is in this answer only."""
-    engine = _engine(runtime)
+    engine = runtime.store.required()
     with engine.begin() as conn:
         after = body.after
         if after is None:
@@ -81,13 +69,14 @@ async def register(body: WebhookIn, runtime: CurrentRuntime, caller: Admin) -> J
         hook_id = add_webhook(conn, body.url, secrets.token_hex(32), caller.name, _now(), after)
         row = webhook(conn, hook_id)
     assert row is not None
+    runtime.webhooks_changed.set()
     return JSONResponse(_render(row, secret=True), status_code=201)
 
 
 @router.get("/webhooks", response_model=WebhooksOut, responses=documented_errors(401, 403, 503))
 async def webhooks(runtime: CurrentRuntime, _: Admin) -> JSONResponse:
     """Every receiver: where it stands in the feed and why its last attempt failed."""
-    with reading(_engine(runtime)) as conn:
+    with reading(runtime.store.required()) as conn:
         found = list_webhooks(conn)
     return JSONResponse({"webhooks": [_render(row) for row in found]})
 
@@ -101,7 +90,7 @@ async def deliveries_of(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JSONResponse:
     """The receiver's latest attempts, newest first; ``failed``: only those not answered 2xx."""
-    with reading(_engine(runtime)) as conn:
+    with reading(runtime.store.required()) as conn:
         if webhook(conn, hook_id) is None:
             raise NotFound(f"no webhook {hook_id}")
         found = deliveries(conn, hook_id, failed_only=failed, limit=limit)
@@ -110,7 +99,7 @@ async def deliveries_of(
             "deliveries": [
                 {
                     "seq": row["seq"],
-                    "attempted_at": _iso(row["attempted_at"]),
+                    "attempted_at": units.stamp(row["attempted_at"]),
                     "status": row["status"],
                     "error": row["error"],
                     "duration_ms": row["duration_us"] / 1000,
@@ -127,11 +116,12 @@ async def replay(
 ) -> JSONResponse:
     """Deliver again every outcome after ``after``, starting now (a stopped receiver starts
     again too)."""
-    with _engine(runtime).begin() as conn:
+    with runtime.store.required().begin() as conn:
         if not replay_from(conn, hook_id, body.after, _now()):
             raise NotFound(f"no webhook {hook_id}")
         row = webhook(conn, hook_id)
     assert row is not None
+    runtime.webhooks_changed.set()
     return JSONResponse(_render(row))
 
 
@@ -139,7 +129,7 @@ async def replay(
 async def stop(hook_id: HookId, runtime: CurrentRuntime, _: Admin) -> JSONResponse:
     """Stop delivering to the receiver; it is kept, with its deliveries, and a replay
     starts it again."""
-    with _engine(runtime).begin() as conn:
+    with runtime.store.required().begin() as conn:
         if webhook(conn, hook_id) is None:
             raise NotFound(f"no webhook {hook_id}")
         stop_webhook(conn, hook_id, _now())
