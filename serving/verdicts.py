@@ -264,18 +264,21 @@ def review_queue(runtime: Runtime, queue: str | None, limit: int) -> dict[str, A
     """Requests awaiting a verdict and open appeals, the earliest deadline first."""
     requests = EVENT_TABLES["refund_requests"]
     settled = select(outcomes.c.request_id).where(outcomes.c.request_id == decisions.c.request_id)
+    listed = (
+        decisions.c.decided_at,
+        decisions.c.score,
+        decisions.c.reasons,
+        requests.c.user_id,
+        requests.c.order_id,
+        requests.c.amount,
+        requests.c.reason,
+    )
     reviews = (
         select(
             decisions.c.request_id,
             decisions.c.review_queue.label("queue"),
             decisions.c.review_due_at.label("due_at"),
-            decisions.c.decided_at,
-            decisions.c.score,
-            decisions.c.reasons,
-            requests.c.user_id,
-            requests.c.order_id,
-            requests.c.amount,
-            requests.c.reason,
+            *listed,
         )
         .select_from(decisions.outerjoin(requests, requests.c.request_id == decisions.c.request_id))
         .where(decisions.c.decision == "review", ~settled.exists())
@@ -287,13 +290,7 @@ def review_queue(runtime: Runtime, queue: str | None, limit: int) -> dict[str, A
             appeals.c.request_id,
             appeals.c.queue,
             appeals.c.due_at,
-            decisions.c.decided_at,
-            decisions.c.score,
-            decisions.c.reasons,
-            requests.c.user_id,
-            requests.c.order_id,
-            requests.c.amount,
-            requests.c.reason,
+            *listed,
         )
         .select_from(
             appeals.join(decisions, decisions.c.request_id == appeals.c.request_id).outerjoin(
