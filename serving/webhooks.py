@@ -60,7 +60,10 @@ EVENT_HEADER = "X-Riskmodel-Event-Id"
 POLL_SECONDS = 0.25
 """How often each worker looks for outcomes to deliver while receivers are registered."""
 _TIMEOUT_SECONDS = 5.0
-_LEASE_US = 60 * 1_000_000  # longer than a turn's deliveries take
+# How long a worker holds a receiver: renewed at every attempt, so it only has to outlast
+# one post (``_TIMEOUT_SECONDS``); a worker that dies holding it delays the receiver by
+# at most this.
+_LEASE_US = 15 * 1_000_000
 _MAX_BACKOFF_SECONDS = 600.0
 _PER_TURN = 100  # outcomes delivered to one receiver before the others get a turn
 
@@ -74,7 +77,8 @@ def sign(secret: str, body: bytes, at: int) -> str:
 def verify(secret: str, body: bytes, header: str, *, tolerance_seconds: float = 300) -> bool:
     """Whether ``header`` signs ``body`` under ``secret``, sent within the tolerance."""
     parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
-    if not parts.get("t", "").isdigit() or "v1" not in parts:
+    stated = parts.get("t", "")
+    if not (stated.isdigit() and len(stated) <= 12) or "v1" not in parts:
         return False
     at = int(parts["t"])
     if abs(time.time() - at) > tolerance_seconds:

@@ -31,7 +31,7 @@ _APPEAL = documented_errors(
 
 
 @router.post("/appeals", response_model=AppealOut, status_code=201, responses=_APPEAL)
-async def appeal(body: AppealIn, runtime: CurrentRuntime, caller: Reader) -> JSONResponse:
+def appeal(body: AppealIn, runtime: CurrentRuntime, caller: Reader) -> JSONResponse:
     """Appeal a block or a refusal on the buyer's behalf (roles decide or review): the
     request goes to the disputes queue (``GET /v1/reviews``), to be decided within its
     deadline by another reviewer than the one who refused. One appeal a request."""

@@ -40,24 +40,24 @@ def _write(runtime: Runtime, table: str, rows: Sequence[BaseModel]) -> EventsOut
 
 
 @router.post("/events/users", response_model=EventsOut, responses=_ERRORS)
-async def users(body: UsersIn, runtime: CurrentRuntime, _: Ingester) -> EventsOut:
+def users(body: UsersIn, runtime: CurrentRuntime, _: Ingester) -> EventsOut:
     """Accounts, upserted by user_id (all or nothing)."""
     return _write(runtime, "users", body.rows)
 
 
 @router.post("/events/orders", response_model=EventsOut, responses=_ERRORS)
-async def orders(body: OrdersIn, runtime: CurrentRuntime, _: Ingester) -> EventsOut:
+def orders(body: OrdersIn, runtime: CurrentRuntime, _: Ingester) -> EventsOut:
     """Paid orders, upserted by order_id; each order's user must be known."""
     return _write(runtime, "orders", body.rows)
 
 
 @router.post("/events/usage", response_model=EventsOut, responses=_ERRORS)
-async def usage(body: UsageIn, runtime: CurrentRuntime, _: Ingester) -> EventsOut:
+def usage(body: UsageIn, runtime: CurrentRuntime, _: Ingester) -> EventsOut:
     """Days a membership was used; each within its order's service period."""
     return _write(runtime, "usage", body.rows)
 
 
 @router.post("/labels", response_model=EventsOut, responses=_ERRORS)
-async def labels(body: LabelsIn, runtime: CurrentRuntime, _: Ingester) -> EventsOut:
+def labels(body: LabelsIn, runtime: CurrentRuntime, _: Ingester) -> EventsOut:
     """Outcomes learnt later (chargebacks, issuer reports, disputes, reviews)."""
     return _write(runtime, "labels", body.rows)

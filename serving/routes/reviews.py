@@ -39,7 +39,7 @@ _VERDICT = documented_errors(
 
 
 @router.get("/reviews", responses=_QUEUE)
-async def queue(
+def queue(
     runtime: CurrentRuntime,
     _: Reviewer,
     queue: Annotated[
@@ -53,7 +53,7 @@ async def queue(
 
 
 @router.post("/reviews/{request_id}", response_model=OutcomeOut, responses=_VERDICT)
-async def verdict(
+def verdict(
     request_id: PathId, body: VerdictIn, runtime: CurrentRuntime, caller: Reviewer
 ) -> JSONResponse:
     """A reviewer's verdict on a request under review or on its open appeal: approve in

@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1", tags=["history"])
         401, 403, 404, 422, 503, meanings={404: "no history for this user"}
     ),
 )
-async def history(
+def history(
     user_id: PathId,
     runtime: CurrentRuntime,
     _: Reviewer,
