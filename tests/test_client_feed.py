@@ -316,8 +316,10 @@ def test_every_outcome_once_in_order_across_a_killed_service(served: Served) -> 
 
     async def poll() -> None:
         after = 0
-        async with AsyncClient(served.base_url, served.keys["review"], timeout=2, budget=3,
-                               max_backoff=0.5) as risk:  # fmt: skip
+        # A budget shorter than the service's absence (below), so the consumer's own loop,
+        # not only the client's retries, meets the dead service.
+        async with AsyncClient(served.base_url, served.keys["review"], timeout=2, budget=0.5,
+                               max_backoff=0.2) as risk:  # fmt: skip
             while True:
                 try:
                     page = await risk.outcomes(after=after, limit=3, wait=1)
