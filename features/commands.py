@@ -32,6 +32,12 @@ def register(commands: Any) -> None:
     source.add_argument("--from", dest="directory", type=Path, help="dataset directory")
     add_database_option(source)
     build.add_argument("--out", type=Path, required=True, help="Parquet file to write")
+    build.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="compute on the Dask cluster at ADDRESS (tcp://host:8786), or on a new local one "
+        "of N workers (local:N); needs the dask extra (docs/dask.md)",
+    )
     build.set_defaults(handler=_build)
 
     listing = actions.add_parser("list", help="the catalogue: name, meaning, entity, window")
@@ -43,15 +49,34 @@ def _build(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.out.suffix != ".parquet":
         raise DataError(f"--out {args.out}: the feature table is written as .parquet")
-    history = load_history(args.directory if args.directory else args.database_url)
-    table = build_features(history)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_suffix(".parquet.partial")
-    table.to_parquet(partial)
+    if args.dask:
+        rows, width = _build_on_dask(args, partial)
+    else:
+        history = load_history(args.directory if args.directory else args.database_url)
+        table = build_features(history)
+        table.to_parquet(partial)
+        rows, width = table.shape
     partial.replace(args.out)  # never a half-written file under the real name
     seconds = time.perf_counter() - started
-    print(f"{len(table):,} requests x {table.shape[1]} features -> {args.out} ({seconds:.1f} s)")
+    print(f"{rows:,} requests x {width} features -> {args.out} ({seconds:.1f} s)")
     return 0
+
+
+def _build_on_dask(args: argparse.Namespace, partial: Path) -> tuple[int, int]:
+    # Imported here: Dask is an optional extra, and `riskmodel --help` should not pay for it.
+    from features.dask import Tables, build_on_dask, connect, write_parquet
+
+    client = connect(args.dask)
+    try:
+        if args.directory:
+            tables = Tables.read(str(args.directory))
+        else:
+            tables = Tables.from_history(load_history(args.database_url))
+        return write_parquet(client, build_on_dask(tables), partial)
+    finally:
+        client.close()
 
 
 def _describe(feature: Feature) -> tuple[str, str, str]:

@@ -12,7 +12,7 @@ the few rows the store returns for one request, so both see identical events.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -206,7 +206,7 @@ def request_frame(
     return columns
 
 
-def request_entity(columns: dict[str, np.ndarray], entity: Entity) -> np.ndarray:
+def request_entity(columns: Mapping[str, np.ndarray], entity: Entity) -> np.ndarray:
     """The value each request has for ``entity`` (its own field, or its order's)."""
     if entity.on_order:
         return columns[f"order_{entity.value}"]

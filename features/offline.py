@@ -18,7 +18,7 @@ the same order; "hours since last" reads the latest matching event before the re
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -48,7 +48,13 @@ from features.spec import (
 )
 from riskmodel.units import CENTS, HOUR
 
-__all__ = ["build_features", "compute_columns"]
+__all__ = [
+    "aggregate_columns",
+    "build_features",
+    "compute_columns",
+    "computed_columns",
+    "feature_table",
+]
 
 
 def build_features(
@@ -71,6 +77,14 @@ def build_features(
         requests = history.refund_requests
     chosen = list(CATALOG) if names is None else list(names)
     columns = compute_columns(history, requests, chosen)
+    return feature_table(columns, chosen, context)
+
+
+def feature_table(
+    columns: Mapping[str, np.ndarray], chosen: Sequence[str], context: Sequence[str] = ()
+) -> pd.DataFrame:
+    """The table ``build_features`` returns, from the columns of ``compute_columns`` (the
+    request frame, its ``request_id`` included, and the features)."""
     unknown = [name for name in context if name not in columns]
     if unknown:
         raise KeyError(f"not a column of the request frame: {', '.join(unknown)}")
@@ -81,7 +95,8 @@ def build_features(
             # A value outside the declared levels (a new payment method, say) is unknown.
             known = frame[name].where(frame[name].isin(feature.levels))
             frame[name] = pd.Categorical(known, categories=list(feature.levels))
-    frame.index = pd.Index(requests["request_id"].to_numpy(dtype=object), name="request_id")
+    ids = np.asarray(columns["request_id"], dtype=object)
+    frame.index = pd.Index(ids, name="request_id")
     return frame
 
 
@@ -92,10 +107,27 @@ def compute_columns(
     sources = Sources(history)
     columns = request_frame(requests, history, sources.order_rows(requests))
     wanted = _with_inputs(names)
+    aggregates = [f for f in wanted if isinstance(f, Aggregate)]
+    columns.update(aggregate_columns(sources, columns, aggregates))
+    return computed_columns(columns, wanted)
+
+
+def aggregate_columns(
+    sources: Sources,
+    columns: Mapping[str, np.ndarray],
+    aggregates: Sequence[Aggregate],
+    *,
+    threads: int | None = None,
+) -> dict[str, np.ndarray]:
+    """The point-in-time aggregates of the requests in ``columns`` (``requested_at`` and
+    each aggregate's entity, as ``request_frame`` names them) over ``sources``' events.
+
+    The kernel both engines of many requests run: ``compute_columns`` on a whole history,
+    ``features.dask`` on each partition of one entity's events and requests.
+    """
     times = columns["requested_at"].astype(np.int64)
     by_time = np.argsort(times)  # one order of the requests for every stream
-    aggregates = [f for f in wanted if isinstance(f, Aggregate)]
-    groups = _groups(aggregates)
+    groups = _groups(list(aggregates))
     keys = {e: _Keys(request_entity(columns, e), times) for e in {e for _, e in groups}}
 
     def fold(source: Source) -> dict[str, np.ndarray]:
@@ -114,9 +146,19 @@ def compute_columns(
     # Sources in parallel threads: sorting, hashing and searching release the GIL, so
     # two cores make it about half again as fast. Largest sources first.
     order = sorted({s for s, _ in groups}, key=lambda s: _WEIGHT.get(s, 0), reverse=True)
-    with ThreadPoolExecutor(max_workers=min(_THREADS, len(order) or 1)) as pool:
+    out: dict[str, np.ndarray] = {}
+    workers = min(_THREADS if threads is None else threads, len(order) or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         for result in pool.map(fold, order):
-            columns.update(result)
+            out.update(result)
+    return out
+
+
+def computed_columns(
+    columns: dict[str, np.ndarray], wanted: Sequence[Feature]
+) -> dict[str, np.ndarray]:
+    """``columns`` with every context, ratio and derived feature of ``wanted`` added, in
+    catalogue order (each reads only features before it)."""
     for feature in wanted:
         if isinstance(feature, Computed):
             columns[feature.name] = feature.compute(columns)

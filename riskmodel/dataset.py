@@ -1,7 +1,8 @@
 """The dataset directory: the interchange format for history in bulk.
 
 One file per table (``users``, ``orders``, ``usage``, ``refund_requests``, ``labels``, and
-``rates`` when orders come in several currencies), Parquet or CSV, with the columns
+``rates`` when orders come in several currencies), Parquet or CSV, or a folder of Parquet
+files per table (a partitioned export: ``orders/part-0.parquet``...), with the columns
 declared in ``TABLES``. This module is the one
 definition of that contract: the simulator writes it, ingest reads and validates it,
 and the event store's schema is generated from it.
@@ -218,22 +219,36 @@ _FALSE = frozenset({"false", "0"})
 
 
 def find_table_file(directory: str | Path, table: str) -> Path | None:
-    """The file holding ``table`` in ``directory`` (``table.parquet`` or ``table.csv``)."""
+    """The file holding ``table`` in ``directory`` (``table.parquet`` or ``table.csv``), or
+    the folder of Parquet files holding it (``table.parquet/`` or ``table/``: a partitioned
+    export, read as one table in the order of its file names)."""
     directory = Path(directory)
-    found = [directory / f"{table}{s}" for s in _SUFFIXES if (directory / f"{table}{s}").is_file()]
+    found = [
+        place
+        for place in (directory / f"{table}.parquet", directory / f"{table}.csv")
+        if place.is_file() or (place.suffix == ".parquet" and place.is_dir())
+    ]
+    if (directory / table).is_dir():
+        found.append(directory / table)
     if len(found) > 1:
         raise DatasetError(table, f"both {found[0].name} and {found[1].name} exist; keep one")
     return found[0] if found else None
 
 
 def read_table(path: str | Path, table: str) -> pd.DataFrame:
-    """Read and normalise one table file (see the module docstring)."""
+    """Read and normalise one table file or folder of Parquet files (see the module
+    docstring). A folder's rows are numbered across its files, in name order."""
     path = Path(path)
-    fmt = _SUFFIXES.get(path.suffix)
+    fmt = "parquet" if path.is_dir() else _SUFFIXES.get(path.suffix)
     if fmt is None:
         raise DatasetError(table, "unsupported file type (use .parquet or .csv)", file=path.name)
     try:
-        if fmt == "parquet":
+        if path.is_dir():
+            files = sorted(path.glob("*.parquet"))
+            if not files:
+                raise DatasetError(table, "a folder without .parquet files", file=path.name)
+            raw = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        elif fmt == "parquet":
             raw = pd.read_parquet(path)
         else:
             # All text, so that this module, not the CSV reader, decides what a value means.
