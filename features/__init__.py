@@ -7,12 +7,13 @@
 
 from features.catalog import CATALOG, FEATURE_VERSION, feature_names, model_features
 from features.history import History, load_history
-from features.offline import build_features
+from features.offline import FeatureBuilder, build_features
 from features.online import online_features
 
 __all__ = [
     "CATALOG",
     "FEATURE_VERSION",
+    "FeatureBuilder",
     "History",
     "build_features",
     "feature_names",

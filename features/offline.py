@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -49,12 +50,27 @@ from features.spec import (
 from riskmodel.units import CENTS, HOUR
 
 __all__ = [
+    "FeatureBuilder",
     "aggregate_columns",
     "build_features",
     "compute_columns",
     "computed_columns",
     "feature_table",
 ]
+
+
+class FeatureBuilder(Protocol):
+    """What builds a feature table: ``build_features`` on this machine, or
+    ``features.dask.OnCluster`` on a Dask cluster (same answer, elsewhere)."""
+
+    def __call__(
+        self,
+        history: History,
+        requests: pd.DataFrame | None = None,
+        names: Sequence[str] | None = None,
+        *,
+        context: Sequence[str] = (),
+    ) -> pd.DataFrame: ...
 
 
 def build_features(

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 import features
-from features import History
+from features import FeatureBuilder, History
 from riskmodel.domain import Decision
 from riskmodel.engine import Scorer, decide_frame
 from riskmodel.policy import LIST_KINDS, Policy
@@ -70,13 +70,18 @@ class Backtest:
     blocks: Mapping[str, pd.DataFrame] = field(default_factory=dict)
 
 
-def engine_frame(history: History, requests: pd.DataFrame | None = None) -> pd.DataFrame:
+def engine_frame(
+    history: History,
+    requests: pd.DataFrame | None = None,
+    build: FeatureBuilder = features.build_features,
+) -> pd.DataFrame:
     """Point-in-time features of ``requests`` (default: all) plus the engine's request
-    fields, in the engine's units (amounts in currency units), indexed by request id."""
+    fields, in the engine's units (amounts in currency units), indexed by request id.
+    ``build`` computes the features (``features.dask.OnCluster`` on a cluster)."""
     requests = history.refund_requests if requests is None else requests
     # The order's columns come with the features: joining 1M requests to 10M orders again
     # cost a third of the backtest.
-    frame = features.build_features(
+    frame = build(
         history, requests, context=("order_service_days", "order_payment_account")
     )
     frame = frame.rename(
@@ -207,10 +212,12 @@ def backtest(
     ground_truth: pd.DataFrame | None = None,
     since: int | None = None,
     until: int | None = None,
+    build: FeatureBuilder = features.build_features,
 ) -> Backtest:
     """Replay the refund requests in [since, until) (store microseconds; default all)
     through ``policy`` (and ``against``), with ``scorer``'s scores (None: no model, so
-    every request is a degraded review, as the service would answer)."""
+    every request is a degraded review, as the service would answer). ``build`` computes
+    the point-in-time features (``features.dask.OnCluster`` on a cluster)."""
     requests = history.refund_requests
     times = pd.to_numeric(requests["requested_at"]).to_numpy(dtype=np.int64)
     keep = np.ones(len(times), dtype=bool)
@@ -219,7 +226,7 @@ def backtest(
     if until is not None:
         keep &= times < until
     requests = requests[keep].reset_index(drop=True)
-    frame = engine_frame(history, requests)
+    frame = engine_frame(history, requests, build)
     scores = None if scorer is None else np.asarray(scorer.score(frame), dtype=float)
     # Due times are not reported; one decision time keeps the replay deterministic.
     new = decide_frame(frame, scores, policy, decided_at=EPOCH)
