@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from features.catalog import CATALOG
+from features.cluster import add_dask_option, on_dask
 from features.history import load_history
 from features.offline import build_features
 from features.spec import Aggregate, Context, Feature, Ratio
@@ -32,12 +33,7 @@ def register(commands: Any) -> None:
     source.add_argument("--from", dest="directory", type=Path, help="dataset directory")
     add_database_option(source)
     build.add_argument("--out", type=Path, required=True, help="Parquet file to write")
-    build.add_argument(
-        "--dask",
-        metavar="ADDRESS",
-        help="compute on the Dask cluster at ADDRESS (tcp://host:8786), or on a new local one "
-        "of N workers (local:N); needs the dask extra (docs/dask.md)",
-    )
+    add_dask_option(build)
     build.set_defaults(handler=_build)
 
     listing = actions.add_parser("list", help="the catalogue: name, meaning, entity, window")
@@ -65,16 +61,16 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _build_on_dask(args: argparse.Namespace, partial: Path) -> tuple[int, int]:
-    # Imported here: Dask is an optional extra, and `riskmodel --help` should not pay for it.
-    from features.dask import Tables, build_on_dask, connect, write_parquet
-
-    client = connect(args.dask)
+    dask = on_dask(args.dask)
+    client = dask.connect(args.dask)
     try:
         if args.directory:
-            tables = Tables.read(str(args.directory))
+            tables = dask.Tables.read(str(args.directory))
         else:
-            tables = Tables.from_history(load_history(args.database_url))
-        return write_parquet(client, build_on_dask(tables), partial)
+            tables = dask.Tables.from_history(load_history(args.database_url))
+        # Written a partition at a time: the client never holds the whole table.
+        rows, width = dask.write_parquet(client, dask.build_on_dask(tables), partial)
+        return rows, width
     finally:
         client.close()
 

@@ -7,11 +7,16 @@ two cores ran the property test about a third faster than two threads).
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,7 +24,10 @@ from hypothesis import strategies as st
 
 from features.history import History, load_history
 from features.offline import build_features
+from features.policy_fields import load_with_catalogue
 from riskmodel.cli import main
+from riskmodel.policy import STARTER_POLICY
+from training.backtest import backtest
 
 from .histories import histories
 
@@ -34,7 +42,7 @@ SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 def client() -> Iterator[distributed.Client]:
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
@@ -138,7 +146,71 @@ def test_neither_the_command_nor_the_package_imports_dask() -> None:
         "    main(['--help'])\n"
         "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
         "    main(['features', 'build', '--help'])\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['backtest', '--help'])\n"
         "loaded = [m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')]\n"
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class RefundCountScorer:
+    """A stand-in model: the more refunds in 30 days, the riskier."""
+
+    version = "count-1"
+
+    def score(self, frame: pd.DataFrame) -> np.ndarray:
+        return np.clip(frame["user_refunds_30d"].to_numpy(dtype=float) / 6, 0.0, 1.0)
+
+
+def test_a_backtest_on_the_cluster_decides_as_on_one_machine(client: distributed.Client) -> None:
+    history = load_history(SAMPLE)
+    policy = load_with_catalogue(STARTER_POLICY)
+    scorer = RefundCountScorer()
+    alone = backtest(history, policy, scorer)  # type: ignore[arg-type]
+    spread = backtest(history, policy, scorer, build=OnCluster(client))  # type: ignore[arg-type]
+    pd.testing.assert_frame_equal(spread.decisions, alone.decisions)
+    assert spread.summary == alone.summary
+    assert alone.summary["new"]["block_rate"] > 0  # something to get wrong
+
+
+def _worker_pids(client: distributed.Client) -> dict[str, int]:
+    return client.run(os.getpid)  # type: ignore[no-any-return]
+
+
+def test_a_worker_killed_mid_build_gives_the_whole_table_or_none(tmp_path: Path) -> None:
+    folders = _as_folders(SAMPLE, tmp_path / "folders", 3)
+    alone = tmp_path / "alone.parquet"
+    assert main(["features", "build", "--from", str(SAMPLE), "--out", str(alone)]) == 0
+    out = tmp_path / "spread.parquet"
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as watcher,
+    ):
+        pids = _worker_pids(watcher)
+        command = ["features", "build", "--from", str(folders), "--out", str(out)]
+        result: list[int] = []
+        build = threading.Thread(
+            target=lambda: result.append(main([*command, "--dask", cluster.scheduler_address]))
+        )
+        build.start()
+        # Kill a worker once it holds finished pieces of the build: they are lost with it.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(watcher.has_what().values()):
+            time.sleep(0.01)
+        held = {address: len(keys) for address, keys in watcher.has_what().items()}
+        victim = max(held, key=lambda address: held[address])
+        assert held[victim] > 0
+        assert build.is_alive(), "the build ended before the kill"
+        os.kill(pids[victim], signal.SIGKILL)
+        build.join(timeout=120)
+    assert result, "the command did not end"
+    print(f"killed a worker holding {held[victim]} pieces; the command answered {result[0]}")
+    if result[0] == 0:  # the cluster ran the lost pieces again
+        pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(alone))
+    else:
+        assert result[0] == 1
+        assert not out.exists()
+    assert not out.with_suffix(".parquet.partial").exists()

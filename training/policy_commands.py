@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from features import History, load_history
+from features.cluster import add_dask_option, feature_builder
 from features.policy_fields import load_with_catalogue
 from riskmodel.cli import add_database_option
 from riskmodel.errors import DataError
@@ -113,6 +114,7 @@ def register(commands: Any) -> None:
     )
     bt.add_argument("--since", type=date_argument, help="first request time (ISO 8601)")
     bt.add_argument("--until", type=date_argument, help="requests before this time (ISO 8601)")
+    add_dask_option(bt)
     bt.add_argument("--changes", type=Path, help="write every changed request to this .csv")
     bt.add_argument("--show", type=int, default=10, help="changed requests to print (10)")
     bt.add_argument(
@@ -133,15 +135,17 @@ def _backtest(args: argparse.Namespace) -> int:
     history: History = load_history(args.directory if args.directory else args.database_url)
     truth = load_ground_truth(args.directory) if args.directory else None
     started = time.perf_counter()
-    result = backtest(
-        history,
-        policy,
-        bundle,
-        against=against,
-        ground_truth=truth,
-        since=args.since,
-        until=args.until,
-    )
+    with feature_builder(args.dask) as build:
+        result = backtest(
+            history,
+            policy,
+            bundle,
+            against=against,
+            ground_truth=truth,
+            since=args.since,
+            until=args.until,
+            build=build,
+        )
     seconds = time.perf_counter() - started
     current = against.version if against else None
     _print(result, policy.version, current, seconds, args.show)
