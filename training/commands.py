@@ -8,7 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from features import History, load_history
+from features import FeatureBuilder, History, build_features, load_history
+from features.cluster import add_dask_option, feature_builder, on_dask
 from features.policy_fields import load_with_catalogue
 from riskmodel.cli import add_database_option
 from riskmodel.errors import DataError
@@ -22,7 +23,7 @@ from training.dataset import (
     training_examples,
 )
 from training.evaluation import compare, evaluation_period, score_requests
-from training.model import TrainConfig
+from training.model import Boost, TrainConfig, boost_here
 from training.prequential import prequential
 from training.report import SUMMARY_KEYS, write_report
 from training.search import search
@@ -101,6 +102,7 @@ def register(commands: Any) -> None:
         help="first try this many hyper-parameter settings on the validation period",
     )
     tr.add_argument("--promote", choices=ALIASES, help="point this alias at the new model")
+    add_dask_option(tr)
     _registry_option(tr)
     tr.set_defaults(handler=_train)
 
@@ -115,6 +117,7 @@ def register(commands: Any) -> None:
     sc.add_argument("--out", type=Path, required=True, help="CSV file to write")
     sc.add_argument("--model", default="champion", help="version or alias (champion)")
     sc.add_argument("--policy", type=Path, help="policy file (YAML): add each request's decision")
+    add_dask_option(sc)
     _registry_option(sc)
     sc.set_defaults(handler=_score)
 
@@ -192,12 +195,25 @@ def _labels(args: argparse.Namespace) -> LabelPolicy:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.dask is None:
+        return _train_with(args, build_features, boost_here)
+    dask = on_dask(args.dask)
+    # Imports Dask: only here, so that training without it never needs the extra.
+    from training.on_dask import BoostOnCluster
+
+    with dask.connect(args.dask) as client:
+        return _train_with(args, dask.OnCluster(client), BoostOnCluster(client))
+
+
+def _train_with(args: argparse.Namespace, build: FeatureBuilder, boost: Boost) -> int:
+    """``train`` with the features computed by ``build`` and the trees grown by ``boost``
+    (here, or on a Dask cluster); the hyper-parameter search's trials stay here."""
     config = TrainConfig(
         labels=_labels(args), test_share=args.test_share, max_rounds=args.max_rounds
     )
     history = _history(args)
     until = args.until if args.until is not None else latest_time(history) + 1
-    examples = training_examples(history, until, config.labels)
+    examples = training_examples(history, until, config.labels, build)
     print(_maturity_line(examples))
     truth = _truth(args)
     if truth is not None:
@@ -207,7 +223,7 @@ def _train(args: argparse.Namespace) -> int:
         for trial in found.trials:
             print("  tried " + ", ".join(f"{k}={v}" for k, v in trial.items()))
         config = found.best
-    result = train_on(examples, until, config)
+    result = train_on(examples, until, config, boost)
     bundle = result.bundle
     registry = Registry(args.registry)
     with tempfile.TemporaryDirectory() as scratch:
@@ -257,7 +273,8 @@ def _score(args: argparse.Namespace) -> int:
         raise DataError(f"--out {args.out}: scores are written as .csv")
     bundle = Registry(args.registry).load(args.model, expect=catalog_signature())
     policy = load_with_catalogue(args.policy) if args.policy else None
-    scores = score_requests(bundle, _history(args), args.since, policy)
+    with feature_builder(args.dask) as build:
+        scores = score_requests(bundle, _history(args), args.since, policy, build)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_name(args.out.name + ".partial")
     scores.to_csv(partial, index=False, float_format="%.6f")

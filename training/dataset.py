@@ -61,7 +61,7 @@ import numpy as np
 import pandas as pd
 
 import features
-from features import History
+from features import FeatureBuilder, History
 from riskmodel.errors import DataError
 from riskmodel.units import DAY, iso
 from training.splits import TimeSplit, time_split
@@ -421,6 +421,7 @@ def _examples(
     verdicts: pd.Series,
     unlabelled: str,
     mature_before: int | None = None,
+    build: FeatureBuilder = features.build_features,
 ) -> Examples:
     requests = requests.sort_values("requested_at", kind="stable").reset_index(drop=True)
     ids = requests["request_id"].astype(object)
@@ -429,7 +430,7 @@ def _examples(
     if unlabelled == "drop":
         requests, ids, known = requests[labelled], ids[labelled], known[labelled]
         labelled = labelled[labelled]
-    table = features.build_features(history, requests.reset_index(drop=True))
+    table = build(history, requests.reset_index(drop=True))
     label = np.zeros(len(requests), dtype=np.int8)
     label[labelled] = known.to_numpy(dtype=object)[labelled].astype(bool)
     requested_at = pd.to_numeric(requests["requested_at"]).to_numpy(dtype=np.int64)
@@ -444,13 +445,17 @@ def _examples(
 
 
 def training_examples(
-    history: History, until: int | None = None, policy: LabelPolicy | None = None
+    history: History,
+    until: int | None = None,
+    policy: LabelPolicy | None = None,
+    build: FeatureBuilder = features.build_features,
 ) -> Examples:
     """The requests known before ``until`` (default: the history's end) that are examples
     then, each labelled as known then (see the module docstring): those with a verdict,
     whatever their age, and, unless ``policy.unlabelled`` is ``drop``, those without one
     that are older than the label maturity (as honest). With ``policy.maturity_days``
     None, the maturity is estimated from the verdicts known then (``estimate_maturity``).
+    ``build`` computes the features (``features.dask.OnCluster`` on a Dask cluster).
     """
     policy = policy or LabelPolicy()
     until = latest_time(history) + 1 if until is None else until
@@ -472,7 +477,7 @@ def training_examples(
     verdicts = latest_labels(known.labels)
     judged = requests["request_id"].astype(object).isin(verdicts.index).to_numpy()
     keep = judged | (times < cutoff) if policy.unlabelled == "honest" else judged
-    examples = _examples(known, requests[keep], verdicts, policy.unlabelled, cutoff)
+    examples = _examples(known, requests[keep], verdicts, policy.unlabelled, cutoff, build)
     return replace(examples, maturity_days=float(maturity), maturity=estimate)
 
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pandas as pd
 
 import features
-from features import History
+from features import FeatureBuilder, History
 from riskmodel.bundle import ModelBundle
 from riskmodel.engine import decide_frame
 from riskmodel.errors import DataError
@@ -30,9 +30,11 @@ def score_requests(
     history: History,
     since: datetime | str | int | None = None,
     policy: Policy | None = None,
+    build: FeatureBuilder = features.build_features,
 ) -> pd.DataFrame:
     """``request_id, score`` for every refund request from ``since`` on, each scored on
-    its point-in-time features (what the model would have said at the request's time).
+    its point-in-time features (what the model would have said at the request's time),
+    computed by ``build`` (``features.dask.OnCluster`` on a Dask cluster).
 
     With a ``policy``, also the decision the engine gives with that score:
     ``decision``, ``approved_amount`` (currency units), ``review_queue`` and
@@ -44,11 +46,11 @@ def score_requests(
         keep = (pd.to_numeric(requests["requested_at"]) >= start).to_numpy(dtype=bool)
         requests = requests[keep].reset_index(drop=True)
     if policy is None:
-        table = features.build_features(history, requests)
+        table = build(history, requests)
         return pd.DataFrame(
             {"request_id": table.index.to_numpy(dtype=object), "score": bundle.score(table)}
         )
-    frame = engine_frame(history, requests)
+    frame = engine_frame(history, requests, build)
     scores = bundle.score(frame)
     # Review due times are not written, so the decision time does not matter here.
     decided = decide_frame(frame, scores, policy, decided_at=datetime.now(UTC))

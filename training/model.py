@@ -9,6 +9,7 @@ that reviewers see, where log-loss is dominated by the many easy honest requests
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -20,7 +21,7 @@ from riskmodel.errors import DataError
 from training.calibration import CALIBRATIONS
 from training.dataset import LabelPolicy
 
-__all__ = ["SMALL_DATA", "TrainConfig", "fit_trees"]
+__all__ = ["SMALL_DATA", "Boost", "TrainConfig", "TreeData", "boost_here", "fit_trees"]
 
 SMALL_DATA = 50_000
 """Below this many rows LightGBM's threads cost more than they save: measured ten times
@@ -124,15 +125,62 @@ class TrainConfig:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class TreeData:
+    """What the trees are boosted on, checked by ``fit_trees``: the train matrix, labels
+    and weights, the validation period, the features' names and the categorical ones."""
+
+    names: list[str]
+    categorical: list[int]
+    train: tuple[np.ndarray, np.ndarray]
+    weights: np.ndarray
+    valid: tuple[np.ndarray, np.ndarray]
+
+
+Boost = Callable[[TreeData, TrainConfig], lightgbm.Booster]
+"""Where the trees grow: ``boost_here`` on this machine, or
+``training.on_dask.BoostOnCluster`` on a Dask cluster."""
+
+
+def boost_here(data: TreeData, config: TrainConfig) -> lightgbm.Booster:
+    """Boost on this machine, stopping early on the validation period's first metric."""
+    train = lightgbm.Dataset(
+        data.train[0],
+        label=data.train[1],
+        weight=data.weights,
+        feature_name=data.names,
+        categorical_feature=data.categorical,
+        free_raw_data=True,
+    )
+    check = lightgbm.Dataset(data.valid[0], label=data.valid[1], reference=train)
+    return lightgbm.train(
+        config.lightgbm_params(rows=len(data.train[1])),
+        train,
+        num_boost_round=config.max_rounds,
+        valid_sets=[check],
+        valid_names=["valid"],
+        # The callback's own flag: without it, the first metric of any kind to stall stops
+        # the boosting and picks the trees.
+        callbacks=[
+            lightgbm.early_stopping(
+                config.early_stopping_rounds, first_metric_only=True, verbose=False
+            )
+        ]
+        if config.early_stopping_rounds
+        else [],
+    )
+
+
 def fit_trees(
     specs: tuple[FeatureSpec, ...],
     train: tuple[np.ndarray, np.ndarray],
     valid: tuple[np.ndarray, np.ndarray],
     config: TrainConfig,
     weights: np.ndarray | None = None,
+    boost: Boost = boost_here,
 ) -> lightgbm.Booster:
     """Boost on ``train`` (matrix, labels; each row weighted by ``weights``, 1 if None),
-    stopping when AP on ``valid`` stops improving.
+    stopping when the stopping metric on ``valid`` stops improving; ``boost`` says where.
 
     When ``valid`` holds fewer than ``config.min_stopping_positives`` abusive requests,
     it cannot guide the stopping: it joins the trees' data, which are boosted
@@ -152,30 +200,11 @@ def fit_trees(
                 f"the {name} period has {int(np.sum(y))} abusive requests out of {len(y)}: "
                 "it needs both outcomes (use more history or a shorter label maturity)"
             )
-    names = [f.name for f in specs]
-    categorical = [i for i, f in enumerate(specs) if f.type == CATEGORY]
-    data = lightgbm.Dataset(
-        train[0],
-        label=train[1],
-        weight=weights,
-        feature_name=names,
-        categorical_feature=categorical,
-        free_raw_data=True,
+    data = TreeData(
+        names=[f.name for f in specs],
+        categorical=[i for i, f in enumerate(specs) if f.type == CATEGORY],
+        train=train,
+        weights=weights,
+        valid=valid,
     )
-    check = lightgbm.Dataset(valid[0], label=valid[1], reference=data)
-    return lightgbm.train(
-        config.lightgbm_params(rows=len(train[1])),
-        data,
-        num_boost_round=config.max_rounds,
-        valid_sets=[check],
-        valid_names=["valid"],
-        # The callback's own flag: without it, the first metric of any kind to stall stops
-        # the boosting and picks the trees.
-        callbacks=[
-            lightgbm.early_stopping(
-                config.early_stopping_rounds, first_metric_only=True, verbose=False
-            )
-        ]
-        if config.early_stopping_rounds
-        else [],
-    )
+    return boost(data, config)

@@ -31,7 +31,7 @@ from training.dataset import (
     periods,
     training_examples,
 )
-from training.model import TrainConfig, fit_trees
+from training.model import Boost, TrainConfig, boost_here, fit_trees
 from training.report import Evaluation, evaluate
 from training.signature import catalog_signature
 from training.splits import TimeSplit
@@ -69,12 +69,16 @@ def train(
     return train_on(examples, cutoff, config)
 
 
-def train_on(examples: Examples, until: int, config: TrainConfig) -> TrainResult:
+def train_on(
+    examples: Examples, until: int, config: TrainConfig, boost: Boost = boost_here
+) -> TrainResult:
     """Train on ready examples (in time order) that were assembled as of ``until``.
 
     The periods are ``training.dataset.periods``: the trees learn from the train period
     and the fresh verdicts, stop early on valid, the calibration period fits the
-    probability map and the test period is the report.
+    probability map and the test period is the report. ``boost`` grows the trees: on
+    this machine, or on a Dask cluster (``training.on_dask.BoostOnCluster``); the rest
+    is done here either way.
     """
     config = config or TrainConfig()
     split = periods(examples, config.shares)
@@ -87,7 +91,7 @@ def train_on(examples: Examples, until: int, config: TrainConfig) -> TrainResult
         for name, part in (("train", trees), ("valid", parts["valid"]))
     }
     weights = fresh_weights(examples, split)[in_trees]
-    booster = fit_trees(specs, matrices["train"], matrices["valid"], config, weights)
+    booster = fit_trees(specs, matrices["train"], matrices["valid"], config, weights, boost)
     calibration = parts["calibration"]
     margin = np.asarray(booster.predict(encode_frame(calibration.features, specs), raw_score=True))
     calibrator = fit_calibrator(margin, calibration.label.astype(float), config.calibration)

@@ -1,0 +1,153 @@
+"""``train --dask`` and ``score --dask``: trees grown by LightGBM's Dask module, features
+computed on the cluster, a bundle like a single machine's.
+
+One local cluster for the module, as in ``test_features_dask``: two single-threaded
+worker processes. On the sample data the trees are boosted a fixed 100 rounds (its
+validation period holds too few abusive requests to stop on), so a run takes seconds.
+
+The trees grown on the cluster are not the single machine's (each worker bins the features
+it is given from its own rows, bagging draws rows per worker), so the test period's
+metrics are compared within a tolerance: see ``AP_TOLERANCE`` and ``AUC_TOLERANCE``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from riskmodel.cli import main
+from riskmodel.registry import Registry
+from training.model import STOPPING_METRICS, TrainConfig, TreeData, boost_here
+
+distributed = pytest.importorskip("distributed")
+
+from training.on_dask import best_rounds  # noqa: E402
+
+SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
+
+# Measured over 11 seeds on the sample (test period: 148 requests), cluster against one
+# machine: average precision differed by at most 0.071, ROC AUC by at most 0.030. Merely
+# shuffling the rows on one machine moved them by up to 0.057 and 0.040: the test period
+# is too small to tell the two apart any closer, so the tolerances leave that room.
+AP_TOLERANCE = 0.10
+AUC_TOLERANCE = 0.05
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[distributed.Client]:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+@pytest.fixture(scope="module")
+def trained(
+    client: distributed.Client, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Registry, str, str]:
+    """A registry holding a model trained here and one trained on the cluster."""
+    registry = Registry(tmp_path_factory.mktemp("trained") / "registry")
+    assert main(["train", *_common(registry)]) == 0
+    (here,) = registry.versions()
+    assert main(["train", *_common(registry), "--dask", client.scheduler.address]) == 0
+    (there,) = set(registry.versions()) - {here}
+    return registry, here, there
+
+
+def _common(registry: Registry) -> list[str]:
+    return ["--from", str(SAMPLE), "--registry", str(registry.path), "--maturity-days", "20"]
+
+
+def test_a_model_trained_on_the_cluster_scores_like_one_trained_here(
+    trained: tuple[Registry, str, str], tmp_path: Path
+) -> None:
+    """Within ``AP_TOLERANCE`` and ``AUC_TOLERANCE`` on the test period; a bundle of the
+    same kind (calibration, report, registry entry) that scores the same requests."""
+    registry, alone, spread = trained
+    here, there = registry.load(alone), registry.load(spread)
+
+    for key, tolerance in (("average_precision", AP_TOLERANCE), ("roc_auc", AUC_TOLERANCE)):
+        assert there.metrics["test"][key] == pytest.approx(here.metrics["test"][key], abs=tolerance)
+    assert there.features == here.features
+    assert there.training_window == here.training_window
+    assert there.data_fingerprint == here.data_fingerprint  # the cluster's features are equal
+    assert there.calibrator.kind == here.calibrator.kind
+    assert (registry.report_dir(spread) / "report.md").is_file()
+
+    scored = {}
+    for version in (alone, spread):
+        out = tmp_path / f"{version}.csv"
+        command = ["score", *_common(registry)[:4], "--since", "2026-04-01", "--out", str(out)]
+        assert main([*command, "--model", version]) == 0
+        scored[version] = pd.read_csv(out)
+    by_here, by_there = scored[alone], scored[spread]
+    assert list(by_there["request_id"]) == list(by_here["request_id"])
+    assert len(by_there) > 50
+    assert by_there["score"].between(0, 1).all()
+    # The two models rank the requests alike.
+    assert by_there["score"].corr(by_here["score"], method="spearman") > 0.8
+
+
+def test_score_on_the_cluster_writes_the_same_file(
+    client: distributed.Client, trained: tuple[Registry, str, str], tmp_path: Path
+) -> None:
+    registry, _, spread = trained
+    alone, on_cluster = tmp_path / "alone.csv", tmp_path / "on_cluster.csv"
+    command = ["score", *_common(registry)[:4], "--model", spread, "--since", "2026-04-01"]
+    assert main([*command, "--out", str(alone)]) == 0
+    assert main([*command, "--out", str(on_cluster), "--dask", client.scheduler.address]) == 0
+    assert on_cluster.read_bytes() == alone.read_bytes()
+
+
+def _noisy(rows: int, seed: int) -> TreeData:
+    """Labels a little of which the features explain: trees overfit after a few rounds."""
+    rng = np.random.default_rng(seed)
+    matrix = rng.normal(size=(rows, 5))
+    label = (matrix[:, 0] + 2 * rng.normal(size=rows) > 1.5).astype(float)
+    half = rows // 2
+    return TreeData(
+        names=[f"f{i}" for i in range(5)],
+        categorical=[],
+        train=(matrix[:half], label[:half]),
+        weights=np.ones(half),
+        valid=(matrix[half:], label[half:]),
+    )
+
+
+@pytest.mark.parametrize("metric", STOPPING_METRICS)
+def test_the_rounds_kept_after_the_cluster_are_those_early_stopping_keeps(metric: str) -> None:
+    """The Dask interface cannot stop early: every round is grown, then the rounds kept
+    are chosen afterwards on the validation period, by early stopping's own rule."""
+    data = _noisy(4000, seed=3)
+    config = TrainConfig(
+        stopping_metric=metric, learning_rate=0.3, max_rounds=300, early_stopping_rounds=15
+    )
+    stopped = boost_here(data, config)
+    grown = boost_here(data, replace(config, early_stopping_rounds=0))
+    assert grown.current_iteration() == 300
+    assert stopped.best_iteration < 300 - 15  # it did stop early
+    assert best_rounds(grown, data.valid, config) == stopped.best_iteration
+
+
+def test_training_and_scoring_without_the_option_import_no_dask() -> None:
+    code = (
+        "import sys, contextlib, io\n"
+        "from riskmodel.cli import main\n"
+        "import training.commands, training.train, training.evaluation\n"
+        "for command in ('train', 'score'):\n"
+        "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        main([command, '--help'])\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')]\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
