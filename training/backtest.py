@@ -81,9 +81,7 @@ def engine_frame(
     requests = history.refund_requests if requests is None else requests
     # The order's columns come with the features: joining 1M requests to 10M orders again
     # cost a third of the backtest.
-    frame = build(
-        history, requests, context=("order_service_days", "order_payment_account")
-    )
+    frame = build(history, requests, context=("order_service_days", "order_payment_account"))
     frame = frame.rename(
         columns={"order_service_days": "service_days", "order_payment_account": "payment_account"}
     )
