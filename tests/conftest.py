@@ -1,10 +1,12 @@
-"""Shared fixtures: the two real database backends and a tiny, readable dataset."""
+"""Shared fixtures: the two real database backends, a tiny, readable dataset, and a local
+Dask cluster."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -13,6 +15,22 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from riskmodel import store
+
+
+@pytest.fixture(scope="session")
+def dask_client() -> Iterator[Any]:
+    """A client of a local Dask cluster of two single-threaded worker processes, started
+    once for the session: processes, not threads, since the kernels are pandas and numpy
+    work that holds the GIL. The HTTP port is any free one: 8787 may be taken."""
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
 
 POSTGRES_URL = os.environ.get(
     "RISKMODEL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/riskmodel_test"

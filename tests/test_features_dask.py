@@ -1,8 +1,7 @@
 """Features on a Dask cluster equal the single-machine engine's, value for value.
 
-One local cluster for the module: two single-threaded worker processes (processes, not
-threads: the kernels are pandas and numpy work that holds the GIL, and two processes on
-two cores ran the property test about a third faster than two threads).
+On the session's local cluster (``conftest.dask_client``): two single-threaded worker
+processes, which ran the property test about a third faster than two threads.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,14 +37,8 @@ SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[distributed.Client]:
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        yield client
+def client(dask_client: distributed.Client) -> distributed.Client:
+    return dask_client
 
 
 def _on_cluster(client: distributed.Client, history: History, parts: int) -> pd.DataFrame:

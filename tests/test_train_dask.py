@@ -1,9 +1,9 @@
 """``train --dask`` and ``score --dask``: trees grown by LightGBM's Dask module, features
 computed on the cluster, a bundle like a single machine's.
 
-One local cluster for the module, as in ``test_features_dask``: two single-threaded
-worker processes. On the sample data the trees are boosted a fixed 100 rounds (its
-validation period holds too few abusive requests to stop on), so a run takes seconds.
+On the session's local cluster (``conftest.dask_client``). On the sample data the trees
+are boosted a fixed 100 rounds (its validation period holds too few abusive requests to
+stop on), so a run takes seconds.
 
 The trees grown on the cluster are not the single machine's (each worker bins the features
 it is given from its own rows, bagging draws rows per worker), so the test period's
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -47,14 +46,8 @@ AUC_TOLERANCE = 0.05
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[distributed.Client]:
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        yield client
+def client(dask_client: distributed.Client) -> distributed.Client:
+    return dask_client
 
 
 @pytest.fixture(scope="module")
