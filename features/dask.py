@@ -498,6 +498,7 @@ def _bucket(frame: pd.DataFrame, keys: Sequence[str | None], n: int) -> pd.DataF
     ``k``'s partition of its value, ``k * n + hash(value) % n``. Rows without a value
     match no request and are left out. Hashing the text itself gives every table the
     same partition for one value."""
+    frame = _compact(frame)  # before the copies: a partition of orders is made 5 times over
     copies = []
     for k, column in enumerate(keys):
         if column is None:
@@ -512,11 +513,44 @@ def _bucket(frame: pd.DataFrame, keys: Sequence[str | None], n: int) -> pd.DataF
     return pd.concat(copies, ignore_index=True)
 
 
+_TEXT = pd.StringDtype("pyarrow")
+
+
+def _compact(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text columns as Arrow strings for the trip through the shuffle: routed events are
+    several copies of the history, and an id as a Python object takes some 60 bytes where
+    Arrow takes its length; unpacked as objects, a worker held several times the history's
+    own size. ``_as_objects`` gives the kernels the same values back. Store-form ids and
+    text are strings; a column holding anything else is left as it is."""
+    out = frame.copy(deep=False)
+    for name in frame.columns:
+        column = frame[name]
+        if column.dtype == object and pd.api.types.infer_dtype(column, skipna=True) in (
+            "string",
+            "empty",
+        ):
+            out[name] = column.astype(_TEXT)
+    return out
+
+
+def _as_objects(frame: pd.DataFrame) -> pd.DataFrame:
+    """``_compact``'s Arrow strings as the Python objects (None for null) the kernels read."""
+    out = frame.copy(deep=False)
+    for name in frame.columns:
+        column = frame[name]
+        if column.dtype == _TEXT:
+            out[name] = column.astype(object).where(column.notna(), None)
+    return out
+
+
 def _route(frame: dd.DataFrame, keys: Sequence[str | None], n: int) -> list[Delayed]:
     """``frame``'s rows routed to every pass that reads them: one shuffle for all passes;
     partition ``k * n + i`` is pass ``k``'s partition ``i``."""
     bucketed = frame.map_partitions(
-        _bucket, list(keys), n, meta=frame._meta.assign(_part=np.array([], dtype=np.int64))
+        _bucket,
+        list(keys),
+        n,
+        meta=_compact(frame._meta.assign(_part=np.array([], dtype=np.int64))),
     )
     divisions = tuple(range(len(keys) * n + 1))
     return list(bucketed.set_index("_part", divisions=divisions).to_delayed())
@@ -599,7 +633,7 @@ def _fold(
         if frame is None:
             return like
         frame = frame.reset_index(drop=True).sort_values("_seq", kind="stable")
-        return frame[[c for c in frame.columns if c in keep]].reset_index(drop=True)
+        return _as_objects(frame[[c for c in frame.columns if c in keep]].reset_index(drop=True))
 
     order_rows = rows(orders, empty.orders, [*_COLUMNS["orders"], _REGISTERED])
     refund_rows = rows(refunds, _refund_meta(), list(_refund_meta().columns))
@@ -612,7 +646,7 @@ def _fold(
         decisions=rows(decisions, empty.decisions, _COLUMNS["decisions"]),
         rates=rates,
     )
-    asked = asked.reset_index(drop=True)
+    asked = _as_objects(asked.reset_index(drop=True))
     key = _key_column(entity)
     columns = {
         "requested_at": asked["requested_at"].to_numpy(dtype=float),
