@@ -384,14 +384,19 @@ def build_on_dask(
         # the pieces are request-sized, so a plain exchange of tasks moves them.
         split = delayed(_split, pure=True, nout=requests.npartitions)
         framed_parts = [split(part, requests.npartitions) for part in framed.to_delayed()]
-        combine = delayed(_combine, pure=True)
+        # Delayed pieces are passed one by one, never in a list: Dask optimises and culls
+        # the whole graph for each call given a list of them, which made building the graph
+        # quadratic in the number of partitions (minutes on the client at 120).
+        combine = delayed(_combine_pieces, pure=True)
+        sizes = (len(framed_parts), *[len(family) for family in folded])
         parts = [
             combine(
-                [pieces[p] for pieces in framed_parts],
-                [[pieces[p] for pieces in family] for family in folded],
                 chosen,
                 context,
                 meta,
+                sizes,
+                *[pieces[p] for pieces in framed_parts],
+                *[pieces[p] for family in folded for pieces in family],
             )
             for p in range(requests.npartitions)
         ]
@@ -599,7 +604,8 @@ def _fold_all(
         pieces = []
         for i in range(k * n, (k + 1) * n):
             tables = {name: None if parts is None else parts[i] for name, parts in routed.items()}
-            pieces.append(fold(entity, group, rates, asked[i], request_parts, **tables))
+            # Positional, in _fold's order: see build_on_dask on Delayed given in a mapping.
+            pieces.append(fold(entity, group, rates, asked[i], request_parts, *tables.values()))
         folded.append(pieces)
     return folded
 
@@ -687,6 +693,22 @@ class _PartitionSources(Sources):
 
     def _joined_refunds(self) -> pd.DataFrame:
         return self.history.refund_requests
+
+
+def _combine_pieces(
+    chosen: list[str],
+    context: Sequence[str],
+    meta: pd.DataFrame,
+    sizes: Sequence[int],
+    *pieces: pd.DataFrame,
+) -> pd.DataFrame:
+    """``_combine`` of pieces given in a row: ``sizes[0]`` of the request frame, then
+    ``sizes[k]`` of family ``k``."""
+    groups, start = [], 0
+    for size in sizes:
+        groups.append(list(pieces[start : start + size]))
+        start += size
+    return _combine(groups[0], groups[1:], chosen, context, meta)
 
 
 def _combine(
