@@ -30,6 +30,7 @@ imports it, so nothing else in the package imports this module at its top.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from dask.base import tokenize
 from dask.delayed import Delayed, delayed
+from dask.highlevelgraph import HighLevelGraph
 from distributed import Client
 
 from features.catalog import CATALOG
@@ -389,16 +392,10 @@ def build_on_dask(
         # quadratic in the number of partitions (minutes on the client at 120).
         combine = delayed(_combine_pieces, pure=True)
         sizes = (len(framed_parts), *[len(family) for family in folded])
+        sources = [*framed_parts, *[pieces for family in folded for pieces in family]]
+        by_part = _pieces(sources, requests.npartitions)
         parts = [
-            combine(
-                chosen,
-                context,
-                meta,
-                sizes,
-                *[pieces[p] for pieces in framed_parts],
-                *[pieces[p] for family in folded for pieces in family],
-            )
-            for p in range(requests.npartitions)
+            combine(chosen, context, meta, sizes, *by_part[p]) for p in range(requests.npartitions)
         ]
         return dd.from_delayed(parts, meta=meta, verify_meta=False)
 
@@ -693,6 +690,23 @@ class _PartitionSources(Sources):
 
     def _joined_refunds(self) -> pd.DataFrame:
         return self.history.refund_requests
+
+
+def _pieces(sources: list[Delayed], parts: int) -> list[list[Delayed]]:
+    """``[source[p] for source in sources]`` for each partition ``p`` of requests, as one
+    graph layer of getitem tasks: each Delayed getitem is a layer of its own, and culling
+    the 48,000 of 3M requests in 120 partitions took the client six minutes."""
+    name = "pieces-" + tokenize([source.key for source in sources], parts)
+    graph = {
+        (name, i, p): (operator.getitem, source.key, p)
+        for i, source in enumerate(sources)
+        for p in range(parts)
+    }
+    layers = HighLevelGraph.from_collections(name, graph, dependencies=sources)
+    return [
+        [Delayed((name, i, p), layers, layer=name) for i in range(len(sources))]
+        for p in range(parts)
+    ]
 
 
 def _combine_pieces(
