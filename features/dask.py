@@ -130,9 +130,10 @@ def connect(address: str) -> Client:
             workers = int(address.removeprefix("local:"))
         except ValueError:
             raise DataError(f"--dask {address}: write local:N, N a number of workers") from None
-        # Started by the client, so closing the client ends it.
+        # Started by the client, so closing the client ends it. Its HTTP server takes any
+        # free port: 8787, Dask's default, may be another cluster's.
         return Client(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
         )
     return Client(address)
 
