@@ -18,14 +18,20 @@ from riskmodel import store
 
 
 @pytest.fixture(scope="session")
-def dask_client() -> Iterator[Any]:
+def dask_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A client of a local Dask cluster of two single-threaded worker processes, started
     once for the session: processes, not threads, since the kernels are pandas and numpy
-    work that holds the GIL. The HTTP port is any free one: 8787 may be taken."""
+    work that holds the GIL. The HTTP port is any free one: 8787 may be taken. Its scratch
+    space is the test run's own: at start Dask sweeps its default one of every earlier
+    cluster's leftovers, which can take seconds."""
     distributed = pytest.importorskip("distributed")
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            local_directory=tmp_path_factory.mktemp("dask"),
         ) as cluster,
         distributed.Client(cluster) as client,
     ):

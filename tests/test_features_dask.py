@@ -177,7 +177,11 @@ def test_a_worker_killed_mid_build_gives_the_whole_table_or_none(tmp_path: Path)
     out = tmp_path / "spread.parquet"
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            local_directory=tmp_path / "dask",
         ) as cluster,
         distributed.Client(cluster) as watcher,
     ):
