@@ -48,7 +48,7 @@ def _on_cluster(client: distributed.Client, history: History, parts: int) -> pd.
 
 
 @settings(
-    max_examples=8,
+    max_examples=5,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
