@@ -27,6 +27,7 @@ from riskmodel.registry import Registry
 from riskmodel.store import open_store
 from riskmodel.store.operations import SWITCH_MODES, LiveSetting
 from serving.auth import KeyRing
+from serving.checkpoints import BACKSTOP_PAGES, Checkpoints
 from serving.errors import Refused, Unavailable
 from serving.metrics import Metrics
 from serving.settings import Settings
@@ -37,7 +38,6 @@ __all__ = ["Models", "Runtime", "StoreLink", "load_models", "load_policy_file"]
 log = logging.getLogger("serving")
 
 _SERVING_CACHE_KIB = 32 * 1024
-_CHECKPOINT_PAGES = 100
 
 
 class StoreLink:
@@ -54,6 +54,7 @@ class StoreLink:
         self.synchronous = synchronous
         self.problem: str | None = "not opened yet"
         self._engine: Engine | None = None
+        self._checkpoints: Checkpoints | None = None
         self._next_try = 0.0
 
     def open(self) -> None:
@@ -72,19 +73,16 @@ class StoreLink:
                 # operating system caches the file for all of them. 32 MB gave the same
                 # decision latency on the serve benchmark.
                 dbapi_connection.execute(f"PRAGMA cache_size=-{_SERVING_CACHE_KIB}")
-                # The commit that fills the log past this many pages copies it into the
-                # file (and fsyncs it), while the decisions of that commit and the next
-                # wait. SQLite's default, 1,000 pages, made that tens of milliseconds
-                # (the serve benchmark's worst answers); 100 pages, about 30 decisions,
-                # makes it a tenth. A checkpoint on a thread of its own avoided the wait
-                # but let the log grow without end under steady writes: a log starts over
-                # only once wholly copied, and new pages kept arriving while it copied.
-                dbapi_connection.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
+                # The log is copied into the file on a thread of its own
+                # (``serving.checkpoints``); a commit does it only past the backstop.
+                dbapi_connection.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
 
             # After the store's own pragmas; the pool is emptied so that every
             # connection gets them.
             event.listen(engine, "connect", tune)
             engine.dispose()
+            if engine.url.database not in (None, "", ":memory:") and self._checkpoints is None:
+                self._checkpoints = Checkpoints(Path(engine.url.database)).start()
         self._engine = engine
         self.found()
 
@@ -131,6 +129,9 @@ class StoreLink:
         return None
 
     def dispose(self) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.stop()
+            self._checkpoints = None
         if self._engine is not None:
             self._engine.dispose()
 

@@ -7,6 +7,9 @@ import asyncio
 import dataclasses
 import json
 import re
+import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from riskmodel import store
 from riskmodel.store import EVENT_TABLES, decisions, request_hash
+from serving.checkpoints import BACKSTOP_PAGES, RESTART_PAGES, Checkpoints
 from serving.decide import Answer, decide_one, store_row
 from serving.record import DecisionRecord
 from serving.runtime import Runtime, StoreLink
@@ -130,29 +134,68 @@ def test_a_write_that_fails_alone_leaves_the_rest_of_its_group_written(
     assert bad_request == 0  # its request went with its decision: nothing half-written
 
 
-def test_the_services_sqlite_log_is_copied_into_the_file_in_small_steps(tmp_path: Path) -> None:
-    # The commit that fills the log copies it into the file while decisions wait: the
-    # service keeps that to about 100 pages (SQLite's own default is 1,000).
+def _write_while_reading(path: Path, commits: int, wal: Path) -> int:
+    """``commits`` commits of about a page each, a service's pace apart, while another
+    connection reads without pause; the largest the log grew, in bytes."""
+    stop = threading.Event()
+
+    def read() -> None:
+        reader = sqlite3.connect(path)
+        while not stop.is_set():
+            reader.execute("SELECT count(*), max(i) FROM scratch").fetchone()
+        reader.close()
+
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA synchronous=FULL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")  # only the thread under test copies
+    writer.execute("CREATE TABLE scratch (i INTEGER, padding TEXT)")
+    reading = threading.Thread(target=read)
+    reading.start()
+    largest = 0
+    try:
+        for i in range(commits):
+            writer.execute("INSERT INTO scratch VALUES (?, ?)", (i, "x" * 3000))
+            largest = max(largest, wal.stat().st_size)
+            time.sleep(0.002)
+    finally:
+        stop.set()
+        reading.join()
+    assert writer.execute("SELECT count(*) FROM scratch").fetchone() == (commits,)
+    writer.close()
+    return largest
+
+
+def test_the_sqlite_log_stays_bounded_under_steady_writes_and_reads(tmp_path: Path) -> None:
+    # No commit copies the log into the file: the checkpoint thread does, and while reads
+    # never stop only its restarts let the log start over (passive copies alone let it grow
+    # by every commit's page, without end).
+    path = tmp_path / "store.db"
+    sqlite3.connect(path).execute("PRAGMA journal_mode=WAL").fetchone()
+    checkpoints = Checkpoints(path, every_seconds=0.005, restart_pages=50).start()
+    try:
+        largest = _write_while_reading(path, 600, Path(f"{path}-wal"))
+    finally:
+        checkpoints.stop()
+    frame = 4096 + 24  # a page and its header
+    assert checkpoints.restarts >= 2
+    assert largest < 200 * frame, largest / frame  # some 600 pages without the restarts
+
+
+def test_the_services_sqlite_store_is_checkpointed_beside_the_commits(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     load_tiny(f"sqlite:///{path}")
     link = StoreLink(f"sqlite:///{path}", retry_seconds=1.0)
     link.open()
     engine = link.available()
     assert engine is not None
-    wal = Path(f"{path}-wal")
-    largest = 0
     try:
+        assert "wal-checkpoints" in {t.name for t in threading.enumerate()}
         with engine.connect() as conn:
-            conn.exec_driver_sql("CREATE TABLE scratch (i INTEGER, padding TEXT)")
-            conn.commit()
-            for i in range(1_500):
-                conn.exec_driver_sql("INSERT INTO scratch VALUES (?, ?)", (i, "x" * 3000))
-                conn.commit()
-                largest = max(largest, wal.stat().st_size)
+            backstop = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one()
+        assert backstop == BACKSTOP_PAGES > RESTART_PAGES
     finally:
         link.dispose()
-    page = 4096
-    assert largest < 200 * (page + 24), largest  # a frame is a page and its header
+    assert "wal-checkpoints" not in {t.name for t in threading.enumerate()}
 
 
 def test_a_refund_of_an_order_asked_again_out_of_time_order_is_not_approved_alone(
