@@ -8,9 +8,9 @@ Parquet files under ``data/bench-dask/`` (a folder per table, made chunk by chun
 distributions of ``benchmarks/feature_engines.py``'s synthetic history: 10 orders per
 user, 500 public IPs shared by everyone, 300 sellers), then builds the feature table as
 ``riskmodel features build --dask`` does (``Tables.read``, ``build_on_dask``,
-``write_parquet``) on a local cluster of 2 single-threaded worker processes limited to
-6 GB each, and prints the wall time, each worker's peak resident memory and the largest
-entities' numbers of events.
+``write_parquet`` with the ``repeated_keys`` checks) on a local cluster of 2
+single-threaded worker processes limited to 6 GB each, and prints the wall time, each
+worker's peak resident memory and the largest entities' numbers of events.
 
 The single-machine reference (``build_features`` on the same tables held in memory, as
 ``feature_engines.py offline`` measures it: the build's time, the process's peak RSS) runs
@@ -391,7 +391,7 @@ def run_dask(directory: Path, out: Path, partitions: int | None) -> dict[str, An
     """The feature build as ``features build --dask`` runs it, on a fresh local cluster."""
     from distributed import Client, LocalCluster
 
-    from features.dask import Tables, build_on_dask, write_parquet
+    from features.dask import Tables, build_on_dask, repeated_keys, write_parquet
 
     # Every P2P shuffle logs its start and end as warnings: noise beside the table.
     logging.getLogger("distributed.shuffle").setLevel(logging.ERROR)
@@ -412,7 +412,7 @@ def run_dask(directory: Path, out: Path, partitions: int | None) -> dict[str, An
         with _Sampler(watched) as sampler:
             tables = Tables.read(str(directory))
             built = build_on_dask(tables, partitions=partitions)
-            rows, width = write_parquet(client, built, out)
+            rows, width = write_parquet(client, built, out, repeated_keys(tables))
         seconds = time.perf_counter() - started
         # A worker restarted by its nanny would start its own peak again: say so.
         after: dict[str, int] = client.run(os.getpid)

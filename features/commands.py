@@ -64,12 +64,15 @@ def _build_on_dask(args: argparse.Namespace, partial: Path) -> tuple[int, int]:
     dask = on_dask(args.dask)
     client = dask.connect(args.dask)
     try:
+        checks = []
         if args.directory:
             tables = dask.Tables.read(str(args.directory))
+            checks = dask.repeated_keys(tables)
         else:
             tables = dask.Tables.from_history(load_history(args.database_url))
         # Written a partition at a time: the client never holds the whole table.
-        rows, width = dask.write_parquet(client, dask.build_on_dask(tables), partial)
+        table = dask.build_on_dask(tables)
+        rows, width = dask.write_parquet(client, table, partial, checks)
         return rows, width
     finally:
         client.close()

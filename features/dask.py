@@ -65,10 +65,10 @@ from features.offline import (
     feature_table,
 )
 from features.spec import Aggregate, Entity, Source
-from riskmodel import dataset
+from riskmodel import dataset, units
 from riskmodel.errors import DataError
 
-__all__ = ["OnCluster", "Tables", "build_on_dask", "connect", "write_parquet"]
+__all__ = ["OnCluster", "Tables", "build_on_dask", "connect", "repeated_keys", "write_parquet"]
 
 _SPAN = 2**40
 """Rows one input partition may hold: ``_row`` and ``_seq`` are partition * span + place."""
@@ -138,33 +138,91 @@ def connect(address: str) -> Client:
     return Client(address)
 
 
-def write_parquet(client: Client, table: dd.DataFrame, path: Path) -> tuple[int, int]:
+def write_parquet(
+    client: Client, table: dd.DataFrame, path: Path, checks: Sequence[Delayed] = ()
+) -> tuple[int, int]:
     """Write ``table`` (``build_on_dask``'s) to one Parquet file at ``path``, a partition
     at a time in the requests' order, so the client holds one partition, not the table.
 
-    If the cluster fails (a task's error, workers lost for good), ``path`` is removed and
-    a ``DataError`` says why: there is never a partial table. Returns (rows, columns).
+    ``checks`` (``repeated_keys``'s) run beside the build; any problem they find fails it.
+    If the cluster fails (a task's error, workers lost for good) or a check does, ``path``
+    is removed and a ``DataError`` says why: there is never a partial table. Returns
+    (rows, columns).
     """
     schema = pa.Schema.from_pandas(table._meta)
     # Text of an empty frame has no type: the request ids (and any text) are strings.
     for i, field in enumerate(schema):
         if pa.types.is_null(field.type):
             schema = schema.set(i, field.with_type(pa.string()))
-    futures = client.compute(table.to_delayed())
+    parts = table.to_delayed()
+    futures = client.compute([*parts, *checks])
     rows = 0
     try:
         with pq.ParquetWriter(path, schema) as writer:
-            for future in futures:
+            for future in futures[: len(parts)]:
                 part = future.result()
                 future.release()  # the cluster may drop the partition now
                 writer.write_table(pa.Table.from_pandas(part, schema=schema))
                 rows += len(part)
+        problems = [problem for future in futures[len(parts) :] for problem in future.result()]
     except Exception as exc:
-        for future in futures:
+        for future in futures[: len(parts)]:
             future.cancel()
         path.unlink(missing_ok=True)
+        # A repeated key also breaks the build, further on and in its own words.
+        problems = _found(futures[len(parts) :])
+        if problems:
+            raise DataError(f"nothing written: {'; '.join(problems)}") from exc
         raise DataError(f"the feature build failed on the cluster, nothing written: {exc}") from exc
+    if problems:
+        path.unlink(missing_ok=True)
+        raise DataError(f"nothing written: {'; '.join(problems)}")
     return rows, len(table.columns)
+
+
+def _found(checks: Sequence[Any]) -> list[str]:
+    """What the checks' futures found, as far as they ran (none, if the cluster failed)."""
+    problems: list[str] = []
+    for future in checks:
+        try:
+            problems.extend(future.result())
+        except Exception:
+            future.cancel()
+    return problems
+
+
+def repeated_keys(tables: Tables, shown: int = 3) -> list[Delayed]:
+    """Checks that no key of a table read from several files is in two of them (each
+    file's own repeats are ``Tables.read``'s): each computes to the problems it found, at
+    most ``shown`` keys a piece. A repeated order would count twice in every feature that
+    reads it. The keys are routed by value as the build routes its events, so a worker
+    holds a slice of one table's keys at a time."""
+    found: list[Delayed] = []
+    repeated = delayed(_repeated, pure=True)
+    for name in _COLUMNS:
+        frame: dd.DataFrame = getattr(tables, name)
+        if name not in dataset.TABLES or frame.npartitions < 2:
+            continue
+        key = list(dataset.TABLES[name].key)
+        for part in _route(frame[key], [key[0]], frame.npartitions):
+            found.append(repeated(name, key, shown, part))
+    return found
+
+
+def _repeated(name: str, key: list[str], shown: int, part: pd.DataFrame) -> list[str]:
+    twice = part[part.duplicated(key, keep=False)].drop_duplicates(key).head(shown)
+    return [
+        f"{name}: duplicate key ({', '.join(f'{k}={_as_given(k, row[k])!r}' for k in key)}) "
+        "across its files"
+        for _, row in twice.iterrows()
+    ]
+
+
+def _as_given(column: str, value: Any) -> str:
+    """A key's value as the files gave it: a store time (microseconds) as its UTC time."""
+    if column.endswith("_at"):
+        return units.moment(int(value)).isoformat()
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -202,7 +260,8 @@ class Tables:
         read (``s3://bucket/export``); a table may be one file or a folder of Parquet files
         (``orders.parquet/`` or ``orders/``). Each partition is validated and normalised
         by ``riskmodel.dataset.normalise``: its errors name the row within the partition,
-        and a duplicate key is found only within one partition."""
+        and a key repeated within one file; ``repeated_keys`` finds one repeated across
+        files."""
         import fsspec
 
         fs, root = fsspec.core.url_to_fs(location)

@@ -129,6 +129,29 @@ def test_a_failed_build_leaves_no_table(
     assert not out.with_suffix(".parquet.partial").exists()
 
 
+@pytest.mark.parametrize("table", ["orders", "usage"])
+def test_a_key_repeated_across_files_fails_the_build_and_names_it(
+    client: distributed.Client, tmp_path: Path, capsys: pytest.CaptureFixture[str], table: str
+) -> None:
+    # Each file is valid alone; together they hold a row twice, which every feature
+    # reading the table would count twice. A repeated order also breaks the build further
+    # on; a repeated day of use does not, and only the check stops it.
+    folders = _as_folders(SAMPLE, tmp_path / "folders", 3)
+    again = pd.read_parquet(folders / table / "part-0.parquet").iloc[[5]]
+    last = folders / table / "part-2.parquet"
+    pd.concat([pd.read_parquet(last), again]).to_parquet(last)
+    out = tmp_path / "features.parquet"
+    command = ["features", "build", "--from", str(folders), "--out", str(out)]
+    assert main([*command, "--dask", client.scheduler.address]) == 1
+    err = capsys.readouterr().err
+    key = f"order_id='{again['order_id'].iloc[0]}'"
+    if table == "usage":
+        key += f", used_at='{pd.Timestamp(again['used_at'].iloc[0]).isoformat()}'"
+    assert f"{table}: duplicate key ({key}) across its files" in err
+    assert not out.exists()
+    assert not out.with_suffix(".parquet.partial").exists()
+
+
 def test_neither_the_command_nor_the_package_imports_dask() -> None:
     code = (
         "import sys, contextlib, io\n"
