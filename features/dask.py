@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ from features.offline import (
     feature_table,
 )
 from features.spec import Aggregate, Entity, Source
-from riskmodel import dataset, units
+from riskmodel import dataset
 from riskmodel.errors import DataError
 
 __all__ = ["OnCluster", "Tables", "build_on_dask", "connect", "repeated_keys", "write_parquet"]
@@ -151,9 +151,9 @@ def write_parquet(
     """
     schema = pa.Schema.from_pandas(table._meta)
     # Text of an empty frame has no type: the request ids (and any text) are strings.
-    for i, field in enumerate(schema):
-        if pa.types.is_null(field.type):
-            schema = schema.set(i, field.with_type(pa.string()))
+    for i, column in enumerate(schema):
+        if pa.types.is_null(column.type):
+            schema = schema.set(i, column.with_type(pa.string()))
     parts = table.to_delayed()
     futures = client.compute([*parts, *checks])
     rows = 0
@@ -192,21 +192,39 @@ def _found(checks: Sequence[Any]) -> list[str]:
 
 
 def repeated_keys(tables: Tables, shown: int = 3) -> list[Delayed]:
-    """Checks that no key of a table read from several files is in two of them (each
-    file's own repeats are ``Tables.read``'s): each computes to the problems it found, at
-    most ``shown`` keys a piece. A repeated order would count twice in every feature that
-    reads it. The keys are routed by value as the build routes its events, so a worker
-    holds a slice of one table's keys at a time."""
+    """Checks that no key of a table read from several files (``Tables.read``) is in two
+    of them; each file's own repeats are ``Tables.read``'s. Each check computes to the
+    problems it found, at most ``shown`` keys a piece. A repeated order would count twice
+    in every feature that reads it.
+
+    Only the key columns are read again (normalising whole files a second time cost a
+    quarter of the build), and they are routed by value as the build routes its events,
+    so a worker holds a slice of one table's keys at a time."""
     found: list[Delayed] = []
     repeated = delayed(_repeated, pure=True)
-    for name in _COLUMNS:
-        frame: dd.DataFrame = getattr(tables, name)
-        if name not in dataset.TABLES or frame.npartitions < 2:
-            continue
+    for name, (path, kind) in tables.files.items():
         key = list(dataset.TABLES[name].key)
-        for part in _route(frame[key], [key[0]], frame.npartitions):
-            found.append(repeated(name, key, shown, part))
+        with _strings_as_they_are():
+            keys = (
+                dd.read_parquet(path, columns=key)
+                if kind == "parquet"
+                else dd.read_csv(path, dtype=str, usecols=key, keep_default_na=False)
+            )
+            if keys.npartitions < 2:
+                continue
+            keys = keys.map_partitions(_moments, meta=_moments(keys._meta))
+            for part in _route(keys, [key[0]], keys.npartitions):
+                found.append(repeated(name, key, shown, part))
     return found
+
+
+def _moments(keys: pd.DataFrame) -> pd.DataFrame:
+    """Times in a key as instants (a CSV's text may write one instant two ways)."""
+    out = keys.copy()
+    for column in keys.columns:
+        if column.endswith("_at"):
+            out[column] = pd.to_datetime(keys[column], utc=True, errors="coerce", format="ISO8601")
+    return out
 
 
 def _repeated(name: str, key: list[str], shown: int, part: pd.DataFrame) -> list[str]:
@@ -219,9 +237,9 @@ def _repeated(name: str, key: list[str], shown: int, part: pd.DataFrame) -> list
 
 
 def _as_given(column: str, value: Any) -> str:
-    """A key's value as the files gave it: a store time (microseconds) as its UTC time."""
-    if column.endswith("_at"):
-        return units.moment(int(value)).isoformat()
+    """A key's value as the files gave it, a time as its UTC instant."""
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
     return str(value)
 
 
@@ -239,6 +257,8 @@ class Tables:
     labels: dd.DataFrame
     decisions: dd.DataFrame
     rates: pd.DataFrame
+    files: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Where each table read from a dataset directory came from: (path, parquet or csv)."""
 
     @classmethod
     def from_history(cls, history: History, partitions: int = 4) -> Tables:
@@ -269,6 +289,7 @@ class Tables:
             raise DataError(f"{location} is not a directory")
         prefix = location.rstrip("/")
         frames: dict[str, dd.DataFrame] = {}
+        files: dict[str, tuple[str, str]] = {}
         rates = _empty("rates")
         for name in (*_COLUMNS, "rates"):
             places = ((f"{name}.parquet", "parquet"), (name, "parquet"), (f"{name}.csv", "csv"))
@@ -296,7 +317,8 @@ class Tables:
                 )
                 meta = _typed(dataset.normalise(name, raw._meta), name)
                 frames[name] = raw.map_partitions(_normalised, name, meta=meta)
-        return cls(**frames, rates=rates)
+            files[name] = (path, kind)
+        return cls(**frames, rates=rates, files=files)
 
 
 def _read_small(path: str, kind: str) -> pd.DataFrame:
