@@ -1,7 +1,7 @@
 """Feature engines: offline throughput and memory, online latency per request.
 
-    python benchmarks/features.py offline [--orders 10000000 --requests 1000000]
-    python benchmarks/features.py online  [--users 100000 --days 180] [--postgres-url URL]
+    python benchmarks/feature_engines.py offline [--orders 10000000 --requests 1000000]
+    python benchmarks/feature_engines.py online  [--users 100000 --days 180] [--postgres-url URL]
 
 Offline runs on a synthetic history with the cardinalities of a large marketplace
 (10 orders per user, shared public IPs, a few hundred sellers); it prints seconds, rows/s
