@@ -39,6 +39,10 @@ resident memory and the latency of every minute, to see whether memory levels of
 nothing behind it) at the fixed rate and at 2,000/s, to read the decision's cost against.
 Each line prints the server's CPU time per request (all its processes, from ``/proc``)
 beside the client's. A table at the end has one row per store and section.
+
+The server runs from this script's own checkout (``python -m riskmodel.cli`` in its root),
+whatever ``PYTHONPATH`` says: to set two builds side by side, run each checkout's own
+``benchmarks/serve.py`` with the same ``--dir``.
 """
 
 from __future__ import annotations

@@ -170,14 +170,17 @@ def write_parquet(
             future.cancel()
         path.unlink(missing_ok=True)
         # A repeated key also breaks the build, further on and in its own words.
-        problems = _found(futures[len(parts) :])
-        if problems:
-            raise DataError(f"nothing written: {'; '.join(problems)}") from exc
+        _refuse(_found(futures[len(parts) :]))
         raise DataError(f"the feature build failed on the cluster, nothing written: {exc}") from exc
     if problems:
         path.unlink(missing_ok=True)
-        raise DataError(f"nothing written: {'; '.join(problems)}")
+        _refuse(problems)
     return rows, len(table.columns)
+
+
+def _refuse(problems: list[str]) -> None:
+    if problems:
+        raise DataError(f"nothing written: {'; '.join(problems)}")
 
 
 def _found(checks: Sequence[Any]) -> list[str]:
@@ -208,7 +211,9 @@ def repeated_keys(tables: Tables, shown: int = 3) -> list[Delayed]:
             keys = (
                 dd.read_parquet(path, columns=key)
                 if kind == "parquet"
-                else dd.read_csv(path, dtype=str, usecols=key, keep_default_na=False)
+                else dd.read_csv(
+                    path, dtype=str, usecols=key, keep_default_na=False, na_values=[""]
+                )
             )
             if keys.npartitions < 2:
                 continue

@@ -70,7 +70,7 @@ class Checkpoints:
         while not self._stop.wait(self.every_seconds):
             try:
                 if conn is None:
-                    conn = sqlite3.connect(self.path, check_same_thread=False)
+                    conn = sqlite3.connect(self.path)
                     conn.execute(f"PRAGMA busy_timeout={int(self.wait_ms)}")
                 self.round(conn)
             except sqlite3.Error as exc:
