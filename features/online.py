@@ -36,6 +36,7 @@ from sqlalchemy import (
     ColumnElement,
     CompoundSelect,
     Connection,
+    Dialect,
     Numeric,
     Select,
     String,
@@ -523,19 +524,15 @@ def _run(
 
     SQLAlchemy's per-execution work (cache key, parameter processing) cost as much as the
     query itself on this path; compiled once per database, the statement skips it. Each
-    parameter is sent once however often the statement uses it (numbered on SQLite, named
-    on PostgreSQL): the feature statement uses the request's time and keys hundreds of
-    times. Numbers come back as the driver gives them (a PostgreSQL sum is a Decimal).
+    parameter is numbered and sent once however often the statement uses it: the feature
+    statement uses the request's time and keys hundreds of times. Numbers come back as the
+    driver gives them (a PostgreSQL sum is a Decimal).
     """
     sql, names, fixed = _compiled(conn, statement)
-    values: Any
-    if names is None:
-        values = {**fixed, **parameters}
-    else:
-        values = tuple(parameters[name] if name in parameters else fixed[name] for name in names)
+    values = tuple(parameters[name] if name in parameters else fixed[name] for name in names)
     # The driver's own cursor: SQLAlchemy's result object cost a tenth of a millisecond a
     # statement to build, for one row whose columns we already know.
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    cursor = _cursor(conn)
     try:
         cursor.execute(sql, values)
         if rows is not None:
@@ -549,30 +546,43 @@ def _run(
     return tuple(row)
 
 
+def _cursor(conn: Connection) -> Any:
+    """A cursor that sends the SQL as it is. On PostgreSQL, psycopg's default cursor turns
+    named parameters into numbered ones on every execution and caches that only for
+    statements under 4 kB: re-reading the feature statement's tens of kilobytes cost more
+    Python time than anything else the decision did. Its raw cursor takes ``$n`` as
+    PostgreSQL does."""
+    dbapi: Any = conn.connection.dbapi_connection
+    if conn.dialect.name == "postgresql":
+        from psycopg import RawCursor  # the PostgreSQL extra's driver, only there
+
+        return RawCursor(dbapi)
+    return dbapi.cursor()
+
+
 def _compiled(
     conn: Connection, statement: Select[Any] | CompoundSelect[Any]
-) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
-    """The statement's SQL for the connection's database, its parameters in order (None:
-    by name) and the values of the fixed ones."""
+) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+    """The statement's SQL for the connection's database, its numbered parameters in
+    order and the values of the fixed ones."""
     key = (statement, conn.dialect.name)
     if key not in _COMPILED:
+        dialect: Dialect
         if conn.dialect.name == "sqlite":
-            compiled = statement.compile(dialect=sqlite.dialect(paramstyle="numeric"))
-            names = tuple(compiled.positiontup or ())
+            dialect = sqlite.dialect(paramstyle="numeric")
         elif conn.dialect.name == "postgresql":
-            named = postgresql.psycopg.dialect(paramstyle="pyformat")  # type: ignore[no-untyped-call]
-            compiled = statement.compile(dialect=named)
-            names = None
+            dialect = postgresql.psycopg.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
         else:
             raise ValueError(f"the online engine does not know {conn.dialect.name}")
-        _COMPILED[key] = (str(compiled), names, dict(compiled.params))
+        compiled = statement.compile(dialect=dialect)
+        _COMPILED[key] = (str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params))
     return _COMPILED[key]
 
 
-# (statement, database) -> SQL text, parameter names in order (None: named), fixed values.
+# (statement, database) -> SQL text, parameter names in order, fixed values.
 _COMPILED: dict[
     tuple[Select[Any] | CompoundSelect[Any], str],
-    tuple[str, tuple[str, ...] | None, dict[str, Any]],
+    tuple[str, tuple[str, ...], dict[str, Any]],
 ] = {}
 
 
