@@ -75,7 +75,13 @@ def test_a_request_counts_an_earlier_one_still_being_written(service: Service) -
     assert _codes(second) & _REPEAT, second["reasons"]
 
 
-def test_requests_that_share_nothing_are_committed_in_one_group(service: Service) -> None:
+def test_requests_that_share_nothing_are_committed_in_one_group(
+    service: Service, database_url: str
+) -> None:
+    if not database_url.startswith("sqlite"):
+        # There each decision reads on a thread and is queued when its reads end: two
+        # such decisions join one group only when a commit is under way, by timing.
+        pytest.skip("on PostgreSQL, decisions of one turn of the loop read on threads")
     before = _groups(service)
     answers = _batch(
         service,
@@ -135,14 +141,20 @@ def test_a_write_that_fails_alone_leaves_the_rest_of_its_group_written(
 
 
 def _write_while_reading(path: Path, commits: int, wal: Path) -> int:
-    """``commits`` commits of about a page each, a service's pace apart, while another
-    connection reads without pause; the largest the log grew, in bytes."""
+    """``commits`` commits of a few pages each, a service's pace apart, while another
+    connection reads without pause: each read transaction begins as the last ends, and
+    lasts over several commits, as the decisions' reads do under load (with gaps between
+    reads, a fast machine lets the log start over by itself); the largest the log grew,
+    in bytes."""
     stop = threading.Event()
 
     def read() -> None:
-        reader = sqlite3.connect(path)
+        reader = sqlite3.connect(path, isolation_level=None)
         while not stop.is_set():
+            reader.execute("BEGIN")
             reader.execute("SELECT count(*), max(i) FROM scratch").fetchone()
+            time.sleep(0.01)
+            reader.execute("COMMIT")
         reader.close()
 
     writer = sqlite3.connect(path, isolation_level=None)
@@ -178,7 +190,7 @@ def test_the_sqlite_log_stays_bounded_under_steady_writes_and_reads(tmp_path: Pa
         checkpoints.stop()
     frame = 4096 + 24  # a page and its header
     assert checkpoints.restarts >= 2
-    assert largest < 200 * frame, largest / frame  # some 600 pages without the restarts
+    assert largest < 200 * frame, largest / frame  # some 1,800 pages without the restarts
 
 
 def test_the_services_sqlite_store_is_checkpointed_beside_the_commits(tmp_path: Path) -> None:
