@@ -12,7 +12,9 @@ it is counted under (its user, order, device, IP and payment account: the entiti
 catalogue counts refund requests, decisions or sightings by, sellers aside, see
 ``_EXACT``) are *pending*, and a request sharing one of them is decided only after that
 write commits (``pending``). Requests that share nothing are decided side by side and
-committed as one group.
+committed as one group. On PostgreSQL a decision's reads run on a thread, off the event
+loop; its keys are held pending from before those reads until its write takes them over
+(``holding``).
 
 One more check is made where it can be exact, in the transaction that writes: the
 request's order. Features are as of the request's own time, so a decision counts only
@@ -36,8 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,11 +210,28 @@ class DecisionWriter:
                 return asyncio.shield(found)
         return None
 
+    @contextmanager
+    def holding(self, keys: Iterable[tuple[str, Any]]) -> Iterator[None]:
+        """``keys`` pending while a decision is made off the event loop (on PostgreSQL):
+        a request sharing one waits as for a write. Release them in the step of the loop
+        that submits the decision's write, which takes them over."""
+        held = frozenset(keys)
+        done: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
+        for key in held:
+            self._pending[key] = done
+        try:
+            yield
+        finally:
+            for key in held:
+                if self._pending.get(key) is done:
+                    del self._pending[key]
+            done.set_result(Written(None))
+
     def submit(self, write: Write) -> Awaitable[Written]:
         """Queue ``write``; the future is done once its group committed (or failed).
 
         Call only when ``pending(write.counted_keys())`` is None, in the same step of the event
-        loop as the reads the decision was made from.
+        loop as the reads the decision was made from, or as the end of ``holding`` its keys.
         """
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Written] = loop.create_future()

@@ -55,9 +55,10 @@ async def decide(body: DecisionIn, runtime: CurrentRuntime, _: Decider) -> JSONR
 
     The same request_id sent again returns the stored decision (``replayed``).
     """
-    # The reads and the model run inline, not in a thread: a millisecond of CPU and
-    # SQLite I/O, where a thread hop costs more than it frees. The write waits for its
-    # group's commit on the writer's thread (serving.writer), so the loop goes on.
+    # On SQLite the reads and the model run inline, not in a thread: a millisecond of
+    # CPU, where a thread hop costs more than it frees; on PostgreSQL they run on a
+    # thread (serving.decide). The write waits for its group's commit on the writer's
+    # thread (serving.writer), so the loop goes on.
     return JSONResponse((await decide_one(runtime, body)).body)
 
 
