@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from riskmodel import store
+from riskmodel import dataset, store
+from riskmodel.ingest import ingest_tables
 from riskmodel.store import EVENT_TABLES, decisions, request_hash
 from serving.checkpoints import BACKSTOP_PAGES, RESTART_PAGES, Checkpoints
 from serving.decide import Answer, decide_one, store_row
@@ -25,7 +27,15 @@ from serving.record import DecisionRecord
 from serving.runtime import Runtime, StoreLink
 from serving.schemas import DecisionIn
 from serving.writer import DecisionWriter, Write, Written
-from tests.test_serving_fixtures import Service, body, load_tiny, make_settings, service
+from tests.conftest import tiny_tables
+from tests.test_serving_fixtures import (
+    Service,
+    body,
+    load_tiny,
+    make_settings,
+    running,
+    service,
+)
 
 __all__ = ["service"]
 
@@ -102,6 +112,79 @@ def test_requests_that_share_nothing_are_committed_in_one_group(
 
     assert all(a["stored"] and not a["replayed"] for a in answers)
     assert (after[0] - before[0], after[1] - before[1]) == (1.0, 2.0)
+
+
+def _many_buyers(database_url: str, count: int) -> None:
+    """The tiny history and ``count`` more buyers sharing nothing: each their own order,
+    device, IP and payment account."""
+    tables = tiny_tables()
+    numbers = range(count)
+    tables["users"] = pd.concat(
+        [
+            tables["users"],
+            pd.DataFrame(
+                {
+                    "user_id": [f"m{i}" for i in numbers],
+                    "registered_at": "2025-12-01T08:00:00Z",
+                    "phone_verified": "true",
+                }
+            ),
+        ]
+    )
+    tables["orders"] = pd.concat(
+        [
+            tables["orders"],
+            pd.DataFrame(
+                {
+                    "order_id": [f"mo{i}" for i in numbers],
+                    "user_id": [f"m{i}" for i in numbers],
+                    "product_type": "card_code",
+                    "amount": "40.00",
+                    "currency": "CNY",
+                    "paid_at": "2026-01-06T11:00:00Z",
+                    "seller_id": "s1",
+                    "payment_method": "alipay",
+                    "payment_account": [f"mpa{i}" for i in numbers],
+                    "device_id": [f"md{i}" for i in numbers],
+                    "ip": [f"10.1.0.{i}" for i in numbers],
+                }
+            ),
+        ]
+    )
+    normalised = {name: dataset.normalise(name, frame) for name, frame in tables.items()}
+    engine = store.open_store(database_url)
+    try:
+        ingest_tables(engine, normalised)
+    finally:
+        engine.dispose()
+
+
+def test_more_decisions_at_once_than_the_store_has_connections_are_all_decided(
+    database_url: str, tmp_path: Path
+) -> None:
+    # Forty requests that share nothing, decided side by side: on PostgreSQL each reads
+    # on a thread, and no decision may hold a connection while it waits for a thread, or
+    # the pool (fifteen) and the threads wait on each other for ever.
+    _many_buyers(database_url, 40)
+    settings, keys = make_settings(tmp_path, database_url)
+    requests = [
+        body(
+            request_id=f"many-{i}",
+            order_id=f"mo{i}",
+            user_id=f"m{i}",
+            amount="40.00",
+            reason="invalid_code",
+            device_id=f"md{i}",
+            ip=f"10.1.0.{i}",
+        )
+        for i in range(40)
+    ]
+    with running(settings, keys) as service:
+        answers = _batch(service, requests)
+
+    assert [a["request_id"] for a in answers] == [r["request_id"] for r in requests]
+    assert all(a["stored"] and not a["replayed"] for a in answers), answers[0]
+    assert not any("DEGRADED" in _codes(a) for a in answers)
 
 
 def test_a_write_that_fails_alone_leaves_the_rest_of_its_group_written(
