@@ -464,10 +464,19 @@ class Server:
         return ticks / os.sysconf("SC_CLK_TCK")
 
     async def measured(self, run: Coroutine[Any, Any, Result]) -> Result:
-        """``run``'s result, with the server's CPU time while it ran."""
-        before = self.cpu_seconds()
+        """``run``'s result, with the server's CPU time while it ran, that of PostgreSQL's
+        processes on this machine (with that store), and how busy the whole machine was:
+        a tail that comes with a machine busy near 100% is the cores running out, not the
+        code waiting."""
+        local = self.store.name == "postgresql" and not self.floor
+        database = _database_cpu_seconds() if local else 0.0
+        before, machine = self.cpu_seconds(), _machine()
         result = await run
         result.server_cpu_seconds = self.cpu_seconds() - before
+        if local:
+            result.database_cpu_seconds = _database_cpu_seconds() - database
+        busy, total = (after - start for after, start in zip(_machine(), machine, strict=True))
+        result.machine_busy = busy / max(total, 1)
         return result
 
 
@@ -496,6 +505,26 @@ def _cpu_ticks(pid: int) -> int:
     except OSError:
         return 0
     return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+def _database_cpu_seconds() -> float:
+    """CPU time the processes of a PostgreSQL server on this machine have used (none: 0)."""
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    ticks += _cpu_ticks(int(entry.name))
+            except OSError:
+                continue  # gone meanwhile
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _machine() -> tuple[int, int]:
+    """The machine's busy and total CPU time so far, in ticks, over all cores."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def _rss_kb(pid: int) -> int:
@@ -751,6 +780,8 @@ class Result:
     cpu_seconds: float
     decisions: Counter[str]
     server_cpu_seconds: float | None = None
+    database_cpu_seconds: float = 0.0  # a local PostgreSQL's
+    machine_busy: float | None = None  # the share of all cores in use
 
     @property
     def ok(self) -> int:
@@ -788,6 +819,10 @@ class Result:
             else f"; server cpu {self.server_cpu_seconds / max(self.ok, 1) * 1e6:,.0f} "
             "µs/answered request"
         )
+        if self.database_cpu_seconds > 0:
+            server += f", database {self.database_cpu_seconds / max(self.ok, 1) * 1e6:,.0f} µs"
+        if self.machine_busy is not None:
+            server += f"; machine busy {self.machine_busy:.0%} of {os.cpu_count()} cores"
         return (
             f"{self.label:<{LABEL}} {self.rate:>7,.0f}/s  sent {self.sent:>7,}  "
             f"done {self.sent / self.seconds:>7,.0f}/s  p50 {self.percentile(50):>7.2f} ms  "
