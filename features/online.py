@@ -526,7 +526,7 @@ def _run(
     query itself on this path; compiled once per database, the statement skips it. Each
     parameter is numbered and sent once however often the statement uses it: the feature
     statement uses the request's time and keys hundreds of times. Numbers come back as the
-    driver gives them (a PostgreSQL sum is a Decimal).
+    driver gives them.
     """
     sql, names, fixed = _compiled(conn, statement)
     values = tuple(parameters[name] if name in parameters else fixed[name] for name in names)

@@ -6,19 +6,19 @@ The path, in order (each step reads what the one before produced, nothing flows 
 2. one read of the store (``riskmodel.store.decision_context``) finds a decision already
    stored under the ``request_id``: the same body gets it back (``replayed``), another
    body is a ``Conflict`` (409);
-3. or else the order, its rate, the user and the order's other requests (on SQLite in the
-   event loop, one millisecond of CPU; on PostgreSQL, whose reads wait on the network, on
-   a thread, steps 3 and 4 each): if the user or
-   the order is unknown, or the order is another
-   user's, or it was paid after the request, the answer is a provisional ``review`` that
-   is **not stored** (the history would break its own contract: every stored request's
-   order exists and is its user's); the caller streams the missing history and asks
-   again with the same ``request_id``;
+3. or else the order, its rate, the user and the order's other requests: if the user or
+   the order is unknown, or the order is another user's, or it was paid after the
+   request, the answer is a provisional ``review`` that is **not stored** (the history
+   would break its own contract: every stored request's order exists and is its user's);
+   the caller streams the missing history and asks again with the same ``request_id``;
 4. the online features (from the order and user already read); the champion's score on
    them (contributions only for review and block); the policy
    (``riskmodel.engine.decide_with_scorer``), which also reads every other stored request
    of the order as one of its earlier refunds whatever its time (``order_view``); the
-   challenger's score in the shadow;
+   challenger's score in the shadow. On SQLite, steps 2 to 4 run in the event loop (about
+   a millisecond of CPU); on PostgreSQL, whose reads wait on the network, steps 2 and 3
+   run on one thread and step 4 on another, so that the loop takes other requests
+   meanwhile;
 5. the write, by the ``DecisionWriter`` (group commit): the refund request (keyed by
    ``request_id``, so it is counted once in every velocity feature however often it is
    sent) and the decision, committed before the answer leaves; a concurrent twin that
