@@ -39,11 +39,11 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -87,6 +87,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("serving")
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 def store_row(request: RefundRequest) -> dict[str, Any]:
@@ -223,7 +226,7 @@ async def _decide_when_counted(
         else:
             # A server's reads wait on the network: made on a thread, they leave the loop
             # free to take other requests, and several decisions read at once.
-            found = await asyncio.to_thread(_looked_up, engine, runtime, row, now)
+            found = await asyncio.to_thread(_on_own_connection, engine, _look_up, runtime, row, now)
             if isinstance(found, Answer):
                 return found
             assert policy is not None
@@ -233,29 +236,27 @@ async def _decide_when_counted(
                 # loop this returns in: a related request waits as for a write.
                 with writer.holding(keys):
                     return await asyncio.to_thread(
-                        _decided, engine, runtime, request, row, found, policy, now
+                        _on_own_connection,
+                        engine,
+                        _decide,
+                        runtime,
+                        request,
+                        row,
+                        found,
+                        policy,
+                        now,
                     )
         await _settled(related)
 
 
-def _looked_up(
-    engine: Engine, runtime: Runtime, row: dict[str, Any], now: datetime
-) -> Answer | RequestContext:
+def _on_own_connection(
+    engine: Engine, step: Callable[Concatenate[Connection, _P], _T], *args: _P.args, **kw: _P.kwargs
+) -> _T:
+    """``step`` on a connection of its own, for a thread: none is held from one thread's
+    step to the next, or decisions holding connections would wait for threads that wait
+    for connections."""
     with reading(engine) as conn:
-        return _look_up(conn, runtime, row, now)
-
-
-def _decided(
-    engine: Engine,
-    runtime: Runtime,
-    request: RefundRequest,
-    row: dict[str, Any],
-    context: RequestContext,
-    policy: Policy,
-    now: datetime,
-) -> tuple[Write, Outcome]:
-    with reading(engine) as conn:
-        return _decide(conn, runtime, request, row, context, policy, now)
+        return step(conn, *args, **kw)
 
 
 async def _settled(related: Awaitable[Any]) -> None:

@@ -114,9 +114,9 @@ def test_requests_that_share_nothing_are_committed_in_one_group(
     assert (after[0] - before[0], after[1] - before[1]) == (1.0, 2.0)
 
 
-def _many_buyers(database_url: str, count: int) -> None:
+def _many_buyers(database_url: str, count: int, account: str | None = None) -> None:
     """The tiny history and ``count`` more buyers sharing nothing: each their own order,
-    device, IP and payment account."""
+    device and IP, and their own payment account unless ``account`` is every one's."""
     tables = tiny_tables()
     numbers = range(count)
     tables["users"] = pd.concat(
@@ -144,7 +144,7 @@ def _many_buyers(database_url: str, count: int) -> None:
                     "paid_at": "2026-01-06T11:00:00Z",
                     "seller_id": "s1",
                     "payment_method": "alipay",
-                    "payment_account": [f"mpa{i}" for i in numbers],
+                    "payment_account": [account or f"mpa{i}" for i in numbers],
                     "device_id": [f"md{i}" for i in numbers],
                     "ip": [f"10.1.0.{i}" for i in numbers],
                 }
@@ -185,6 +185,42 @@ def test_more_decisions_at_once_than_the_store_has_connections_are_all_decided(
     assert [a["request_id"] for a in answers] == [r["request_id"] for r in requests]
     assert all(a["stored"] and not a["replayed"] for a in answers), answers[0]
     assert not any("DEGRADED" in _codes(a) for a in answers)
+
+
+def test_requests_sharing_only_a_payment_account_count_each_other(
+    database_url: str, tmp_path: Path
+) -> None:
+    # Two buyers who share nothing but the card they paid with, asking at once. Whichever
+    # is decided second must count the first: on PostgreSQL both read on threads, and
+    # the account is known only once the order is read, so it is held from then on.
+    _many_buyers(database_url, 2, account="shared-card")
+    settings, keys = make_settings(tmp_path, database_url)
+    rule = """  - name: card_refunded_today
+    code: RULE_CARD_REFUNDED_TODAY
+    action: review
+    when: payment_account_refunds_1d >= 1
+    message: The card paid for another order refunded today.
+"""
+    policy = settings.policy.read_text().replace("rules:\n", "rules:\n" + rule, 1)
+    settings.policy.write_text(policy)
+    requests = [
+        body(
+            request_id=f"card-{i}",
+            order_id=f"mo{i}",
+            user_id=f"m{i}",
+            amount="40.00",
+            reason="invalid_code",
+            device_id=f"md{i}",
+            ip=f"10.1.0.{i}",
+            requested_at="2026-01-20T10:00:00Z",
+        )
+        for i in range(2)
+    ]
+    with running(settings, keys) as service:
+        answers = _batch(service, requests)
+
+    flagged = ["RULE_CARD_REFUNDED_TODAY" in _codes(a) for a in answers]
+    assert sorted(flagged) == [False, True], [a["reasons"] for a in answers]
 
 
 def test_a_write_that_fails_alone_leaves_the_rest_of_its_group_written(
