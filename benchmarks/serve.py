@@ -263,8 +263,6 @@ def fresh_traffic(bench: Bench, count: int, seed: int) -> list[dict[str, Any]]:
             )[keep]
         )
     frame = pd.concat(parts, ignore_index=True)
-    if len(frame) < count:
-        raise SystemExit(f"fresh traffic: {count:,} requests asked, {len(frame):,} could be made")
     picked = frame.iloc[rng.permutation(len(frame))[:count]]
     return _rows(picked.sort_values("requested_at", kind="stable"))
 
@@ -1284,6 +1282,21 @@ def _needed(sections: list[str], args: argparse.Namespace) -> int:
     return max(sends[name] for name in sections)
 
 
+def _fit_ramp(sections: list[str], args: argparse.Namespace, made: int) -> None:
+    """Drop the ramp's top steps when the store cannot make fresh traffic for all of them
+    (sent again, a request asks for an order already asked for: another workload); stop
+    when another section asks for more than was made."""
+    asked = _needed(sections, args)
+    while "ramp" in sections and len(args.ramp) > 1 and _needed(sections, args) > made:
+        args.ramp = args.ramp[:-1]
+    if _needed(sections, args) > made:
+        raise SystemExit(f"fresh traffic: {asked:,} requests asked, {made:,} could be made")
+    print(
+        f"fresh traffic: {made:,} requests could be made of {asked:,} asked; the ramp stops "
+        f"at {args.ramp[-1]:,.0f}/s (more fresh orders: --users or --days)"
+    )
+
+
 def main() -> None:
     args = _parser().parse_args()
     # Stopped from outside, still stop the server it started (Server.__exit__).
@@ -1306,6 +1319,8 @@ def main() -> None:
     for store in stores:
         store.prepare()
     traffic = fresh_traffic(bench, _needed(sections, args), args.seed)
+    if len(traffic) < _needed(sections, args):
+        _fit_ramp(sections, args, len(traffic))
     print(
         f"store: {args.users:,} users x {args.days} days (seed {args.seed}), "
         f"{len(traffic):,} fresh refund requests as traffic (fresh_traffic); "
