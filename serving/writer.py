@@ -12,9 +12,10 @@ it is counted under (its user, order, device, IP and payment account: the entiti
 catalogue counts refund requests, decisions or sightings by, sellers aside, see
 ``_EXACT``) are *pending*, and a request sharing one of them is decided only after that
 write commits (``pending``). Requests that share nothing are decided side by side and
-committed as one group. On PostgreSQL a decision's reads run on a thread, off the event
-loop; its keys are held pending from before those reads until its write takes them over
-(``holding``).
+committed as one group. On PostgreSQL a decision's reads run on threads, off the event
+loop: the order's context first, then, once nothing related is pending (the payment
+account is known only now), the features; its keys are held pending from before the
+features are read until its write takes them over (``holding``).
 
 One more check is made where it can be exact, in the transaction that writes: the
 request's order. Features are as of the request's own time, so a decision counts only
