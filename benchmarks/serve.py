@@ -209,7 +209,7 @@ def _aliases(registry: Path) -> dict[str, Any]:
 
 
 def fresh_traffic(bench: Bench, count: int, seed: int) -> list[dict[str, Any]]:
-    """``count`` refund requests, one per order never refunded, shaped like the held-out ones.
+    """At most ``count`` refund requests, one per order never refunded, like the held-out ones.
 
     Each takes a held-out request of the same product type as its template (reason,
     channel, days claimed, how long after payment it came) and the order's own user,

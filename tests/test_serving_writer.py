@@ -159,6 +159,19 @@ def _many_buyers(database_url: str, count: int, account: str | None = None) -> N
         engine.dispose()
 
 
+def _buyers_request(prefix: str, i: int) -> dict[str, Any]:
+    """A refund request of ``_many_buyers``' buyer ``i``, from their device and IP."""
+    return body(
+        request_id=f"{prefix}-{i}",
+        order_id=f"mo{i}",
+        user_id=f"m{i}",
+        amount="40.00",
+        reason="invalid_code",
+        device_id=f"md{i}",
+        ip=f"10.1.0.{i}",
+    )
+
+
 def test_more_decisions_at_once_than_the_store_has_connections_are_all_decided(
     database_url: str, tmp_path: Path
 ) -> None:
@@ -167,18 +180,7 @@ def test_more_decisions_at_once_than_the_store_has_connections_are_all_decided(
     # the pool (fifteen) and the threads wait on each other for ever.
     _many_buyers(database_url, 40)
     settings, keys = make_settings(tmp_path, database_url)
-    requests = [
-        body(
-            request_id=f"many-{i}",
-            order_id=f"mo{i}",
-            user_id=f"m{i}",
-            amount="40.00",
-            reason="invalid_code",
-            device_id=f"md{i}",
-            ip=f"10.1.0.{i}",
-        )
-        for i in range(40)
-    ]
+    requests = [_buyers_request("many", i) for i in range(40)]
     with running(settings, keys) as service:
         answers = _batch(service, requests)
 
@@ -203,19 +205,7 @@ def test_requests_sharing_only_a_payment_account_count_each_other(
 """
     policy = settings.policy.read_text().replace("rules:\n", "rules:\n" + rule, 1)
     settings.policy.write_text(policy)
-    requests = [
-        body(
-            request_id=f"card-{i}",
-            order_id=f"mo{i}",
-            user_id=f"m{i}",
-            amount="40.00",
-            reason="invalid_code",
-            device_id=f"md{i}",
-            ip=f"10.1.0.{i}",
-            requested_at="2026-01-20T10:00:00Z",
-        )
-        for i in range(2)
-    ]
+    requests = [_buyers_request("card", i) for i in range(2)]
     with running(settings, keys) as service:
         answers = _batch(service, requests)
 
