@@ -109,7 +109,11 @@ def _single_rows(bundle: ModelBundle, table: pd.DataFrame, count: int = 5_000) -
         bundle.score(pd.DataFrame([row]))
         bundle.contributions_one(row)
     paths = {
-        "score_one (numpy row, fixed order)": bundle.score_one,
+        "score_one (LightGBM's single-row API)": bundle.score_one,
+        # The same row through ``Booster.predict``, which sets up a predictor every call.
+        "score_one through Booster.predict": lambda row: bundle.calibrator.apply_one(
+            float(bundle.booster.predict(bundle.row_vector(row), raw_score=True, num_threads=1)[0])
+        ),
         # What a first version would write: the batch path on a one-row DataFrame, with
         # its categorical casts. Beside ours, to show what the row path saves.
         "score on a one-row DataFrame (naive)": lambda row: bundle.score(pd.DataFrame([row])),

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from riskmodel.errors import RiskModelError
+from riskmodel.single_row import CONTRIBUTIONS, RAW_SCORE, SingleRow
 
 __all__ = [
     "CATEGORY",
@@ -241,6 +242,11 @@ class ModelBundle:
     details: dict[str, Any] = field(default_factory=dict)
     _booster: lightgbm.Booster = field(init=False, repr=False)
     _codes: dict[str, dict[str, float]] = field(init=False, repr=False)
+    _number_at: np.ndarray = field(init=False, repr=False)
+    _number_names: tuple[str, ...] = field(init=False, repr=False)
+    _category_at: tuple[tuple[int, str, dict[str, float]], ...] = field(init=False, repr=False)
+    _margin_one: SingleRow = field(init=False, repr=False)
+    _contributions_one: SingleRow = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.features]
@@ -264,6 +270,15 @@ class ModelBundle:
             if f.type == CATEGORY
         }
         object.__setattr__(self, "_codes", codes)
+        numbers = [(j, f.name) for j, f in enumerate(self.features) if f.type != CATEGORY]
+        object.__setattr__(self, "_number_at", np.array([j for j, _ in numbers], dtype=np.intp))
+        object.__setattr__(self, "_number_names", tuple(name for _, name in numbers))
+        categories = tuple(
+            (j, f.name, codes[f.name]) for j, f in enumerate(self.features) if f.type == CATEGORY
+        )
+        object.__setattr__(self, "_category_at", categories)
+        object.__setattr__(self, "_margin_one", SingleRow(booster, RAW_SCORE))
+        object.__setattr__(self, "_contributions_one", SingleRow(booster, CONTRIBUTIONS))
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -302,43 +317,44 @@ class ModelBundle:
 
     def row_vector(self, row: Mapping[str, object]) -> np.ndarray:
         """One request's features as the 1 x n matrix the trees read."""
+        try:
+            numbers = [row[name] for name in self._number_names]
+            levels = [row[name] for _, name, _ in self._category_at]
+        except KeyError:
+            missing = [n for n in self.feature_names if n not in row]
+            raise SignatureError(
+                f"model {self.version} needs features missing from the request: "
+                f"{', '.join(missing)}"
+            ) from None
         out = np.empty((1, len(self.features)), dtype=float)
-        values = out[0]
-        for j, spec in enumerate(self.features):
-            try:
-                value = row[spec.name]
-            except KeyError:
-                missing = [n for n in self.feature_names if n not in row]
-                raise SignatureError(
-                    f"model {self.version} needs features missing from the request: "
-                    f"{', '.join(missing)}"
-                ) from None
-            if spec.type == CATEGORY:
-                level = value if isinstance(value, str) else ""
-                values[j] = self._codes[spec.name].get(level, math.nan)
-            elif value is None or value is pd.NA:
-                values[j] = math.nan
-            else:
-                try:
-                    values[j] = float(value)  # type: ignore[arg-type]
-                except (TypeError, ValueError):
-                    raise SignatureError(
-                        f"model {self.version}: feature {spec.name!r} must be a number, "
-                        f"got {value!r}"
-                    ) from None
+        try:
+            out[0, self._number_at] = numbers  # in one assignment; None is NaN
+        except (TypeError, ValueError):  # pd.NA, or a value that is no number: say which
+            out[0, self._number_at] = [
+                self._number(name, value)
+                for name, value in zip(self._number_names, numbers, strict=True)
+            ]
+        for (j, _, codes), level in zip(self._category_at, levels, strict=True):
+            out[0, j] = codes.get(level if isinstance(level, str) else "", math.nan)
         return out
+
+    def _number(self, name: str, value: object) -> float:
+        if value is None or value is pd.NA:
+            return math.nan
+        try:
+            return float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise SignatureError(
+                f"model {self.version}: feature {name!r} must be a number, got {value!r}"
+            ) from None
 
     def score_one(self, row: Mapping[str, object]) -> float:
         """Calibrated probability of abuse for one request's features (serving path)."""
-        # LightGBM's default threading costs far more than one row's work.
-        raw = np.asarray(self._booster.predict(self.row_vector(row), raw_score=True, num_threads=1))
-        return self.calibrator.apply_one(float(raw[0]))
+        return self.calibrator.apply_one(float(self._margin_one.predict(self.row_vector(row))[0]))
 
     def contributions_one(self, row: Mapping[str, object]) -> dict[str, float]:
-        contrib = np.asarray(
-            self._booster.predict(self.row_vector(row), pred_contrib=True, num_threads=1)
-        )
-        return dict(zip(self.feature_names, (float(v) for v in contrib[0, :-1]), strict=True))
+        contrib = self._contributions_one.predict(self.row_vector(row))
+        return dict(zip(self.feature_names, contrib[:-1].tolist(), strict=True))
 
     @property
     def expected_margin(self) -> float:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import pickle
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import joblib
@@ -102,6 +104,38 @@ def test_contributions_add_up_to_the_margin_on_both_paths(
     )
     one = bundle.contributions_one(_row(table, 3))
     np.testing.assert_allclose(list(one.values()), contrib.iloc[3].to_numpy(), atol=1e-12)
+
+
+def test_requests_scored_from_many_threads_at_once_get_their_own_scores(
+    bundle: ModelBundle, table: pd.DataFrame
+) -> None:
+    # The service scores on several threads at once (PostgreSQL's reads): one row's
+    # answer must never be another's.
+    rows = [_row(table, i) for i in range(len(table))]
+    alone = [bundle.score_one(row) for row in rows]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        together = list(pool.map(bundle.score_one, rows * 4))
+
+    assert together == alone * 4
+    assert len(set(alone)) > 100
+
+
+def test_a_copied_bundle_scores_as_the_original(bundle: ModelBundle, table: pd.DataFrame) -> None:
+    copied = pickle.loads(pickle.dumps(bundle))
+    rows = [_row(table, i) for i in range(20)]
+
+    assert [copied.score_one(r) for r in rows] == [bundle.score_one(r) for r in rows]
+    assert copied.contributions_one(rows[3]) == bundle.contributions_one(rows[3])
+
+
+def test_a_missing_number_given_as_pandas_na_is_missing(
+    bundle: ModelBundle, table: pd.DataFrame
+) -> None:
+    row = _row(table, 0)
+    name = next(n for n, v in row.items() if isinstance(v, float) and n in bundle.feature_names)
+
+    assert bundle.score_one({**row, name: pd.NA}) == bundle.score_one({**row, name: None})
+    assert bundle.score_one({**row, name: None}) == bundle.score_one({**row, name: math.nan})
 
 
 def test_extra_columns_are_ignored_and_order_does_not_matter(
