@@ -461,6 +461,14 @@ class Server:
         ticks = sum(_cpu_ticks(pid) for pid in _tree(self.process.pid))
         return ticks / os.sysconf("SC_CLK_TCK")
 
+    def loop_cpu_seconds(self) -> float:
+        """The part of ``cpu_seconds`` on the processes' main threads, their event loops:
+        what one worker cannot spread over more cores. The rest is its threads (the
+        decision writer's commits, the log's checkpoints, reads off the loop)."""
+        assert self.process is not None
+        ticks = sum(_cpu_ticks(pid, thread=pid) for pid in _tree(self.process.pid))
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     async def measured(self, run: Coroutine[Any, Any, Result]) -> Result:
         """``run``'s result, with the server's CPU time while it ran, that of PostgreSQL's
         processes on this machine (with that store), and how busy the whole machine was:
@@ -468,9 +476,10 @@ class Server:
         code waiting."""
         local = self.store.name == "postgresql" and not self.floor
         database = _database_cpu_seconds() if local else 0.0
-        before, machine = self.cpu_seconds(), _machine()
+        before, loops, machine = self.cpu_seconds(), self.loop_cpu_seconds(), _machine()
         result = await run
         result.server_cpu_seconds = self.cpu_seconds() - before
+        result.loop_cpu_seconds = self.loop_cpu_seconds() - loops
         if local:
             result.database_cpu_seconds = _database_cpu_seconds() - database
         busy, total = (after - start for after, start in zip(_machine(), machine, strict=True))
@@ -496,10 +505,12 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
-def _cpu_ticks(pid: int) -> int:
+def _cpu_ticks(pid: int, thread: int | None = None) -> int:
+    """The CPU ticks of process ``pid``, or of its one ``thread``."""
+    path = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
     try:
         # The fields after the command name, which is in parentheses and may hold spaces.
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        fields = path.read_text().rpartition(")")[2].split()
     except OSError:
         return 0
     return int(fields[11]) + int(fields[12])  # utime, stime
@@ -778,6 +789,7 @@ class Result:
     cpu_seconds: float
     decisions: Counter[str]
     server_cpu_seconds: float | None = None
+    loop_cpu_seconds: float | None = None  # of it, on the workers' event loops
     database_cpu_seconds: float = 0.0  # a local PostgreSQL's
     machine_busy: float | None = None  # the share of all cores in use
 
@@ -817,6 +829,8 @@ class Result:
             else f"; server cpu {self.server_cpu_seconds / max(self.ok, 1) * 1e6:,.0f} "
             "µs/answered request"
         )
+        if self.server_cpu_seconds is not None and self.loop_cpu_seconds is not None:
+            server += f" ({self.loop_cpu_seconds / max(self.ok, 1) * 1e6:,.0f} on event loops)"
         if self.database_cpu_seconds > 0:
             server += f", database {self.database_cpu_seconds / max(self.ok, 1) * 1e6:,.0f} µs"
         if self.machine_busy is not None:
