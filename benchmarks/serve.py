@@ -461,6 +461,16 @@ class Server:
         ticks = sum(_cpu_ticks(pid) for pid in _tree(self.process.pid))
         return ticks / os.sysconf("SC_CLK_TCK")
 
+    def commits(self) -> tuple[float, float]:
+        """The worker's commits of decisions so far, and the decisions they wrote."""
+        text = httpx.get(f"{self.base}/metrics", timeout=10).text
+        found = dict.fromkeys(("_count", "_sum"), 0.0)
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name.startswith("riskmodel_commit_group_size") and name[27:] in found:
+                found[name[27:]] = float(value)
+        return found["_count"], found["_sum"]
+
     def loop_cpu_seconds(self) -> float:
         """The part of ``cpu_seconds`` on the processes' main threads, their event loops:
         what one worker cannot spread over more cores. The rest is its threads (the
@@ -477,9 +487,14 @@ class Server:
         local = self.store.name == "postgresql" and not self.floor
         database = _database_cpu_seconds() if local else 0.0
         before, loops, machine = self.cpu_seconds(), self.loop_cpu_seconds(), _machine()
+        # Each worker counts its own commits: with one, /metrics has them all.
+        commits = self.commits() if self.workers == 1 and not self.floor else None
         result = await run
         result.server_cpu_seconds = self.cpu_seconds() - before
         result.loop_cpu_seconds = self.loop_cpu_seconds() - loops
+        if commits is not None:
+            count, written = (a - b for a, b in zip(self.commits(), commits, strict=True))
+            result.commits = (int(count), int(written))
         if local:
             result.database_cpu_seconds = _database_cpu_seconds() - database
         busy, total = (after - start for after, start in zip(_machine(), machine, strict=True))
@@ -790,6 +805,7 @@ class Result:
     decisions: Counter[str]
     server_cpu_seconds: float | None = None
     loop_cpu_seconds: float | None = None  # of it, on the workers' event loops
+    commits: tuple[int, int] | None = None  # transactions, and the decisions they wrote
     database_cpu_seconds: float = 0.0  # a local PostgreSQL's
     machine_busy: float | None = None  # the share of all cores in use
 
@@ -831,6 +847,9 @@ class Result:
         )
         if self.server_cpu_seconds is not None and self.loop_cpu_seconds is not None:
             server += f" ({self.loop_cpu_seconds / max(self.ok, 1) * 1e6:,.0f} on event loops)"
+        if self.commits is not None and self.commits[0]:
+            count, written = self.commits
+            server += f"; {count:,} commits of {written / count:.2f} decisions"
         if self.database_cpu_seconds > 0:
             server += f", database {self.database_cpu_seconds / max(self.ok, 1) * 1e6:,.0f} µs"
         if self.machine_busy is not None:
