@@ -78,6 +78,7 @@ from riskmodel.store import (
     RequestContext,
     abuse_changes,
     decisions,
+    driver_errors,
     entity_days,
     sighting_days,
     sightings,
@@ -532,15 +533,16 @@ def _run(
     values = tuple(parameters[name] if name in parameters else fixed[name] for name in names)
     # The driver's own cursor: SQLAlchemy's result object cost a tenth of a millisecond a
     # statement to build, for one row whose columns we already know.
-    cursor = _cursor(conn)
-    try:
-        cursor.execute(sql, values)
-        if rows is not None:
-            rows.extend(cursor.fetchall())
-            return rows
-        row = cursor.fetchone()
-    finally:
-        cursor.close()
+    with driver_errors(conn, "the online feature statement"):
+        cursor = _cursor(conn)
+        try:
+            cursor.execute(sql, values)
+            if rows is not None:
+                rows.extend(cursor.fetchall())
+                return rows
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
     if row is None:
         raise LookupError("the statement returned no row")
     return tuple(row)

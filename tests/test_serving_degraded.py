@@ -8,6 +8,7 @@ import dataclasses
 import os
 import shutil
 import socket
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +75,30 @@ def test_without_a_store_at_start_it_reviews_and_recovers_when_the_store_appears
         again = svc.decide(body()).json()
         assert again["stored"] is True
         assert "DEGRADED" not in _codes(again)
+
+
+def test_a_store_that_fails_under_a_decisions_read_is_answered_as_the_stores_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The decision's reads run on the driver's own cursor: its error must still read as
+    # the store's (degraded, the store marked lost), not as a bug of the service.
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    load_tiny(url)
+    settings, keys = make_settings(tmp_path, url, store_retry_seconds=60.0)
+    with running(settings, keys) as svc:
+        assert svc.decide(body(request_id="before")).json()["stored"] is True
+        with sqlite3.connect(tmp_path / "store.db") as other:
+            other.execute("DROP TABLE rates")
+        answer = svc.decide(body(request_id="after")).json()
+        ready = svc.client.get("/readyz")
+
+    assert answer["decision"] == "review"
+    assert answer["stored"] is False
+    assert _codes(answer) == ["DEGRADED"]
+    assert "no such table: rates" in answer["reasons"][0]["message"]
+    assert "internal error" not in answer["reasons"][0]["message"]
+    assert ready.status_code == 503
+    assert not [r for r in caplog.records if "unexpected error" in r.getMessage()]
 
 
 class _Proxy:

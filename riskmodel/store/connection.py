@@ -5,7 +5,8 @@ after a load (``analyze``, ``vacuum``)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from riskmodel.errors import StoreError
 from riskmodel.store.derived import LABEL_SOURCES, SIGHTING_SOURCES, TILED_SOURCES
@@ -32,6 +33,7 @@ __all__ = [
     "DEFAULT_DATABASE_URL",
     "analyze",
     "create_database",
+    "driver_errors",
     "drop_everything",
     "open_store",
     "resolve_database_url",
@@ -45,6 +47,20 @@ DATABASE_URL_ENV = "RISKMODEL_DATABASE_URL"
 def resolve_database_url(url: str | None = None) -> str:
     """The URL to use: the argument, else ``$RISKMODEL_DATABASE_URL``, else the SQLite default."""
     return url or os.environ.get(DATABASE_URL_ENV) or DEFAULT_DATABASE_URL
+
+
+@contextmanager
+def driver_errors(conn: Connection, what: str) -> Iterator[None]:
+    """Errors of the driver's own cursor (the decision path's reads skip SQLAlchemy's
+    statement layer) raised as SQLAlchemy raises them: a database that fails or is lost
+    is then an ``OperationalError`` there too, which the service answers as the store's
+    failure (degraded and not ready), not as a bug of its own. ``what``: the statement,
+    in words, for the message (the feature statement is tens of kilobytes)."""
+    base = conn.dialect.loaded_dbapi.Error
+    try:
+        yield
+    except base as exc:
+        raise DBAPIError.instance(what, None, exc, base, dialect=conn.dialect) from exc
 
 
 def open_store(url: str | None = None, *, create: bool = True) -> Engine:

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from riskmodel.store.connection import driver_errors
 from riskmodel.store.schema import EVENT_TABLES, decisions
 
 __all__ = [
@@ -71,15 +72,16 @@ def fetch_one(conn: Connection, sql: str, parameters: tuple[Any, ...]) -> Any:
 
 
 def _fetch(conn: Connection, sql: str, parameters: tuple[Any, ...], *, many: bool) -> list[Any]:
-    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(sql, parameters)
-        if many:
-            return list(cursor.fetchall())
-        found = cursor.fetchone()
-        return [] if found is None else [found]
-    finally:
-        cursor.close()
+    with driver_errors(conn, sql):
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql, parameters)
+            if many:
+                return list(cursor.fetchall())
+            found = cursor.fetchone()
+            return [] if found is None else [found]
+        finally:
+            cursor.close()
 
 
 @contextmanager
@@ -94,7 +96,8 @@ def reading(engine: Engine) -> Iterator[Connection]:
     """
     with engine.connect() as conn:
         yield conn
-        conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]
+        with driver_errors(conn, "COMMIT"):
+            conn.connection.dbapi_connection.commit()  # type: ignore[union-attr]
 
 
 def request_hash(row: Mapping[str, Any]) -> str:
