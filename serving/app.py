@@ -38,7 +38,7 @@ from serving.routes import (
     users,
     webhooks,
 )
-from serving.runtime import Runtime
+from serving.runtime import Runtime, read_threads
 from serving.settings import Settings
 from serving.warm import rehearse, settle_heap
 from serving.webhooks import deliver_forever
@@ -58,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Sized so that the store's pool holds a connection for every thread.
+        asyncio.get_running_loop().set_default_executor(read_threads())
         runtime = Runtime.start(chosen)
         # What the store says is live, before the first decision; then followed.
         try:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,11 +35,33 @@ from serving.metrics import Metrics
 from serving.settings import Settings
 from serving.writer import DecisionWriter
 
-__all__ = ["Models", "Runtime", "StoreLink", "load_models", "load_policy_file"]
+__all__ = [
+    "READ_THREADS",
+    "Models",
+    "Runtime",
+    "StoreLink",
+    "load_models",
+    "load_policy_file",
+    "read_threads",
+]
 
 log = logging.getLogger("serving")
 
 _SERVING_CACHE_KIB = 32 * 1024
+
+# The threads a worker reads the store on, off its event loop (``serving.decide`` on
+# PostgreSQL, the live settings, webhooks): as many as Python's default executor has.
+READ_THREADS = min(32, (os.cpu_count() or 1) + 4)
+# On PostgreSQL every read thread and the writer hold a connection at once under load.
+# With fewer kept in the pool, the extra ones were opened and closed again on every
+# burst: a new server process each time, and the feature statement planned again on it.
+_CONNECTIONS = READ_THREADS + 2
+
+
+def read_threads() -> ThreadPoolExecutor:
+    """The executor for the event loop's ``asyncio.to_thread``: ``READ_THREADS`` threads,
+    which the store's pool keeps a connection for each."""
+    return ThreadPoolExecutor(READ_THREADS, thread_name_prefix="store-reads")
 
 
 class StoreLink:
@@ -59,7 +83,7 @@ class StoreLink:
 
     def open(self) -> None:
         try:
-            engine = open_store(self.url)
+            engine = open_store(self.url, connections=_CONNECTIONS)
         except Exception as exc:  # a bad path fails in mkdir, a dead server in connect
             self.lost(exc)
             return

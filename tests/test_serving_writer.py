@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.exc import IntegrityError
 
 from riskmodel import dataset, store
@@ -187,6 +187,27 @@ def test_more_decisions_at_once_than_the_store_has_connections_are_all_decided(
     assert [a["request_id"] for a in answers] == [r["request_id"] for r in requests]
     assert all(a["stored"] and not a["replayed"] for a in answers), answers[0]
     assert not any("DEGRADED" in _codes(a) for a in answers)
+
+
+@pytest.mark.postgres
+def test_bursts_of_decisions_on_postgresql_reuse_the_pools_connections(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    # Every read thread and the writer hold a connection at once in a burst. A pool
+    # smaller than that opened extra connections and closed them after each burst: a
+    # new server process every time, and the feature statement planned again on it.
+    _many_buyers(postgres_url, 60)
+    settings, keys = make_settings(tmp_path, postgres_url)
+    opened = []
+    with running(settings, keys) as service:
+        engine = service.client.app.state.runtime.store.available()  # type: ignore[attr-defined]
+        event.listen(engine, "connect", lambda *_: opened.append(1))
+        first = _batch(service, [_buyers_request("burst", i) for i in range(30)])
+        after_first = len(opened)
+        second = _batch(service, [_buyers_request("burst", i) for i in range(30, 60)])
+
+    assert all(a["stored"] for a in first + second)
+    assert len(opened) == after_first, f"{len(opened) - after_first} connections opened again"
 
 
 def test_requests_sharing_only_a_payment_account_count_each_other(
@@ -531,3 +552,4 @@ def test_a_group_retried_one_by_one_answers_every_write(database_url: str) -> No
     assert stored == {w.decision.request_id: w.decision for w in [*good, later]}
     assert not {"bad-decision", "bad-reasons"} & stored_requests  # nothing half-written
     assert {"ok-0", "ok-1", "ok-2", "later"} <= stored_requests
+

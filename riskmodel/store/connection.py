@@ -63,11 +63,15 @@ def driver_errors(conn: Connection, what: str) -> Iterator[None]:
         raise DBAPIError.instance(what, None, exc, base, dialect=conn.dialect) from exc
 
 
-def open_store(url: str | None = None, *, create: bool = True) -> Engine:
+def open_store(
+    url: str | None = None, *, create: bool = True, connections: int | None = None
+) -> Engine:
     """Connect to the store at ``url`` and bring its schema to ``SCHEMA_VERSION``.
 
     ``postgresql://`` URLs use the psycopg 3 driver. SQLite files are put in WAL mode
-    (readers never wait for the writer) with full fsync on commit.
+    (readers never wait for the writer) with full fsync on commit. ``connections``: on
+    PostgreSQL, how many connections the pool keeps open (SQLAlchemy's default is 5);
+    ten more are opened for a burst and closed after it.
     """
     resolved = resolve_database_url(url)
     try:
@@ -81,7 +85,9 @@ def open_store(url: str | None = None, *, create: bool = True) -> Engine:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     try:
         # Positional parameters on every backend, so bulk loads pass plain tuples.
-        options = {"paramstyle": "format"} if backend == "postgresql" else {}
+        options: dict[str, Any] = {"paramstyle": "format"} if backend == "postgresql" else {}
+        if backend == "postgresql" and connections is not None:
+            options.update(pool_size=connections)
         engine = create_engine(parsed, pool_pre_ping=backend != "sqlite", **options)
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
         raise StoreError(
