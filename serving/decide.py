@@ -226,11 +226,16 @@ async def _decide_when_counted(
         else:
             # A server's reads wait on the network: made on a thread, they leave the loop
             # free to take other requests, and several decisions read at once.
+            mark = writer.mark()
             found = await asyncio.to_thread(_on_own_connection, engine, _look_up, runtime, row, now)
             if isinstance(found, Answer):
                 return found
             assert policy is not None
             keys = counted_keys(row, found.order["payment_account"])
+            if writer.settled_since(mark, keys):
+                # A related write committed while the context was read, which may not hold
+                # it (the newest request of the buyer, the order's others): read again.
+                continue
             if (related := writer.pending(keys)) is None:
                 # Held from here until ``submit`` takes the keys over, in the step of the
                 # loop this returns in: a related request waits as for a write.

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -186,6 +187,10 @@ def _write_one(conn: Connection, write: Write, tiles: TileCounts) -> Written:
     return Written(None if twin is None else DecisionRecord.from_row(twin), twin=True)
 
 
+# Far more groups than commit during one read of a decision's context.
+_RECENT_GROUPS = 1024
+
+
 @dataclass
 class DecisionWriter:
     """Writes decisions in groups on one thread; see the module docstring.
@@ -199,6 +204,12 @@ class DecisionWriter:
     _queue: list[tuple[Write, asyncio.Future[Written]]] = field(default_factory=list)
     _pending: dict[tuple[str, Any], asyncio.Future[Written]] = field(default_factory=dict)
     _flushing: bool = False
+    _settled: int = 0  # groups settled so far
+    # The keys of the groups settled last, each with its number: what a read begun
+    # before them may have missed (``settled_since``).
+    _recent: deque[tuple[int, frozenset[tuple[str, Any]]]] = field(
+        default_factory=lambda: deque(maxlen=_RECENT_GROUPS)
+    )
     _thread: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="decision-writer")
     )
@@ -210,6 +221,22 @@ class DecisionWriter:
                 # Shielded: a waiter that goes away must not cancel another's write.
                 return asyncio.shield(found)
         return None
+
+    def mark(self) -> int:
+        """Where the writes stand now, for ``settled_since``: take it before a read."""
+        return self._settled
+
+    def settled_since(self, mark: int, keys: Iterable[tuple[str, Any]]) -> bool:
+        """Whether a write sharing one of ``keys`` was committed (or failed) after
+        ``mark``: a read begun at ``mark`` off the event loop may not have seen it, and no
+        longer finds it pending either. True, to be safe, when ``mark`` is older than
+        the groups remembered."""
+        if mark == self._settled:
+            return False
+        if not self._recent or self._recent[0][0] > mark + 1:
+            return True
+        wanted = frozenset(keys)
+        return any(number > mark and not wanted.isdisjoint(held) for number, held in self._recent)
 
     @contextmanager
     def holding(self, keys: Iterable[tuple[str, Any]]) -> Iterator[None]:
@@ -265,6 +292,9 @@ class DecisionWriter:
         results: list[Written | BaseException] = (
             [failure] * len(group) if failure is not None else outcome.result()
         )
+        self._settled += 1
+        written = frozenset().union(*(write.counted_keys() for write, _ in group))
+        self._recent.append((self._settled, written))
         for (write, done), result in zip(group, results, strict=True):
             for key in write.counted_keys():
                 if self._pending.get(key) is done:

@@ -213,10 +213,11 @@ def test_bursts_of_decisions_on_postgresql_reuse_the_pools_connections(
 def test_requests_sharing_only_a_payment_account_count_each_other(
     database_url: str, tmp_path: Path
 ) -> None:
-    # Two buyers who share nothing but the card they paid with, asking at once. Whichever
-    # is decided second must count the first: on PostgreSQL both read on threads, and
-    # the account is known only once the order is read, so it is held from then on.
-    _many_buyers(database_url, 2, account="shared-card")
+    # Six buyers who share nothing but the card they paid with, asking at once. Every one
+    # decided after the first must count it: on PostgreSQL they read on threads, and the
+    # account is known only once the order is read, so it is held from then on; and a
+    # buyer whose context was read while another's write committed reads it again.
+    _many_buyers(database_url, 6, account="shared-card")
     settings, keys = make_settings(tmp_path, database_url)
     rule = """  - name: card_refunded_today
     code: RULE_CARD_REFUNDED_TODAY
@@ -226,12 +227,12 @@ def test_requests_sharing_only_a_payment_account_count_each_other(
 """
     policy = settings.policy.read_text().replace("rules:\n", "rules:\n" + rule, 1)
     settings.policy.write_text(policy)
-    requests = [_buyers_request("card", i) for i in range(2)]
+    requests = [_buyers_request("card", i) for i in range(6)]
     with running(settings, keys) as service:
         answers = _batch(service, requests)
 
     flagged = ["RULE_CARD_REFUNDED_TODAY" in _codes(a) for a in answers]
-    assert sorted(flagged) == [False, True], [a["reasons"] for a in answers]
+    assert sorted(flagged) == [False] + [True] * 5, [a["reasons"] for a in answers]
 
 
 def test_a_write_that_fails_alone_leaves_the_rest_of_its_group_written(
@@ -553,3 +554,34 @@ def test_a_group_retried_one_by_one_answers_every_write(database_url: str) -> No
     assert not {"bad-decision", "bad-reasons"} & stored_requests  # nothing half-written
     assert {"ok-0", "ok-1", "ok-2", "later"} <= stored_requests
 
+
+def test_a_read_is_told_of_a_related_write_committed_while_it_ran(tmp_path: Path) -> None:
+    # On PostgreSQL a decision reads its context on a thread; a related write that both
+    # begins and commits meanwhile is no longer pending when the read returns, and the
+    # read may not hold it. The writer says so, and only for the keys it wrote.
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    load_tiny(url)
+    engine = store.open_store(url)
+    write = _decided("written-meanwhile")
+
+    async def scenario() -> tuple[bool, bool, bool, bool]:
+        writer = DecisionWriter(lambda: engine)
+        try:
+            before = writer.mark()
+            nothing_yet = writer.settled_since(before, write.counted_keys())
+            await asyncio.wait_for(writer.submit(write), 30)
+            return (
+                nothing_yet,
+                writer.settled_since(before, write.counted_keys()),
+                writer.settled_since(before, {("user_id", "someone-else")}),
+                writer.settled_since(writer.mark(), write.counted_keys()),
+            )
+        finally:
+            writer.close()
+
+    try:
+        nothing_yet, related, unrelated, after = asyncio.run(scenario())
+    finally:
+        engine.dispose()
+
+    assert (nothing_yet, related, unrelated, after) == (False, True, False, False)
