@@ -467,8 +467,9 @@ class Server:
         found = dict.fromkeys(("_count", "_sum"), 0.0)
         for line in text.splitlines():
             name, _, value = line.partition(" ")
-            if name.startswith("riskmodel_commit_group_size") and name[27:] in found:
-                found[name[27:]] = float(value)
+            part = name.removeprefix("riskmodel_commit_group_size")
+            if part in found:
+                found[part] = float(value)
         return found["_count"], found["_sum"]
 
     def loop_cpu_seconds(self) -> float:

@@ -241,7 +241,6 @@ class ModelBundle:
     created_at: str = ""
     details: dict[str, Any] = field(default_factory=dict)
     _booster: lightgbm.Booster = field(init=False, repr=False)
-    _codes: dict[str, dict[str, float]] = field(init=False, repr=False)
     _number_at: np.ndarray = field(init=False, repr=False)
     _number_names: tuple[str, ...] = field(init=False, repr=False)
     _category_at: tuple[tuple[int, str, dict[str, float]], ...] = field(init=False, repr=False)
@@ -264,17 +263,14 @@ class ModelBundle:
                 f"the signature lists {len(names)}"
             )
         object.__setattr__(self, "_booster", booster)
-        codes = {
-            f.name: {level: float(i) for i, level in enumerate(f.levels)}
-            for f in self.features
-            if f.type == CATEGORY
-        }
-        object.__setattr__(self, "_codes", codes)
         numbers = [(j, f.name) for j, f in enumerate(self.features) if f.type != CATEGORY]
         object.__setattr__(self, "_number_at", np.array([j for j, _ in numbers], dtype=np.intp))
         object.__setattr__(self, "_number_names", tuple(name for _, name in numbers))
+        # A level's position is its code.
         categories = tuple(
-            (j, f.name, codes[f.name]) for j, f in enumerate(self.features) if f.type == CATEGORY
+            (j, f.name, {level: float(i) for i, level in enumerate(f.levels)})
+            for j, f in enumerate(self.features)
+            if f.type == CATEGORY
         )
         object.__setattr__(self, "_category_at", categories)
         object.__setattr__(self, "_margin_one", SingleRow(booster, RAW_SCORE))
