@@ -536,7 +536,12 @@ def _run(
     with driver_errors(conn, "the online feature statement"):
         cursor = _cursor(conn)
         try:
-            cursor.execute(sql, values)
+            if conn.dialect.name == "postgresql":
+                # Prepared at its first execution, not psycopg's fifth: each unprepared
+                # execution is parsed and planned again, 10 to 15 ms for this statement.
+                cursor.execute(sql, values, prepare=True)
+            else:
+                cursor.execute(sql, values)
             if rows is not None:
                 rows.extend(cursor.fetchall())
                 return rows

@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if change is not None:
                 apply(runtime, change)
         keep_policy(runtime)
-        rehearse(runtime)
+        rehearse(runtime, every_connection=True)
         settle_heap()
         app.state.runtime = runtime
         console.attach(runtime)  # the review service levels on /metrics
