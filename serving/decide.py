@@ -259,8 +259,9 @@ def _on_own_connection(
 ) -> _T:
     """``step`` on a connection of its own, for a thread: none is held from one thread's
     step to the next, or decisions holding connections would wait for threads that wait
-    for connections."""
-    with reading(engine) as conn:
+    for connections. Its reads are each a transaction of their own: no snapshot is
+    shared by them under READ COMMITTED, and BEGIN and COMMIT cost two round trips."""
+    with reading(engine, each_alone=True) as conn:
         return step(conn, *args, **kw)
 
 

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
 from riskmodel import store
 from riskmodel.store import EVENT_TABLES, fetch_one, reading
+from riskmodel.store.schema import live_settings
 from tests.test_serving_fixtures import Service, body, load_tiny, make_settings, running, service
 
 __all__ = ["service"]
@@ -297,3 +298,41 @@ def test_reads_keep_the_prepared_statements_of_their_connection(
             response = service.client.get(path, headers=service.headers(role))
             assert response.status_code == (404 if "nobody" in path else 200), response.text
             assert prepared() >= 1, path
+
+
+@pytest.mark.postgres
+def test_a_decisions_reads_open_no_transaction_and_leave_the_connection_transactional(
+    postgres_url: str,
+) -> None:
+    # A decision's reads on PostgreSQL are each a transaction of their own: BEGIN and
+    # COMMIT would be two round trips more for every one of its two reads.
+    engine = store.open_store(postgres_url, create=False)
+    store.drop_everything(engine)
+    engine.dispose()
+    engine = store.open_store(postgres_url)
+
+    def server_process(conn: Connection) -> int:
+        return int(conn.connection.dbapi_connection.info.backend_pid)  # type: ignore[union-attr]
+
+    try:
+        with reading(engine, each_alone=True) as conn:
+            assert fetch_one(conn, "SELECT count(*) FROM live_settings", ()) == (0,)
+            assert conn.connection.dbapi_connection.info.transaction_status.name == "IDLE"  # type: ignore[union-attr]
+            read_on = server_process(conn)
+        # The same pooled connection, for a write that is rolled back: nothing stays.
+        with engine.connect() as conn:
+            assert server_process(conn) == read_on
+            conn.execute(
+                live_settings.insert().values(what="x", value="{}", changed_at=0, changed_by="t")
+            )
+            conn.rollback()
+        with engine.connect() as conn:
+            assert conn.scalar(select(live_settings.c.what)) is None
+        # A read that leaves a transaction open: its connection never goes back as it is.
+        with reading(engine, each_alone=True) as conn:
+            conn.connection.dbapi_connection.execute("BEGIN")  # type: ignore[union-attr]
+            left_open = server_process(conn)
+        with engine.connect() as conn:
+            assert server_process(conn) != left_open
+    finally:
+        engine.dispose()
