@@ -7,9 +7,9 @@ that can grow without bound (a public IP, a large seller, a popular product:
 from ``entity_days`` or ``sighting_days``, and only the request's own day (and anything
 before the epoch, which is never tiled) from the events, so a decision's cost does not
 grow with the size of what it touches. A source's tiles are one read from the widest
-window's first day, each aggregate summing the days of its own window (``FILTER``): on
-PostgreSQL a read per window cost a fifth more, in starting up the plan's many parts
-for each execution, and on SQLite the same. A user's and an order's events are few
+window's first day, each aggregate summing the days of its own window (``FILTER``): a
+read per window cost PostgreSQL a fifth more, which starts every part of a plan again on
+each execution, and SQLite as much. A user's and an order's events are few
 and are read as they are; an entity's refund requests, what they came to (outcomes) and
 this service's decisions of them are one read of its requests (``_requests_query``); its
 verdict changes counted as abuse and as verdicts are one read too. Each group answers one

@@ -83,11 +83,12 @@ def _read_side(engine: Engine, every_connection: bool) -> dict[str, Any] | None:
     pool = engine.pool
     connections = pool.size() if every_connection and isinstance(pool, QueuePool) else 1
     rounds = _SETTLED if every_connection and engine.dialect.name == "postgresql" else 1
+    row: dict[str, Any] | None = None
     values = None
     with ExitStack() as held:
         for _ in range(connections):
-            conn = held.enter_context(reading(engine))
-            for _ in range(rounds):
+            conn = held.enter_context(reading(engine, each_alone=True))
+            if row is None:
                 found = fetch_one(
                     conn,
                     f"SELECT {', '.join(REQUEST_COLUMNS)} FROM refund_requests "
@@ -96,7 +97,8 @@ def _read_side(engine: Engine, every_connection: bool) -> dict[str, Any] | None:
                 )
                 if found is None:
                     return None
-                row: dict[str, Any] = dict(zip(REQUEST_COLUMNS, found, strict=True))
+                row = dict(zip(REQUEST_COLUMNS, found, strict=True))
+            for _ in range(rounds):
                 stored_decision(conn, row["request_id"])
                 values = features.online_features(conn, row)
     return values
