@@ -476,6 +476,23 @@ def test_one_read_before_a_decision_tells_replay_misfit_or_context(
     )
     assert found.rate is None  # the history has no rates table
     assert [(o.request_id, o.amount) for o in found.others] == [("r1", 2200)]
+    r1_at = int(pd.Timestamp("2026-01-10T10:00:00Z").value // 1000)
+    assert found.newest == r1_at  # u1's and o1's newest stored request
+
+    # A new buyer paying with u1's first payment account: its newest request is r1's.
+    tables = tiny_tables()
+    user = tables["users"].iloc[[0]].assign(user_id="u3")
+    order = tables["orders"].iloc[[0]].assign(
+        order_id="o5", user_id="u3", device_id=None, ip=None
+    )
+    with engine.begin() as conn:
+        store.upsert(conn, "users", dataset.normalise("users", user))
+        store.upsert(conn, "orders", dataset.normalise("orders", order))
+    shared = read("r9", "o5", "u3")
+    assert isinstance(shared, store.RequestContext)
+    assert (shared.order["payment_account"], shared.others) == ("pa1", ())
+    assert shared.newest == r1_at
+    assert read("r9", "o2", "u1", at).newest == r1_at  # and the user's, on another order
 
     # What does not fit the history, and why.
     assert read("r9", "o1", "nobody").code == "UNKNOWN_USER"

@@ -33,7 +33,6 @@ __all__ = [
     "fetch_one",
     "insert_decision",
     "marker",
-    "newest_request",
     "order_requests",
     "reading",
     "request_hash",
@@ -174,18 +173,41 @@ _NOT_STORED = "not stored; ask again with the same request_id"
 
 @cache
 def _context_sql(dialect: str) -> str:
-    """The coarse read's statement, written once per database."""
+    """The coarse read's statement, written once per database: the decision, the order,
+    its rate, the user, and last the time of the newest stored request of the request's
+    user, order, device, IP or payment account (its order's), each one index seek."""
     m = "%s" if dialect == "postgresql" else "?"
+    keyed = {column: m for column in _NEWEST_BY}
+    keyed["order_payment_account"] = f"(SELECT payment_account FROM orders WHERE order_id = {m})"
+    newest = " UNION ALL ".join(
+        f"SELECT MAX(requested_at) AS at FROM refund_requests WHERE {column} = {value} "
+        f"AND request_id <> {m}"
+        for column, value in keyed.items()
+    )
     return (
         f"SELECT {', '.join(f'd.{c}' for c in DECISION_COLUMNS)}, "
         f"{', '.join(f'o.{c}' for c in _ORDER)}, r.rate, "
-        f"{', '.join(f'u.{c}' for c in _USER)} "
+        f"{', '.join(f'u.{c}' for c in _USER)}, "
+        f"(SELECT MAX(at) FROM ({newest}) AS newest) "
         "FROM (SELECT 1 AS one) AS x "
         f"LEFT JOIN decisions AS d ON d.request_id = {m} "
         f"LEFT JOIN orders AS o ON o.order_id = {m} "
         "LEFT JOIN rates AS r ON r.currency = o.currency "
         f"LEFT JOIN users AS u ON u.user_id = {m}"
     )
+
+
+# Whose stored requests a request may be dated before (``RequestContext.newest``).
+_NEWEST_BY = ("user_id", "order_id", "device_id", "ip", "order_payment_account")
+
+
+def _context_parameters(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """``_context_sql``'s parameters in the order they appear in it."""
+    parameters: list[Any] = []
+    for column in _NEWEST_BY:
+        key = "order_id" if column == "order_payment_account" else column
+        parameters += [row.get(key), row["request_id"]]
+    return (*parameters, row["request_id"], row["order_id"], row["user_id"])
 
 
 def decision_context(
@@ -195,19 +217,17 @@ def decision_context(
     decision already stored under its id, else what does not fit, else the context.
     ``again``: the context even when a decision is stored (to decide it again).
 
-    One statement for the decision, the order, its rate and the user; one for the order's
-    other requests; one for the newest request of its entities."""
-    found = fetch_one(
-        conn, _context_sql(conn.dialect.name), (row["request_id"], row["order_id"], row["user_id"])
-    )
+    One statement for the decision, the order, its rate, the user and the newest request
+    of its entities; one for the order's other requests."""
+    found = fetch_one(conn, _context_sql(conn.dialect.name), _context_parameters(row))
     assert found is not None  # the outer joins always yield their one row
     n, m = len(DECISION_COLUMNS), len(_ORDER)
     decision = dict(zip(DECISION_COLUMNS, found[:n], strict=True))
     if decision["request_id"] is not None and not again:
         return Replay(decision)
     order = dict(zip(_ORDER, found[n : n + m], strict=True))
-    rate = found[n + m]
-    user = dict(zip(_USER, found[n + m + 1 :], strict=True))
+    rate, newest = found[n + m], found[-1]
+    user = dict(zip(_USER, found[n + m + 1 : -1], strict=True))
     misfit = _misfit(row, order, user)
     if misfit is not None:
         return misfit
@@ -216,7 +236,7 @@ def decision_context(
         user,
         None if rate is None else int(rate),
         order_requests(conn, row),
-        newest_request(conn, row, order["payment_account"]),
+        None if newest is None else int(newest),
     )
 
 
@@ -266,32 +286,6 @@ def order_requests(conn: Connection, row: Mapping[str, Any]) -> tuple[OrderReque
         OrderRequest(str(rid), int(amount), int(paid), int(approved))
         for rid, amount, paid, approved in found
     )
-
-
-@cache
-def _newest_sql(dialect: str) -> str:
-    m = "%s" if dialect == "postgresql" else "?"
-    # One index seek per entity (each has an index on it and the time).
-    parts = [
-        f"SELECT MAX(requested_at) AS at FROM refund_requests WHERE {column} = {m} "
-        f"AND request_id <> {m}"
-        for column in _NEWEST_BY
-    ]
-    return f"SELECT MAX(at) FROM ({' UNION ALL '.join(parts)}) AS newest"
-
-
-_NEWEST_BY = ("user_id", "order_id", "device_id", "ip", "order_payment_account")
-
-
-def newest_request(conn: Connection, row: Mapping[str, Any], payment_account: Any) -> int | None:
-    """The time of the newest stored request, other than ``row``, of its user, order,
-    device, IP or ``payment_account`` (its order's); None when there is none."""
-    values = {**row, "order_payment_account": payment_account}
-    parameters: list[Any] = []
-    for column in _NEWEST_BY:
-        parameters += [values.get(column), row["request_id"]]
-    found = fetch_one(conn, _newest_sql(conn.dialect.name), tuple(parameters))
-    return None if found is None or found[0] is None else int(found[0])
 
 
 # --- the decision row ---------------------------------------------------------------------------
