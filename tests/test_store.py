@@ -482,9 +482,7 @@ def test_one_read_before_a_decision_tells_replay_misfit_or_context(
     # A new buyer paying with u1's first payment account: its newest request is r1's.
     tables = tiny_tables()
     user = tables["users"].iloc[[0]].assign(user_id="u3")
-    order = tables["orders"].iloc[[0]].assign(
-        order_id="o5", user_id="u3", device_id=None, ip=None
-    )
+    order = tables["orders"].iloc[[0]].assign(order_id="o5", user_id="u3", device_id=None, ip=None)
     with engine.begin() as conn:
         store.upsert(conn, "users", dataset.normalise("users", user))
         store.upsert(conn, "orders", dataset.normalise("orders", order))
