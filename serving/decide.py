@@ -208,7 +208,8 @@ async def _decide_when_counted(
         # A decision on the same id, user, order, device, IP or payment account still
         # being written (or made off the loop): decide once it is, so that this one
         # counts it.
-        if (related := writer.pending(counted_keys(row, None))) is not None:
+        known = counted_keys(row, None)
+        if (related := writer.pending(known)) is not None:
             await _settled(related)
             continue
         policy, now = runtime.policy, datetime.now(UTC)
@@ -227,7 +228,13 @@ async def _decide_when_counted(
             # A server's reads wait on the network: made on a thread, they leave the loop
             # free to take other requests, and several decisions read at once.
             mark = writer.mark()
-            found = await asyncio.to_thread(_on_own_connection, engine, _look_up, runtime, row, now)
+            # Held from before the read: requests sharing the id, user, order, device or
+            # IP are decided in the order they came (a batch's in its order), not in the
+            # order their reads happen to end.
+            with writer.holding(known):
+                found = await asyncio.to_thread(
+                    _on_own_connection, engine, _look_up, runtime, row, now
+                )
             if isinstance(found, Answer):
                 return found
             assert policy is not None

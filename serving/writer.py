@@ -14,11 +14,13 @@ catalogue counts refund requests, decisions or sightings by, sellers aside, see
 write commits (``pending``). Requests that share nothing are decided side by side and
 committed as one group. On PostgreSQL a decision's reads run on threads, off the event
 loop: the order's context first, then, once nothing related is pending (the payment
-account is known only now), the features; its keys are held pending from before the
-features are read until its write takes them over (``holding``). A related write that
-began and committed while the context was being read is no longer pending when the read
-returns, and the read may not hold it: the decision then reads its context again
-(``settled_since``).
+account is known only now), the features. Its id, user, order, device and IP are held
+pending from before the context is read, so that related requests are decided in the
+order they came (a batch's in its order), and all its keys, the payment account added,
+from before the features are read until its write takes them over (``holding``). A
+related write on the payment account that began and committed while the context was
+being read is no longer pending when the read returns, and the read may not hold it: the
+decision then reads its context again (``settled_since``).
 
 One more check is made where it can be exact, in the transaction that writes: the
 request's order. Features are as of the request's own time, so a decision counts only
