@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import gc
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import QueuePool
 
@@ -79,29 +80,36 @@ _SETTLED = 6
 
 def _read_side(engine: Engine, every_connection: bool) -> dict[str, Any] | None:
     """The features of the newest stored request, read as a decision reads them, once or
-    on every pooled connection; None if nothing is stored."""
+    on every pooled connection (side by side: the server plans on each at once); None if
+    nothing is stored."""
     pool = engine.pool
     connections = pool.size() if every_connection and isinstance(pool, QueuePool) else 1
     rounds = _SETTLED if every_connection and engine.dialect.name == "postgresql" else 1
-    row: dict[str, Any] | None = None
-    values = None
     with ExitStack() as held:
-        for _ in range(connections):
-            conn = held.enter_context(reading(engine, each_alone=True))
-            if row is None:
-                found = fetch_one(
-                    conn,
-                    f"SELECT {', '.join(REQUEST_COLUMNS)} FROM refund_requests "
-                    "ORDER BY requested_at DESC LIMIT 1",
-                    (),
-                )
-                if found is None:
-                    return None
-                row = dict(zip(REQUEST_COLUMNS, found, strict=True))
+        conns = [held.enter_context(reading(engine, each_alone=True)) for _ in range(connections)]
+        found = fetch_one(
+            conns[0],
+            f"SELECT {', '.join(REQUEST_COLUMNS)} FROM refund_requests "
+            "ORDER BY requested_at DESC LIMIT 1",
+            (),
+        )
+        if found is None:
+            return None
+        row: dict[str, Any] = dict(zip(REQUEST_COLUMNS, found, strict=True))
+
+        def rehearsed(conn: Connection) -> dict[str, Any]:
+            values: dict[str, Any] = {}
             for _ in range(rounds):
                 stored_decision(conn, row["request_id"])
                 values = features.online_features(conn, row)
-    return values
+            return values
+
+        if len(conns) == 1:
+            return rehearsed(conns[0])
+        with ThreadPoolExecutor(len(conns), thread_name_prefix="rehearsal") as threads:
+            # Every connection's result, so that a failure on any of them is raised.
+            done = list(threads.map(rehearsed, conns))
+        return done[0]
 
 
 def settle_heap() -> None:
