@@ -31,7 +31,8 @@ imports it, so nothing else in the package imports this module at its top.
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,16 @@ from features.spec import Aggregate, Entity, Source
 from riskmodel import dataset
 from riskmodel.errors import DataError
 
-__all__ = ["OnCluster", "Tables", "build_on_dask", "connect", "repeated_keys", "write_parquet"]
+__all__ = [
+    "OnCluster",
+    "Sink",
+    "Tables",
+    "build_on_dask",
+    "connect",
+    "repeated_keys",
+    "write_parquet",
+    "write_partitions",
+]
 
 _SPAN = 2**40
 """Rows one input partition may hold: ``_row`` and ``_seq`` are partition * span + place."""
@@ -143,26 +153,51 @@ def write_parquet(
 ) -> tuple[int, int]:
     """Write ``table`` (``build_on_dask``'s) to one Parquet file at ``path``, a partition
     at a time in the requests' order, so the client holds one partition, not the table.
-
-    ``checks`` (``repeated_keys``'s) run beside the build; any problem they find fails it.
-    If the cluster fails (a task's error, workers lost for good) or a check does, ``path``
-    is removed and a ``DataError`` says why: there is never a partial table. Returns
-    (rows, columns).
-    """
+    ``write_partitions`` says what happens on a failure. Returns (rows, columns)."""
     schema = pa.Schema.from_pandas(table._meta)
     # Text of an empty frame has no type: the request ids (and any text) are strings.
     for i, column in enumerate(schema):
         if pa.types.is_null(column.type):
             schema = schema.set(i, column.with_type(pa.string()))
+
+    @contextmanager
+    def parquet(path: Path) -> Iterator[Callable[[pd.DataFrame], None]]:
+        with pq.ParquetWriter(path, schema) as writer:
+            yield lambda part: writer.write_table(pa.Table.from_pandas(part, schema=schema))
+
+    return write_partitions(client, table, path, parquet, checks), len(table.columns)
+
+
+Sink = Callable[[Path], AbstractContextManager[Callable[[pd.DataFrame], None]]]
+"""Opens the file at a path and gives what writes one partition to it."""
+
+
+def write_partitions(
+    client: Client,
+    table: dd.DataFrame,
+    path: Path,
+    sink: Sink,
+    checks: Sequence[Delayed] = (),
+    *,
+    what: str = "the feature build",
+) -> int:
+    """Each partition of ``table``, in order, to the file ``sink`` opens at ``path``: the
+    client holds one partition at a time. Returns the rows written.
+
+    ``checks`` (``repeated_keys``'s) run beside the build; any problem they find fails it.
+    If the cluster fails (a task's error, workers lost for good) or a check does, ``path``
+    is removed and a ``DataError`` says why (``what`` failed): there is never a partial
+    file.
+    """
     parts = table.to_delayed()
     futures = client.compute([*parts, *checks])
     rows = 0
     try:
-        with pq.ParquetWriter(path, schema) as writer:
+        with sink(path) as write:
             for future in futures[: len(parts)]:
                 part = future.result()
                 future.release()  # the cluster may drop the partition now
-                writer.write_table(pa.Table.from_pandas(part, schema=schema))
+                write(part)
                 rows += len(part)
         problems = [problem for future in futures[len(parts) :] for problem in future.result()]
     except Exception as exc:
@@ -171,11 +206,11 @@ def write_parquet(
         path.unlink(missing_ok=True)
         # A repeated key also breaks the build, further on and in its own words.
         _refuse(_found(futures[len(parts) :]))
-        raise DataError(f"the feature build failed on the cluster, nothing written: {exc}") from exc
+        raise DataError(f"{what} failed on the cluster, nothing written: {exc}") from exc
     if problems:
         path.unlink(missing_ok=True)
         _refuse(problems)
-    return rows, len(table.columns)
+    return rows
 
 
 def _refuse(problems: list[str]) -> None:

@@ -27,6 +27,7 @@ from riskmodel.cli import main
 from riskmodel.policy import STARTER_POLICY
 from training.backtest import backtest
 
+from .exports import as_folders
 from .histories import histories
 
 distributed = pytest.importorskip("distributed")
@@ -79,21 +80,8 @@ def test_some_requests_some_features_and_context_columns(
     pd.testing.assert_frame_equal(got, expected)
 
 
-def _as_folders(source: Path, target: Path, parts: int) -> Path:
-    """``source``'s dataset with every table a folder of ``parts`` Parquet files."""
-    target.mkdir()
-    for file in sorted(source.glob("*.parquet")):
-        folder = target / file.stem
-        folder.mkdir()
-        frame = pd.read_parquet(file)
-        size = -(-len(frame) // parts)
-        for i in range(parts):
-            frame.iloc[i * size : (i + 1) * size].to_parquet(folder / f"part-{i}.parquet")
-    return target
-
-
 def test_a_folder_per_table_reads_as_the_files(tmp_path: Path) -> None:
-    folders = _as_folders(SAMPLE, tmp_path / "folders", 3)
+    folders = as_folders(SAMPLE, tmp_path / "folders", 3)
     one, other = load_history(SAMPLE), load_history(folders)
     for name in ("users", "orders", "usage", "refund_requests", "labels", "rates"):
         pd.testing.assert_frame_equal(getattr(other, name), getattr(one, name))
@@ -102,7 +90,7 @@ def test_a_folder_per_table_reads_as_the_files(tmp_path: Path) -> None:
 def test_the_command_on_a_cluster_writes_the_single_machine_table(
     client: distributed.Client, tmp_path: Path
 ) -> None:
-    folders = _as_folders(SAMPLE, tmp_path / "folders", 3)
+    folders = as_folders(SAMPLE, tmp_path / "folders", 3)
     alone, spread = tmp_path / "alone.parquet", tmp_path / "spread.parquet"
     assert main(["features", "build", "--from", str(SAMPLE), "--out", str(alone)]) == 0
     address = client.scheduler.address
@@ -114,7 +102,7 @@ def test_the_command_on_a_cluster_writes_the_single_machine_table(
 def test_a_failed_build_leaves_no_table(
     client: distributed.Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    folders = _as_folders(SAMPLE, tmp_path / "folders", 3)
+    folders = as_folders(SAMPLE, tmp_path / "folders", 3)
     # A bad row in the last file of the orders: found by a worker, mid-build.
     last = folders / "orders" / "part-2.parquet"
     orders = pd.read_parquet(last)
@@ -136,7 +124,7 @@ def test_a_key_repeated_across_files_fails_the_build_and_names_it(
     # Each file is valid alone; together they hold a row twice, which every feature
     # reading the table would count twice. A repeated order also breaks the build further
     # on; a repeated day of use does not, and only the check stops it.
-    folders = _as_folders(SAMPLE, tmp_path / "folders", 3)
+    folders = as_folders(SAMPLE, tmp_path / "folders", 3)
     again = pd.read_parquet(folders / table / "part-0.parquet").iloc[[5]]
     last = folders / table / "part-2.parquet"
     pd.concat([pd.read_parquet(last), again]).to_parquet(last)
@@ -194,7 +182,7 @@ def _worker_pids(client: distributed.Client) -> dict[str, int]:
 
 
 def test_a_worker_killed_mid_build_gives_the_whole_table_or_none(tmp_path: Path) -> None:
-    folders = _as_folders(SAMPLE, tmp_path / "folders", 3)
+    folders = as_folders(SAMPLE, tmp_path / "folders", 3)
     alone = tmp_path / "alone.parquet"
     assert main(["features", "build", "--from", str(SAMPLE), "--out", str(alone)]) == 0
     out = tmp_path / "spread.parquet"

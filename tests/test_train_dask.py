@@ -24,10 +24,13 @@ import pytest
 
 import features
 from riskmodel.cli import main
+from riskmodel.policy import STARTER_POLICY
 from riskmodel.registry import Registry
 from training import LabelPolicy, train_on, training_examples
 from training.dataset import latest_time
 from training.model import STOPPING_METRICS, TrainConfig, TreeData, boost_here
+
+from .exports import as_folders
 
 distributed = pytest.importorskip("distributed")
 
@@ -97,15 +100,53 @@ def test_a_model_trained_on_the_cluster_scores_like_one_trained_here(
     assert by_there["score"].corr(by_here["score"], method="spearman") > 0.8
 
 
+@pytest.mark.parametrize("policy", [None, STARTER_POLICY], ids=["scores", "decisions"])
 def test_score_on_the_cluster_writes_the_same_file(
-    client: distributed.Client, trained: tuple[Registry, str, str], tmp_path: Path
+    client: distributed.Client,
+    trained: tuple[Registry, str, str],
+    tmp_path: Path,
+    policy: Path | None,
 ) -> None:
+    """The workers read an export of three files a table; the file is the one machine's,
+    byte for byte, with the policy's decisions too."""
     registry, _, spread = trained
+    folders = as_folders(SAMPLE, tmp_path / "folders", 3)
     alone, on_cluster = tmp_path / "alone.csv", tmp_path / "on_cluster.csv"
-    command = ["score", *_common(registry)[:4], "--model", spread, "--since", "2026-04-01"]
-    assert main([*command, "--out", str(alone)]) == 0
-    assert main([*command, "--out", str(on_cluster), "--dask", client.scheduler.address]) == 0
+    options = ["--registry", str(registry.path), "--model", spread, "--since", "2026-04-01"]
+    if policy is not None:
+        options += ["--policy", str(policy)]
+    assert main(["score", "--from", str(SAMPLE), *options, "--out", str(alone)]) == 0
+    address = client.scheduler.address
+    command = ["score", "--from", str(folders), *options, "--out", str(on_cluster)]
+    assert main([*command, "--dask", address]) == 0
     assert on_cluster.read_bytes() == alone.read_bytes()
+    scores = pd.read_csv(alone)
+    assert len(scores) > 50
+    assert ("decision" in scores.columns) == (policy is not None)
+
+
+def test_score_on_the_cluster_of_a_repeated_order_writes_nothing(
+    client: distributed.Client,
+    trained: tuple[Registry, str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An order exported twice, in two files: every score reading it would count it twice.
+    The command fails, names the order, and leaves the earlier file as it was."""
+    registry, _, spread = trained
+    folders = as_folders(SAMPLE, tmp_path / "folders", 3)
+    again = pd.read_parquet(folders / "orders" / "part-0.parquet").iloc[[5]]
+    last = folders / "orders" / "part-2.parquet"
+    pd.concat([pd.read_parquet(last), again]).to_parquet(last)
+    out = tmp_path / "scores.csv"
+    out.write_text("the scores of an earlier run\n")
+    command = ["score", "--from", str(folders), "--registry", str(registry.path)]
+    command += ["--model", spread, "--out", str(out), "--dask", client.scheduler.address]
+    assert main(command) == 1
+    err = capsys.readouterr().err
+    assert f"orders: duplicate key (order_id='{again['order_id'].iloc[0]}') across its files" in err
+    assert out.read_text() == "the scores of an earlier run\n"
+    assert not out.with_name(out.name + ".partial").exists()
 
 
 def test_on_the_cluster_the_bundle_keeps_the_rounds_chosen_on_the_validation_period(

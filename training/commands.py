@@ -6,7 +6,7 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from features import FeatureBuilder, History, build_features, load_history
 from features.cluster import add_dask_option, feature_builder, on_dask
@@ -29,6 +29,10 @@ from training.report import SUMMARY_KEYS, write_report
 from training.search import search
 from training.signature import catalog_signature
 from training.train import train_on
+
+if TYPE_CHECKING:
+    from riskmodel.bundle import ModelBundle
+    from riskmodel.policy import Policy
 
 __all__ = ["date_argument", "register"]
 
@@ -273,15 +277,37 @@ def _score(args: argparse.Namespace) -> int:
         raise DataError(f"--out {args.out}: scores are written as .csv")
     bundle = Registry(args.registry).load(args.model, expect=catalog_signature())
     policy = load_with_catalogue(args.policy) if args.policy else None
-    with feature_builder(args.dask) as build:
-        scores = score_requests(bundle, _history(args), args.since, policy, build)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_name(args.out.name + ".partial")
-    scores.to_csv(partial, index=False, float_format="%.6f")
+    if args.dask and args.directory:
+        rows = _score_on_dask(args, bundle, policy, partial)
+    else:
+        with feature_builder(args.dask) as build:
+            scores = score_requests(bundle, _history(args), args.since, policy, build)
+        scores.to_csv(partial, index=False, float_format="%.6f")
+        rows = len(scores)
     partial.replace(args.out)
     with_policy = f" and decided by policy {policy.version}" if policy else ""
-    print(f"{len(scores):,} requests scored by {bundle.version}{with_policy} -> {args.out}")
+    print(f"{rows:,} requests scored by {bundle.version}{with_policy} -> {args.out}")
     return 0
+
+
+def _score_on_dask(
+    args: argparse.Namespace, bundle: ModelBundle, policy: Policy | None, partial: Path
+) -> int:
+    """The workers read the dataset directory: the client never holds the history."""
+    dask = on_dask(args.dask)
+    from training.cluster_reads import write_scores
+
+    client = dask.connect(args.dask)
+    try:
+        tables = dask.Tables.read(str(args.directory))
+        checks = dask.repeated_keys(tables)
+        return write_scores(
+            client, tables, bundle, partial, since=args.since, policy=policy, checks=checks
+        )
+    finally:
+        client.close()
 
 
 def _evaluate(args: argparse.Namespace) -> int:

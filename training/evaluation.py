@@ -22,7 +22,7 @@ from training.backtest import engine_frame
 from training.dataset import Examples, evaluation_examples, latest_time
 from training.report import Evaluation, evaluate
 
-__all__ = ["compare", "evaluation_period", "score_requests"]
+__all__ = ["SCORE_COLUMNS", "compare", "evaluation_period", "score_requests", "scored"]
 
 
 def score_requests(
@@ -38,7 +38,8 @@ def score_requests(
 
     With a ``policy``, also the decision the engine gives with that score:
     ``decision``, ``approved_amount`` (currency units), ``review_queue`` and
-    ``reason_codes`` (space-separated).
+    ``reason_codes`` (space-separated). ``training.on_dask.write_scores`` writes the
+    same rows from a dataset the cluster reads.
     """
     requests = history.refund_requests
     start = to_micros(since)
@@ -46,17 +47,35 @@ def score_requests(
         keep = (pd.to_numeric(requests["requested_at"]) >= start).to_numpy(dtype=bool)
         requests = requests[keep].reset_index(drop=True)
     if policy is None:
-        table = build(history, requests)
+        return scored(build(history, requests), bundle)
+    # Review due times are not written, so the decision time does not matter here.
+    frame = engine_frame(history, requests, build)
+    return scored(frame, bundle, policy, decided_at=datetime.now(UTC))
+
+
+def scored(
+    table: pd.DataFrame,
+    bundle: ModelBundle,
+    policy: Policy | None = None,
+    *,
+    decided_at: datetime | None = None,
+) -> pd.DataFrame:
+    """``score_requests``' rows for the requests of ``table``: a feature table, or with
+    a ``policy`` an ``engine_frame`` (decided as at ``decided_at``)."""
+    if policy is None:
+        columns = SCORE_COLUMNS[:2]
+        if not len(table):
+            return pd.DataFrame({name: pd.Series(dtype=object) for name in columns})
         return pd.DataFrame(
             {"request_id": table.index.to_numpy(dtype=object), "score": bundle.score(table)}
         )
-    frame = engine_frame(history, requests, build)
-    scores = bundle.score(frame)
-    # Review due times are not written, so the decision time does not matter here.
-    decided = decide_frame(frame, scores, policy, decided_at=datetime.now(UTC))
+    if not len(table):
+        return pd.DataFrame({name: pd.Series(dtype=object) for name in SCORE_COLUMNS})
+    scores = bundle.score(table)
+    decided = decide_frame(table, scores, policy, decided_at=decided_at or datetime.now(UTC))
     return pd.DataFrame(
         {
-            "request_id": frame.index.to_numpy(dtype=object),
+            "request_id": table.index.to_numpy(dtype=object),
             "score": scores,
             "decision": decided["decision"].to_numpy(dtype=object),
             "approved_amount": decided["approved_cents"].to_numpy(dtype="int64") / 100,
@@ -64,6 +83,17 @@ def score_requests(
             "reason_codes": [" ".join(codes) for codes in decided["reason_codes"]],
         }
     )
+
+
+SCORE_COLUMNS = (
+    "request_id",
+    "score",
+    "decision",
+    "approved_amount",
+    "review_queue",
+    "reason_codes",
+)
+"""The columns of ``score_requests``' rows: the first two, or all with a policy."""
 
 
 def evaluation_period(

@@ -1,0 +1,143 @@
+"""``riskmodel score --dask`` at scale: the client's memory and the time, beside one machine.
+
+    python benchmarks/dask_score.py [--size 300k/3M] [--old-tree DIR] [--policy FILE]
+
+Writes (once) the partitioned dataset of ``benchmarks/dask_scale.py`` for the size, trains
+a small model on ``data/sample`` into a scratch registry (scoring reads only the
+catalogue's features, so any model of this catalogue scores any history), then runs, each
+as the command a user types, one after the other:
+
+- ``score --from DIR`` on one machine (the reference of the same run);
+- ``score --from DIR --dask ADDRESS`` against a local cluster of 2 single-threaded
+  workers limited to 6 GB each, started here;
+- with ``--old-tree``, the same command from another checkout (an older build) against the
+  same cluster, so that old and new read as a ratio on one machine at one time.
+
+For each it prints the wall time, the command's own peak resident memory (on a cluster:
+the client's) and the workers' peaks, sampled every 0.2 s, and whether the file is the
+one machine's byte for byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from dask_scale import GB, ROOT, WORKER_LIMIT, WORKERS, _label, _Sampler, parse_size, write_dataset
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "data" / "sample"
+
+
+def _riskmodel(tree: Path, *argv: str) -> list[str]:
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(tree)!r}); "
+            "from riskmodel.cli import main; sys.exit(main(sys.argv[1:]))", *argv]  # fmt: skip
+
+
+def _run(
+    title: str,
+    argv: list[str],
+    cwd: Path,
+    workers: dict[str, int],
+    out: Path,
+    reference: Path | None = None,
+) -> dict[str, Any]:
+    """``argv`` as a child process, its memory and the workers' sampled as it runs; whether
+    the file it wrote is ``reference``, byte for byte."""
+    started = time.perf_counter()
+    child = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    with _Sampler({"command": child.pid, **workers}) as sampler:
+        output, _ = child.communicate()
+    seconds = time.perf_counter() - started
+    if child.returncode != 0:
+        raise RuntimeError(f"{title} failed ({child.returncode}):\n{output.decode()}")
+    return {
+        "title": title,
+        "seconds": seconds,
+        "command_gb": sampler.peaks["command"] / GB,
+        "worker_gb": [sampler.peaks[name] / GB for name in sorted(workers)],
+        "same": reference is None or out.read_bytes() == reference.read_bytes(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="300k/3M", help="requests/orders")
+    parser.add_argument("--old-tree", type=Path, help="a checkout of an older build to compare")
+    parser.add_argument("--policy", type=Path, help="a policy file: decide each request too")
+    args = parser.parse_args()
+    requests, orders = parse_size(args.size)
+    directory = ROOT / _label(requests, orders).replace("/", "-")
+    stats = write_dataset(directory, requests, orders)
+    print(
+        f"dataset {directory.name}: {stats['rows']['refund_requests']:,} requests, "
+        f"{stats['rows']['orders']:,} orders, {stats['files_per_table']} files a table; "
+        f"{os.cpu_count()} CPUs"
+    )
+    from distributed import Client, LocalCluster
+
+    for noisy in ("distributed.shuffle", "distributed.nanny"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        registry = work / "registry"
+        train = ["train", "--from", str(SAMPLE), "--registry", str(registry)]
+        subprocess.run(
+            _riskmodel(REPO, *train, "--maturity-days", "20", "--promote", "champion"),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        common = ["score", "--from", str(directory), "--registry", str(registry)]
+        if args.policy:
+            common += ["--policy", str(args.policy.resolve())]
+        with (
+            LocalCluster(
+                n_workers=WORKERS,
+                threads_per_worker=1,
+                memory_limit=WORKER_LIMIT,
+                processes=True,
+                dashboard_address=None,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            pids: dict[str, int] = client.run(os.getpid)
+            workers = {f"worker {i + 1}": pids[a] for i, a in enumerate(sorted(pids))}
+            address = cluster.scheduler_address
+            runs = []
+            alone = work / "alone.csv"
+            runs.append(
+                _run("one machine", _riskmodel(REPO, *common, "--out", str(alone)), REPO, {}, alone)
+            )
+            trees = [("this build", REPO)]
+            if args.old_tree:
+                trees.append((f"old build ({args.old_tree.name})", args.old_tree.resolve()))
+            for title, tree in trees:
+                out = work / f"{len(runs)}.csv"
+                argv = _riskmodel(tree, *common, "--out", str(out), "--dask", address)
+                runs.append(_run(f"{title}, cluster", argv, tree, workers, out, alone))
+                client.restart()  # each run's workers start from nothing
+                pids = client.run(os.getpid)
+                workers = {f"worker {i + 1}": pids[a] for i, a in enumerate(sorted(pids))}
+    reference = runs[0]
+    print(f"{'run':<32} {'seconds':>8} {'x one':>6} {'command GB':>11} {'workers GB':>13}  file")
+    for run in runs:
+        same = "the same" if run["same"] else "DIFFERS"
+        peaks = " / ".join(f"{gb:.2f}" for gb in run["worker_gb"]) or "-"
+        print(
+            f"{run['title']:<32} {run['seconds']:>8.1f} "
+            f"{run['seconds'] / reference['seconds']:>6.2f} {run['command_gb']:>11.2f} "
+            f"{peaks:>13}  {same}"
+        )
+
+
+if __name__ == "__main__":
+    main()
