@@ -30,6 +30,7 @@ imports it, so nothing else in the package imports this module at its top.
 
 from __future__ import annotations
 
+import logging
 import operator
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -75,6 +76,7 @@ __all__ = [
     "Tables",
     "build_on_dask",
     "connect",
+    "each_partition",
     "repeated_keys",
     "write_parquet",
     "write_partitions",
@@ -140,6 +142,9 @@ def connect(address: str) -> Client:
             workers = int(address.removeprefix("local:"))
         except ValueError:
             raise DataError(f"--dask {address}: write local:N, N a number of workers") from None
+        # The local scheduler runs in this process, and logs every shuffle's start and end
+        # as a warning: a dozen lines of noise on each command's output.
+        logging.getLogger("distributed.shuffle").setLevel(logging.ERROR)
         # Started by the client, so closing the client ends it. Its HTTP server takes any
         # free port: 8787, Dask's default, may be another cluster's.
         return Client(
@@ -181,35 +186,49 @@ def write_partitions(
     *,
     what: str = "the feature build",
 ) -> int:
-    """Each partition of ``table``, in order, to the file ``sink`` opens at ``path``: the
-    client holds one partition at a time. Returns the rows written.
+    """Each partition of ``table``, in order, to the file ``sink`` opens at ``path``
+    (``each_partition``). On any failure ``path`` is removed: there is never a partial
+    file. Returns the rows written."""
+    try:
+        with sink(path) as write:
+            return each_partition(client, table, write, checks, what=what)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def each_partition(
+    client: Client,
+    table: dd.DataFrame,
+    use: Callable[[pd.DataFrame], None],
+    checks: Sequence[Delayed] = (),
+    *,
+    what: str,
+) -> int:
+    """``use`` each partition of ``table`` as it comes, in the table's order: the client
+    holds one partition at a time. Returns the rows used.
 
     ``checks`` (``repeated_keys``'s) run beside the build; any problem they find fails it.
-    If the cluster fails (a task's error, workers lost for good) or a check does, ``path``
-    is removed and a ``DataError`` says why (``what`` failed): there is never a partial
-    file.
+    If the cluster fails (a task's error, workers lost for good) or a check does, a
+    ``DataError`` says why (``what`` failed).
     """
     parts = table.to_delayed()
     futures = client.compute([*parts, *checks])
     rows = 0
     try:
-        with sink(path) as write:
-            for future in futures[: len(parts)]:
-                part = future.result()
-                future.release()  # the cluster may drop the partition now
-                write(part)
-                rows += len(part)
+        for future in futures[: len(parts)]:
+            part = future.result()
+            future.release()  # the cluster may drop the partition now
+            use(part)
+            rows += len(part)
         problems = [problem for future in futures[len(parts) :] for problem in future.result()]
     except Exception as exc:
         for future in futures[: len(parts)]:
             future.cancel()
-        path.unlink(missing_ok=True)
         # A repeated key also breaks the build, further on and in its own words.
         _refuse(_found(futures[len(parts) :]))
         raise DataError(f"{what} failed on the cluster, nothing written: {exc}") from exc
-    if problems:
-        path.unlink(missing_ok=True)
-        _refuse(problems)
+    _refuse(problems)
     return rows
 
 

@@ -12,6 +12,8 @@ metrics are compared within a tolerance: see ``AP_TOLERANCE`` and ``AUC_TOLERANC
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -147,6 +149,38 @@ def test_score_on_the_cluster_of_a_repeated_order_writes_nothing(
     assert f"orders: duplicate key (order_id='{again['order_id'].iloc[0]}') across its files" in err
     assert out.read_text() == "the scores of an earlier run\n"
     assert not out.with_name(out.name + ".partial").exists()
+
+
+@pytest.mark.parametrize("judged", ["ground truth", "labels"])
+def test_a_backtest_on_the_cluster_reports_what_one_machine_reports(
+    client: distributed.Client, trained: tuple[Registry, str, str], tmp_path: Path, judged: str
+) -> None:
+    """The workers read an export of three files a table; the report and the requests whose
+    decision changes are the single machine's, byte for byte, judged by the simulator's
+    ground truth or by the labels the workers read."""
+    registry, _, spread = trained
+    here = tmp_path / "here"
+    shutil.copytree(SAMPLE, here)
+    folders = as_folders(SAMPLE, tmp_path / "folders", 3)
+    shutil.rmtree(folders / "ground_truth")  # a file beside the tables, not a table
+    if judged == "ground truth":
+        shutil.copy(SAMPLE / "ground_truth.parquet", folders)
+    else:
+        (here / "ground_truth.parquet").unlink()
+    lower = tmp_path / "lower.yaml"
+    lower.write_text(STARTER_POLICY.read_text().replace("  review: 0.30\n", "  review: 0.10\n", 1))
+    runs = {"here": (here, []), "there": (folders, ["--dask", client.scheduler.address])}
+    for name, (source, option) in runs.items():
+        command = ["backtest", "--from", str(source), "--registry", str(registry.path)]
+        command += ["--model", spread, "--policy", str(lower), "--against", str(STARTER_POLICY)]
+        command += ["--since", "2026-04-01", "--out", str(tmp_path / name / "report")]
+        command += ["--changes", str(tmp_path / name / "changes.csv")]
+        assert main([*command, *option]) == 0
+    for file in ("report/report.json", "report/report.md", "changes.csv"):
+        assert (tmp_path / "there" / file).read_bytes() == (tmp_path / "here" / file).read_bytes()
+    report = json.loads((tmp_path / "here" / "report" / "report.json").read_text())
+    assert report["outcomes_from"].startswith(judged)
+    assert len(pd.read_csv(tmp_path / "here" / "changes.csv")) > 0
 
 
 def test_on_the_cluster_the_bundle_keeps_the_rounds_chosen_on_the_validation_period(

@@ -23,7 +23,7 @@ the file, else the model's score (``MODEL_SCORE_BLOCK``), so the split adds up t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,11 +42,15 @@ __all__ = [
     "ENGINE_CONTEXT",
     "MODEL_BLOCK",
     "Backtest",
+    "Replayed",
     "backtest",
+    "backtest_of",
     "block_causes",
     "blocks_by_cause",
     "engine_columns",
     "engine_frame",
+    "outcomes",
+    "replay",
     "summarise",
 ]
 
@@ -106,17 +110,6 @@ def engine_columns(table: pd.DataFrame) -> pd.DataFrame:
     return table.rename(
         columns={"order_service_days": "service_days", "order_payment_account": "payment_account"}
     )
-
-
-def _outcomes(
-    history: History, ids: pd.Index, ground_truth: pd.DataFrame | None
-) -> tuple[np.ndarray, str]:
-    if ground_truth is not None:
-        truth = ground_truth.set_index("request_id")["is_abuse"]
-        found = truth.reindex(ids.to_numpy(dtype=object))
-        return found.fillna(False).to_numpy(dtype=bool), "ground truth"
-    verdicts = latest_labels(history.labels).reindex(ids.to_numpy(dtype=object))
-    return verdicts.fillna(False).to_numpy(dtype=bool), "labels (unlabelled as honest)"
 
 
 def block_causes(decided: pd.DataFrame, policy: Policy) -> np.ndarray:
@@ -242,18 +235,93 @@ def backtest(
         keep &= times < until
     requests = requests[keep].reset_index(drop=True)
     frame = engine_frame(history, requests, build)
+    replayed = replay(frame, times[keep], policy, scorer, against)
+    is_abuse, judged = outcomes(history.labels, frame.index, ground_truth)
+    return backtest_of(replayed, policy, against, is_abuse, judged, scorer)
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """Requests decided by a policy (``new``) and the one compared (``current``), with
+    their ids, times (store microseconds), amounts (currency units) and scores: what a
+    backtest keeps of each request once its features are gone."""
+
+    ids: pd.Index
+    times: np.ndarray
+    amount: np.ndarray
+    new: pd.DataFrame
+    current: pd.DataFrame | None
+
+    @classmethod
+    def joined(cls, parts: Sequence[Replayed]) -> Replayed:
+        """The parts as one, in their order (each part's requests in theirs)."""
+        if len(parts) == 1:
+            return parts[0]
+        currents = [part.current for part in parts if part.current is not None]
+        return cls(
+            ids=pd.Index(np.concatenate([part.ids.to_numpy(dtype=object) for part in parts])),
+            times=np.concatenate([part.times for part in parts]),
+            amount=np.concatenate([part.amount for part in parts]),
+            new=pd.concat([part.new for part in parts]),
+            current=pd.concat(currents) if len(currents) == len(parts) else None,
+        )
+
+
+def replay(
+    frame: pd.DataFrame,
+    times: np.ndarray,
+    policy: Policy,
+    scorer: Scorer | None,
+    against: Policy | None = None,
+) -> Replayed:
+    """The requests of ``frame`` (an ``engine_frame``; ``times`` their ``requested_at``)
+    scored and decided by ``policy`` and ``against``."""
     scores = None if scorer is None else np.asarray(scorer.score(frame), dtype=float)
-    # Due times are not reported; one decision time keeps the replay deterministic.
-    new = decide_frame(frame, scores, policy, decided_at=EPOCH)
-    is_abuse, judged = _outcomes(history, frame.index, ground_truth)
+
+    def decided(by: Policy) -> pd.DataFrame:
+        # Due times are not reported; one decision time keeps the replay deterministic.
+        return decide_frame(frame, scores, by, decided_at=EPOCH)[list(_KEPT)]
+
+    new, current = decided(policy), None if against is None else decided(against)
     amount = frame["amount"].to_numpy(dtype=float)
-    day = times[keep] // DAY
+    return Replayed(frame.index, np.asarray(times, dtype=np.int64), amount, new, current)
+
+
+_KEPT = ("decision", "score", "approved_cents", "reason_codes")
+"""What a backtest reads of ``decide_frame``'s answer: a cluster's client keeps these for
+every request replayed, so no more."""
+
+
+def outcomes(
+    labels: pd.DataFrame, ids: pd.Index, ground_truth: pd.DataFrame | None
+) -> tuple[np.ndarray, str]:
+    """Whether each request was abusive, and by what that is judged: the ground truth
+    when there is one, else the latest label of each request (none: honest)."""
+    if ground_truth is not None:
+        truth = ground_truth.set_index("request_id")["is_abuse"]
+        found = truth.reindex(ids.to_numpy(dtype=object))
+        return found.fillna(False).to_numpy(dtype=bool), "ground truth"
+    verdicts = latest_labels(labels).reindex(ids.to_numpy(dtype=object))
+    return verdicts.fillna(False).to_numpy(dtype=bool), "labels (unlabelled as honest)"
+
+
+def backtest_of(
+    replayed: Replayed,
+    policy: Policy,
+    against: Policy | None,
+    is_abuse: np.ndarray,
+    judged: str,
+    scorer: Scorer | None,
+) -> Backtest:
+    """The backtest of ``replayed`` requests, whose outcomes are ``is_abuse``."""
+    new, amount = replayed.new, replayed.amount
+    day = replayed.times // DAY
     summary = {"new": summarise(new, amount, is_abuse, day)}
     causes = block_causes(new, policy)
     blocks = {"new": blocks_by_cause(causes, amount, is_abuse)}
     decisions = pd.DataFrame(
         {
-            "requested_at": times[keep],
+            "requested_at": replayed.times,
             "amount": amount,
             "is_abuse": is_abuse,
             "score": new["score"].to_numpy(dtype=float),
@@ -262,11 +330,11 @@ def backtest(
             "reason_codes": new["reason_codes"].to_numpy(dtype=object),
             "blocked_by": causes,
         },
-        index=frame.index,
+        index=replayed.ids,
     )
     changes = decisions.iloc[:0]
-    if against is not None:
-        current = decide_frame(frame, scores, against, decided_at=EPOCH)
+    current = replayed.current
+    if against is not None and current is not None:
         summary["current"] = summarise(current, amount, is_abuse, day)
         current_causes = block_causes(current, against)
         blocks["current"] = blocks_by_cause(current_causes, amount, is_abuse)

@@ -8,12 +8,12 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from features import History, load_history
-from features.cluster import add_dask_option, feature_builder
+from features.cluster import add_dask_option, feature_builder, on_dask
 from features.policy_fields import load_with_catalogue
 from riskmodel.cli import add_database_option
 from riskmodel.errors import DataError
@@ -36,6 +36,12 @@ from training.policy_report import (
 )
 from training.signature import catalog_signature
 from training.tune import Constraints, Tuning, grid, plot_tuning, tune, write_policy
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from riskmodel.bundle import ModelBundle
+    from riskmodel.policy import Policy
 
 __all__ = ["INFEASIBLE", "register"]
 
@@ -132,20 +138,17 @@ def _backtest(args: argparse.Namespace) -> int:
     policy = load_with_catalogue(args.policy)
     against = load_with_catalogue(args.against) if args.against else None
     bundle = Registry(args.registry).load(args.model, expect=catalog_signature())
-    history: History = load_history(args.directory if args.directory else args.database_url)
     truth = load_ground_truth(args.directory) if args.directory else None
     started = time.perf_counter()
-    with feature_builder(args.dask) as build:
-        result = backtest(
-            history,
-            policy,
-            bundle,
-            against=against,
-            ground_truth=truth,
-            since=args.since,
-            until=args.until,
-            build=build,
-        )
+    period = {"since": args.since, "until": args.until}
+    if args.dask and args.directory:
+        result = _backtest_on_dask(args, policy, bundle, against, truth)
+    else:
+        history: History = load_history(args.directory if args.directory else args.database_url)
+        with feature_builder(args.dask) as build:
+            result = backtest(
+                history, policy, bundle, against=against, ground_truth=truth, build=build, **period
+            )
     seconds = time.perf_counter() - started
     current = against.version if against else None
     _print(result, policy.version, current, seconds, args.show)
@@ -166,6 +169,35 @@ def _backtest(args: argparse.Namespace) -> int:
         table.to_csv(args.changes, index_label="request_id", float_format="%.4f")
         print(f"changes: {len(table):,} requests -> {args.changes}")
     return 0
+
+
+def _backtest_on_dask(
+    args: argparse.Namespace,
+    policy: Policy,
+    bundle: ModelBundle,
+    against: Policy | None,
+    truth: pd.DataFrame | None,
+) -> Backtest:
+    """The workers read the dataset directory: the client never holds the history."""
+    dask = on_dask(args.dask)
+    from training.cluster_reads import backtest_on_dask
+
+    client = dask.connect(args.dask)
+    try:
+        tables = dask.Tables.read(str(args.directory))
+        return backtest_on_dask(
+            client,
+            tables,
+            policy,
+            bundle,
+            against=against,
+            ground_truth=truth,
+            since=args.since,
+            until=args.until,
+            checks=dask.repeated_keys(tables),
+        )
+    finally:
+        client.close()
 
 
 def _print(result: Backtest, new: str, current: str | None, seconds: float, show: int) -> None:
