@@ -25,7 +25,6 @@ one machine's byte for byte (for ``backtest``, the report and the changed reques
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import subprocess
 import sys
@@ -36,7 +35,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dask_scale import GB, ROOT, WORKER_LIMIT, WORKERS, _label, _Sampler, parse_size, write_dataset
+from dask_scale import (
+    GB,
+    ROOT,
+    _label,
+    _Sampler,
+    local_cluster,
+    parse_size,
+    worker_pids,
+    write_dataset,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "sample"
@@ -101,10 +109,8 @@ def main() -> None:
         f"{stats['rows']['orders']:,} orders, {stats['files_per_table']} files a table; "
         f"{os.cpu_count()} CPUs"
     )
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    for noisy in ("distributed.shuffle", "distributed.nanny"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         registry = work / "registry"
@@ -125,18 +131,8 @@ def main() -> None:
             common += ["--against", str(starter)]
         if policy is not None:
             common += ["--policy", str(policy)]
-        with (
-            LocalCluster(
-                n_workers=WORKERS,
-                threads_per_worker=1,
-                memory_limit=WORKER_LIMIT,
-                processes=True,
-                dashboard_address=None,
-            ) as cluster,
-            Client(cluster) as client,
-        ):
-            pids: dict[str, int] = client.run(os.getpid)
-            workers = {f"worker {i + 1}": pids[a] for i, a in enumerate(sorted(pids))}
+        with local_cluster() as cluster, Client(cluster) as client:
+            workers = worker_pids(client)
             address = cluster.scheduler_address
             runs = []
             options, alone = _outputs(args.command, work / "alone")
@@ -150,8 +146,7 @@ def main() -> None:
                 argv = _riskmodel(tree, *common, *options, "--dask", address)
                 runs.append(_run(f"{title}, cluster", argv, tree, workers, files, alone))
                 client.restart()  # each run's workers start from nothing
-                pids = client.run(os.getpid)
-                workers = {f"worker {i + 1}": pids[a] for i, a in enumerate(sorted(pids))}
+                workers = worker_pids(client)
     reference = runs[0]
     print(f"{args.command}:")
     print(f"{'run':<32} {'seconds':>8} {'x one':>6} {'command GB':>11} {'workers GB':>13}  files")

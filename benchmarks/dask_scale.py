@@ -387,27 +387,39 @@ def _max_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def local_cluster() -> Any:
+    """The benchmarks' cluster: ``WORKERS`` single-threaded worker processes limited to
+    ``WORKER_LIMIT`` each, on this machine."""
+    from distributed import LocalCluster
+
+    # Every P2P shuffle logs its start and end as warnings, and a nanny each restart:
+    # noise beside the table.
+    for noisy in ("distributed.shuffle", "distributed.nanny"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    return LocalCluster(
+        n_workers=WORKERS,
+        threads_per_worker=1,
+        memory_limit=WORKER_LIMIT,
+        processes=True,
+        dashboard_address=None,
+    )
+
+
+def worker_pids(client: Any) -> dict[str, int]:
+    """Each worker's process, named "worker 1", "worker 2"... in the order of addresses."""
+    pids: dict[str, int] = client.run(os.getpid)
+    return {f"worker {i + 1}": pids[address] for i, address in enumerate(sorted(pids))}
+
+
 def run_dask(directory: Path, out: Path, partitions: int | None) -> dict[str, Any]:
     """The feature build as ``features build --dask`` runs it, on a fresh local cluster."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     from features.dask import Tables, build_on_dask, repeated_keys, write_parquet
 
-    # Every P2P shuffle logs its start and end as warnings: noise beside the table.
-    logging.getLogger("distributed.shuffle").setLevel(logging.ERROR)
-    with (
-        LocalCluster(
-            n_workers=WORKERS,
-            threads_per_worker=1,
-            memory_limit=WORKER_LIMIT,
-            processes=True,
-            dashboard_address=None,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with local_cluster() as cluster, Client(cluster) as client:
         pids: dict[str, int] = client.run(os.getpid)
-        names = {address: f"worker {i + 1}" for i, address in enumerate(sorted(pids))}
-        watched = {names[a]: pid for a, pid in pids.items()} | {"client": os.getpid()}
+        watched = worker_pids(client) | {"client": os.getpid()}
         started = time.perf_counter()
         with _Sampler(watched) as sampler:
             tables = Tables.read(str(directory))
