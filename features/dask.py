@@ -210,24 +210,33 @@ def each_partition(
 
     ``checks`` (``repeated_keys``'s) run beside the build; any problem they find fails it.
     If the cluster fails (a task's error, workers lost for good) or a check does, a
-    ``DataError`` says why (``what`` failed).
+    ``DataError`` says why (``what`` failed). An error of ``use`` itself (a full disk, say)
+    is raised as it is, the cluster's work cancelled.
     """
     parts = table.to_delayed()
     futures = client.compute([*parts, *checks])
+    checked = futures[len(parts) :]
+
+    def result(future: Any) -> Any:
+        try:
+            return future.result()
+        except Exception as exc:
+            # A repeated key also breaks the build, further on and in its own words.
+            _refuse(_found(checked))
+            raise DataError(f"{what} failed on the cluster, nothing written: {exc}") from exc
+
     rows = 0
     try:
         for future in futures[: len(parts)]:
-            part = future.result()
+            part = result(future)
             future.release()  # the cluster may drop the partition now
             use(part)
             rows += len(part)
-        problems = [problem for future in futures[len(parts) :] for problem in future.result()]
-    except Exception as exc:
-        for future in futures[: len(parts)]:
+        problems = [problem for future in checked for problem in result(future)]
+    except BaseException:
+        for future in futures:
             future.cancel()
-        # A repeated key also breaks the build, further on and in its own words.
-        _refuse(_found(futures[len(parts) :]))
-        raise DataError(f"{what} failed on the cluster, nothing written: {exc}") from exc
+        raise
     _refuse(problems)
     return rows
 

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,9 @@ from .histories import histories
 
 distributed = pytest.importorskip("distributed")
 
-from features.dask import OnCluster, Tables, build_on_dask  # noqa: E402
+import dask.dataframe as dd  # noqa: E402
+
+from features.dask import OnCluster, Tables, build_on_dask, write_partitions  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"
 
@@ -115,6 +119,28 @@ def test_a_failed_build_leaves_no_table(
     assert "failed on the cluster, nothing written" in capsys.readouterr().err
     assert out.read_bytes() == b"the table of an earlier build"  # untouched
     assert not out.with_suffix(".parquet.partial").exists()
+
+
+def test_a_full_disk_is_reported_as_a_full_disk_not_as_the_cluster(
+    client: distributed.Client, tmp_path: Path
+) -> None:
+    """What fails writing a partition on the command's machine is said as it is; the
+    file is removed all the same."""
+    table = dd.from_pandas(pd.DataFrame({"x": range(10)}), npartitions=3)
+    out = tmp_path / "out.parquet"
+
+    @contextmanager
+    def full(path: Path) -> Iterator[Callable[[pd.DataFrame], None]]:
+        path.write_bytes(b"the first partition")
+
+        def write(part: pd.DataFrame) -> None:
+            raise OSError(28, "No space left on device")
+
+        yield write
+
+    with pytest.raises(OSError, match="No space left on device"):
+        write_partitions(client, table, out, full)
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("table", ["orders", "usage"])
