@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from features.catalog import CATALOG
-from features.cluster import add_dask_option, on_dask
+from features.cluster import add_dask_option, on_dask, tables_on_dask
 from features.history import load_history
 from features.offline import build_features
 from features.spec import Aggregate, Context, Feature, Ratio
@@ -62,20 +62,11 @@ def _build(args: argparse.Namespace) -> int:
 
 def _build_on_dask(args: argparse.Namespace, partial: Path) -> tuple[int, int]:
     dask = on_dask(args.dask)
-    client = dask.connect(args.dask)
-    try:
-        checks = []
-        if args.directory:
-            tables = dask.Tables.read(str(args.directory))
-            checks = dask.repeated_keys(tables)
-        else:
-            tables = dask.Tables.from_history(load_history(args.database_url))
+    with tables_on_dask(args.dask, args.directory, args.database_url) as (client, tables, checks):
         # Written a partition at a time: the client never holds the whole table.
         table = dask.build_on_dask(tables)
         rows, width = dask.write_parquet(client, table, partial, checks)
         return rows, width
-    finally:
-        client.close()
 
 
 def _describe(feature: Feature) -> tuple[str, str, str]:

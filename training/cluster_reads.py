@@ -40,7 +40,7 @@ from training.backtest import (
     outcomes,
     replay,
 )
-from training.evaluation import SCORE_COLUMNS, scored
+from training.evaluation import scored
 
 __all__ = ["backtest_on_dask", "write_scores"]
 
@@ -80,10 +80,8 @@ def write_scores(
                 rows(part).to_csv(file, index=False, header=not written[0], float_format="%.6f")
                 written[0] = True
 
+            # Every partition is written, an empty one too: the header is always there.
             yield write
-            if not written[0]:  # no partition at all: the header alone, as on one machine
-                columns = SCORE_COLUMNS[:2] if policy is None else SCORE_COLUMNS
-                pd.DataFrame(columns=list(columns)).to_csv(file, index=False)
 
     return write_partitions(client, table, path, csv, checks, what="the scoring")
 

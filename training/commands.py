@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from features import FeatureBuilder, History, build_features, load_history
-from features.cluster import add_dask_option, feature_builder, on_dask
+from features.cluster import add_dask_option, feature_builder, on_dask, tables_on_dask
 from features.policy_fields import load_with_catalogue
 from riskmodel.cli import add_database_option
 from riskmodel.errors import DataError
@@ -296,18 +296,12 @@ def _score_on_dask(
     args: argparse.Namespace, bundle: ModelBundle, policy: Policy | None, partial: Path
 ) -> int:
     """The workers read the dataset directory: the client never holds the history."""
-    dask = on_dask(args.dask)
-    from training.cluster_reads import write_scores
+    with tables_on_dask(args.dask, args.directory) as (client, tables, checks):
+        from training.cluster_reads import write_scores
 
-    client = dask.connect(args.dask)
-    try:
-        tables = dask.Tables.read(str(args.directory))
-        checks = dask.repeated_keys(tables)
         return write_scores(
             client, tables, bundle, partial, since=args.since, policy=policy, checks=checks
         )
-    finally:
-        client.close()
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from training.backtest import engine_frame
 from training.dataset import Examples, evaluation_examples, latest_time
 from training.report import Evaluation, evaluate
 
-__all__ = ["SCORE_COLUMNS", "compare", "evaluation_period", "score_requests", "scored"]
+__all__ = ["compare", "evaluation_period", "score_requests", "scored"]
 
 
 def score_requests(
@@ -63,14 +63,9 @@ def scored(
     """``score_requests``' rows for the requests of ``table``: a feature table, or with
     a ``policy`` an ``engine_frame`` (decided as at ``decided_at``)."""
     if policy is None:
-        columns = SCORE_COLUMNS[:2]
-        if not len(table):
-            return pd.DataFrame({name: pd.Series(dtype=object) for name in columns})
         return pd.DataFrame(
             {"request_id": table.index.to_numpy(dtype=object), "score": bundle.score(table)}
         )
-    if not len(table):
-        return pd.DataFrame({name: pd.Series(dtype=object) for name in SCORE_COLUMNS})
     scores = bundle.score(table)
     decided = decide_frame(table, scores, policy, decided_at=decided_at or datetime.now(UTC))
     return pd.DataFrame(
@@ -83,17 +78,6 @@ def scored(
             "reason_codes": [" ".join(codes) for codes in decided["reason_codes"]],
         }
     )
-
-
-SCORE_COLUMNS = (
-    "request_id",
-    "score",
-    "decision",
-    "approved_amount",
-    "review_queue",
-    "reason_codes",
-)
-"""The columns of ``score_requests``' rows: the first two, or all with a policy."""
 
 
 def evaluation_period(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from features import History, load_history
-from features.cluster import add_dask_option, feature_builder, on_dask
+from features.cluster import add_dask_option, feature_builder, tables_on_dask
 from features.policy_fields import load_with_catalogue
 from riskmodel.cli import add_database_option
 from riskmodel.errors import DataError
@@ -188,12 +188,9 @@ def _backtest_on_dask(
     truth: pd.DataFrame | None,
 ) -> Backtest:
     """The workers read the dataset directory: the client never holds the history."""
-    dask = on_dask(args.dask)
-    from training.cluster_reads import backtest_on_dask
+    with tables_on_dask(args.dask, args.directory) as (client, tables, checks):
+        from training.cluster_reads import backtest_on_dask
 
-    client = dask.connect(args.dask)
-    try:
-        tables = dask.Tables.read(str(args.directory))
         return backtest_on_dask(
             client,
             tables,
@@ -203,10 +200,8 @@ def _backtest_on_dask(
             ground_truth=truth,
             since=args.since,
             until=args.until,
-            checks=dask.repeated_keys(tables),
+            checks=checks,
         )
-    finally:
-        client.close()
 
 
 def _print(result: Backtest, new: str, current: str | None, seconds: float, show: int) -> None:
